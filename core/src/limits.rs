@@ -1,0 +1,45 @@
+//! Every bound in the core, named once. A queue, map or message that grows from outside input has its limit
+//! here and is checked where it grows.
+
+/// Most members a cluster may have.
+pub const MEMBERS_MAX: u32 = 1024;
+/// Most Raft voters: more voters make commits slower without making the cluster meaningfully safer.
+pub const VOTERS_MAX: u32 = 5;
+/// Most models (names) the cluster state holds.
+pub const MODELS_MAX: u32 = 100_000;
+/// Most layers in one manifest.
+pub const LAYERS_PER_MODEL_MAX: u32 = 64;
+/// Longest media type string in a manifest layer.
+pub const MEDIA_TYPE_BYTES_MAX: u32 = 128;
+/// Longest node address string.
+pub const ADDRESS_BYTES_MAX: u32 = 256;
+/// Highest replication factor.
+pub const REPLICATION_FACTOR_MAX: u32 = 7;
+/// Default `OLLAMA_MAX_QUEUE`.
+pub const QUEUE_DEFAULT: u32 = 512;
+/// Highest configurable scheduler queue.
+pub const QUEUE_MAX: u32 = 1_000_000;
+/// Most attempts for one request (first dispatch plus retries on other nodes).
+pub const ATTEMPTS_MAX: u32 = 3;
+/// Most concurrent transfers a node takes part in (as source or target), by default.
+pub const TRANSFERS_PER_NODE_DEFAULT: u32 = 2;
+/// Longest chain of targets one transfer feeds.
+pub const CHAIN_TARGETS_MAX: u32 = 4;
+/// Most requests waiting in one node's residency queue.
+pub const RESIDENCY_WAITING_MAX: u32 = 4096;
+/// Most models loaded at once on a node, whatever the configuration says.
+pub const LOADED_MODELS_MAX: u32 = 64;
+/// Longest Modelfile accepted, in bytes.
+pub const MODELFILE_BYTES_MAX: u32 = 1 << 20;
+/// Most instructions in one Modelfile.
+pub const MODELFILE_INSTRUCTIONS_MAX: u32 = 4096;
+/// Longest model name, in bytes (Ollama's limit on the whole name).
+pub const MODEL_NAME_BYTES_MAX: u32 = 350;
+
+const _: () = assert!(
+    VOTERS_MAX % 2 == 1,
+    "an odd voter count tolerates as many failures as the next even one"
+);
+const _: () = assert!(VOTERS_MAX <= MEMBERS_MAX);
+const _: () = assert!(QUEUE_DEFAULT <= QUEUE_MAX);
+const _: () = assert!(ATTEMPTS_MAX >= 1);
