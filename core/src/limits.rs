@@ -43,3 +43,29 @@ const _: () = assert!(
 const _: () = assert!(VOTERS_MAX <= MEMBERS_MAX);
 const _: () = assert!(QUEUE_DEFAULT <= QUEUE_MAX);
 const _: () = assert!(ATTEMPTS_MAX >= 1);
+
+/// Longest host part of a model name, in bytes (Ollama's rule; the whole-name limit usually binds first).
+pub const MODEL_NAME_HOST_BYTES_MAX: u32 = 350;
+/// Longest namespace, model or tag part of a model name, in bytes (Ollama's rule).
+pub const MODEL_NAME_PART_BYTES_MAX: u32 = 80;
+
+const _: () = assert!(MODEL_NAME_PART_BYTES_MAX <= MODEL_NAME_HOST_BYTES_MAX);
+const _: () = assert!(MODEL_NAME_HOST_BYTES_MAX <= MODEL_NAME_BYTES_MAX);
+
+/// Most `StatusChanged` actions a failure detector holds before the shell polls them. One `handle` emits at
+/// most one per member plus one for a heartbeat; the shell drains after every `handle`, and this leaves room
+/// for a few handles' worth.
+pub const FAILURE_DETECTOR_ACTIONS_PENDING_MAX: u32 = 4 * (MEMBERS_MAX + 1);
+/// Most `ChangeVoters` actions membership holds before the shell polls them: one per handle at most, and
+/// only one while a change is in flight.
+pub const MEMBERSHIP_ACTIONS_PENDING_MAX: u32 = 16;
+/// Most requests one loaded model serves at once (`OLLAMA_NUM_PARALLEL`), whatever the configuration says.
+pub const PARALLEL_PER_MODEL_MAX: u32 = 64;
+/// Most actions residency holds before the shell polls them. One `handle` emits at most a reject for every
+/// waiting request, an unload and a load per model slot, and a start per running slot; this leaves room for a
+/// few handles' worth.
+pub const RESIDENCY_ACTIONS_PENDING_MAX: u32 = 4
+    * (RESIDENCY_WAITING_MAX + 2 * LOADED_MODELS_MAX + LOADED_MODELS_MAX * PARALLEL_PER_MODEL_MAX);
+
+const _: () = assert!(MEMBERSHIP_ACTIONS_PENDING_MAX >= 1);
+const _: () = assert!(PARALLEL_PER_MODEL_MAX >= 1);

@@ -1,0 +1,363 @@
+use super::*;
+use crate::ModelName;
+use crate::cluster_state::Fence;
+use crate::cluster_state::{Capacity, Command, Layer, Manifest, Member};
+use proptest::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn fence() -> Fence {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    Fence {
+        epoch: 0,
+        sequence: NEXT.fetch_add(1, Ordering::Relaxed),
+    }
+}
+
+fn member(id: u64, disk: u64) -> Member {
+    Member {
+        id: NodeId(id),
+        api_address: format!("h{id}:11434"),
+        cluster_address: format!("h{id}:7946"),
+        capacity: Capacity {
+            memory_bytes: 1 << 30,
+            disk_bytes: disk,
+        },
+        status: MemberStatus::Active,
+    }
+}
+
+fn digest(byte: u8) -> Digest {
+    Digest::from_bytes([byte; 32])
+}
+
+/// A cluster of `nodes` nodes with one model per blob in `blobs`, each stored on node 1 only.
+fn cluster(nodes: u64, blobs: &[u8], rf: u32) -> ClusterState {
+    let mut state = ClusterState::new();
+    for id in 1..=nodes {
+        state
+            .apply(&Command::AddNode {
+                member: member(id, 1000),
+            })
+            .unwrap();
+    }
+    state
+        .apply(&Command::SetReplication { factor: rf })
+        .unwrap();
+    for blob in blobs {
+        state
+            .apply(&Command::ReplicaStored {
+                node: NodeId(1),
+                digest: digest(*blob),
+                size: 10,
+                fence: fence(),
+            })
+            .unwrap();
+        let manifest = Manifest {
+            config: None,
+            layers: vec![Layer {
+                media_type: "application/vnd.ollama.image.model".into(),
+                digest: digest(*blob),
+                size: 10,
+            }],
+        };
+        let name = ModelName::parse(&format!("m{blob}")).unwrap();
+        state.apply(&Command::PutModel { name, manifest }).unwrap();
+    }
+    state
+}
+
+fn drain(placement: &mut Placement) -> Vec<Action> {
+    std::iter::from_fn(|| placement.poll_action()).collect()
+}
+
+#[test]
+fn new_blob_is_chained_through_targets_not_fanned_out() {
+    let state = cluster(4, &[1], 3);
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(0, &state, Input::StateChanged);
+    assert_eq!(
+        drain(&mut placement),
+        vec![Action::Transfer {
+            digest: digest(1),
+            size: 10,
+            source: NodeId(1),
+            chain: vec![NodeId(2), NodeId(3)],
+        }]
+    );
+    placement.check_invariants();
+    // Replanning while the transfer is in flight issues nothing new.
+    placement.handle(1, &state, Input::Tick);
+    assert_eq!(drain(&mut placement), vec![]);
+}
+
+#[test]
+fn transfers_per_node_are_bounded() {
+    let state = cluster(3, &[1, 2, 3, 4], 2);
+    let config = PlacementConfig {
+        transfers_per_node_max: 2,
+        ..PlacementConfig::default()
+    };
+    let mut placement = Placement::new(config);
+    placement.handle(0, &state, Input::StateChanged);
+    let actions = drain(&mut placement);
+    // Node 1 is the only source: it can feed two transfers at once, not four.
+    assert_eq!(actions.len(), 2);
+    placement.check_invariants();
+}
+
+#[test]
+fn completed_transfer_frees_its_slots_and_the_next_one_starts() {
+    let mut state = cluster(3, &[1, 2, 3], 2);
+    let config = PlacementConfig {
+        transfers_per_node_max: 1,
+        ..PlacementConfig::default()
+    };
+    let mut placement = Placement::new(config);
+    placement.handle(0, &state, Input::StateChanged);
+    let first = drain(&mut placement);
+    assert_eq!(first.len(), 1);
+    let Action::Transfer { digest, chain, .. } = &first[0] else {
+        panic!("expected a transfer")
+    };
+    let stored = Command::ReplicaStored {
+        node: chain[0],
+        digest: *digest,
+        size: 10,
+        fence: fence(),
+    };
+    state.apply(&stored).unwrap();
+    placement.handle(5, &state, Input::StateChanged);
+    let second = drain(&mut placement);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0], first[0]);
+}
+
+#[test]
+fn dead_target_is_replaced_and_failed_transfer_is_replanned() {
+    let state = cluster(3, &[1], 2);
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(
+        0,
+        &state,
+        Input::Liveness {
+            node: NodeId(2),
+            alive: false,
+        },
+    );
+    assert_eq!(
+        drain(&mut placement),
+        vec![Action::Transfer {
+            digest: digest(1),
+            size: 10,
+            source: NodeId(1),
+            chain: vec![NodeId(3)],
+        }]
+    );
+    placement.handle(
+        1,
+        &state,
+        Input::TransferFailed {
+            digest: digest(1),
+            node: NodeId(3),
+        },
+    );
+    assert_eq!(
+        drain(&mut placement).len(),
+        1,
+        "the failed transfer is re-planned"
+    );
+}
+
+#[test]
+fn surplus_copies_are_trimmed_but_never_below_one() {
+    let mut state = cluster(3, &[1], 1);
+    for node in [2, 3] {
+        let stored = Command::ReplicaStored {
+            node: NodeId(node),
+            digest: digest(1),
+            size: 10,
+            fence: fence(),
+        };
+        state.apply(&stored).unwrap();
+    }
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(0, &state, Input::StateChanged);
+    let drops = drain(&mut placement);
+    assert_eq!(drops.len(), 2, "{drops:?}");
+    for action in &drops {
+        assert!(matches!(action, Action::Drop { .. }));
+    }
+    // Re-planning before the drops commit does not drop the survivor.
+    placement.handle(1, &state, Input::Tick);
+    assert_eq!(drain(&mut placement), vec![]);
+}
+
+#[test]
+fn unreferenced_blobs_are_dropped_only_after_the_grace_period() {
+    let mut state = cluster(2, &[1], 1);
+    let name = ModelName::parse("m1").unwrap();
+    state.apply(&Command::DeleteModel { name }).unwrap();
+    let config = PlacementConfig {
+        gc_grace_ms: 100,
+        ..PlacementConfig::default()
+    };
+    let mut placement = Placement::new(config);
+    placement.handle(10, &state, Input::StateChanged);
+    assert_eq!(drain(&mut placement), vec![]);
+    assert_eq!(placement.poll_timeout(), Some(110));
+    placement.handle(110, &state, Input::Tick);
+    assert_eq!(
+        drain(&mut placement),
+        vec![Action::Drop {
+            digest: digest(1),
+            node: NodeId(1),
+        }]
+    );
+}
+
+#[test]
+fn draining_node_copies_move_elsewhere_then_go() {
+    let mut state = cluster(3, &[1], 1);
+    state
+        .apply(&Command::SetNodeStatus {
+            node: NodeId(1),
+            status: MemberStatus::Draining,
+        })
+        .unwrap();
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(0, &state, Input::StateChanged);
+    let actions = drain(&mut placement);
+    let [Action::Transfer { source, chain, .. }] = actions.as_slice() else {
+        panic!("expected one transfer, got {actions:?}")
+    };
+    assert_eq!(*source, NodeId(1));
+    let stored = Command::ReplicaStored {
+        node: chain[0],
+        digest: digest(1),
+        size: 10,
+        fence: fence(),
+    };
+    state.apply(&stored).unwrap();
+    placement.handle(1, &state, Input::StateChanged);
+    assert_eq!(
+        drain(&mut placement),
+        vec![Action::Drop {
+            digest: digest(1),
+            node: NodeId(1),
+        }]
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Kill(u64),
+    Revive(u64),
+    CompleteTransfers,
+    FailTransfer,
+    ExecuteDrops,
+    SetRf(u32),
+    Advance(u64),
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (1u64..7).prop_map(Step::Kill),
+        (1u64..7).prop_map(Step::Revive),
+        Just(Step::CompleteTransfers),
+        Just(Step::FailTransfer),
+        Just(Step::ExecuteDrops),
+        (1u32..5).prop_map(Step::SetRf),
+        (0u64..50_000).prop_map(Step::Advance),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn never_drops_the_last_live_copy_and_converges(
+        nodes in 1u64..7,
+        blobs in prop::collection::btree_set(1u8..20, 1..6),
+        rf in 1u32..5,
+        steps in prop::collection::vec(arb_step(), 0..80),
+    ) {
+        let blobs: Vec<u8> = blobs.into_iter().collect();
+        let mut state = cluster(nodes, &blobs, rf);
+        let mut placement = Placement::new(PlacementConfig::default());
+        let mut dead = BTreeSet::new();
+        let mut now = 0;
+        let mut pending: Vec<Action> = Vec::new();
+        for step in steps {
+            let input = match step {
+                Step::Kill(n) if n <= nodes => { dead.insert(NodeId(n)); Input::Liveness { node: NodeId(n), alive: false } }
+                Step::Revive(n) if n <= nodes => { dead.remove(&NodeId(n)); Input::Liveness { node: NodeId(n), alive: true } }
+                Step::CompleteTransfers => {
+                    for action in pending.iter().filter(|a| matches!(a, Action::Transfer { .. })) {
+                        if let Action::Transfer { digest, size, chain, .. } = action {
+                            for node in chain.iter().filter(|n| !dead.contains(*n)) {
+                                let _ = state.apply(&Command::ReplicaStored { node: *node, digest: *digest, size: *size, fence: fence() });
+                            }
+                        }
+                    }
+                    pending.retain(|a| !matches!(a, Action::Transfer { .. }));
+                    Input::StateChanged
+                }
+                Step::FailTransfer => match pending.iter().position(|a| matches!(a, Action::Transfer { .. })) {
+                    Some(index) => match pending.remove(index) {
+                        Action::Transfer { digest, chain, .. } => Input::TransferFailed { digest, node: chain[0] },
+                        Action::Drop { .. } => unreachable!(),
+                    },
+                    None => Input::Tick,
+                },
+                Step::ExecuteDrops => {
+                    for action in pending.iter() {
+                        if let Action::Drop { digest, node } = action {
+                            let _ = state.apply(&Command::ReplicaDropped { node: *node, digest: *digest, fence: fence() });
+                        }
+                    }
+                    pending.retain(|a| !matches!(a, Action::Drop { .. }));
+                    Input::StateChanged
+                }
+                Step::SetRf(factor) => {
+                    state.apply(&Command::SetReplication { factor }).unwrap();
+                    Input::StateChanged
+                }
+                Step::Advance(ms) => { now += ms; Input::Tick }
+                Step::Kill(_) | Step::Revive(_) => Input::Tick,
+            };
+            placement.handle(now, &state, input);
+            placement.check_invariants();
+            while let Some(action) = placement.poll_action() {
+                if let Action::Drop { digest, node } = &action {
+                    let in_flight: BTreeSet<(Digest, NodeId)> = placement.drops_in_flight().collect();
+                    let survivors = state.blob(digest).map(|r| r.nodes.iter()
+                        .filter(|n| !dead.contains(*n) && !in_flight.contains(&(*digest, **n)))
+                        .count()).unwrap_or(0);
+                    prop_assert!(!state.is_referenced(digest) || survivors >= 1,
+                        "dropping {:?} from {} leaves no live copy", digest, node);
+                }
+                pending.push(action);
+            }
+        }
+        // Liveness: everyone alive, every action carried out; replicas converge to rf.
+        for n in 1..=nodes {
+            placement.handle(now, &state, Input::Liveness { node: NodeId(n), alive: true });
+        }
+        for _ in 0..40 {
+            now += 700_000;
+            for action in pending.drain(..) {
+                match action {
+                    Action::Transfer { digest, size, chain, .. } => for node in chain {
+                        let _ = state.apply(&Command::ReplicaStored { node, digest, size, fence: fence() });
+                    },
+                    Action::Drop { digest, node } => { let _ = state.apply(&Command::ReplicaDropped { node, digest, fence: fence() }); }
+                }
+            }
+            placement.handle(now, &state, Input::StateChanged);
+            pending.extend(std::iter::from_fn(|| placement.poll_action()));
+        }
+        let want = (state.settings().replication_factor as usize).min(nodes as usize);
+        for blob in &blobs {
+            let holders = state.blob(&digest(*blob)).map(|r| r.nodes.len()).unwrap_or(0);
+            prop_assert_eq!(holders, want, "blob {} did not converge", blob);
+        }
+    }
+}
