@@ -214,6 +214,8 @@ impl World {
             drop_timeout_ms: 5_000,
             ..PlacementConfig::default()
         };
+        #[cfg(feature = "planted-bugs")]
+        let planted = self.options.planted;
         let mut membership = Membership::new(MembershipConfig::default(), self.voters.clone());
         let now = self.local_now(winner);
         let node = self.node_mut(winner);
@@ -239,7 +241,7 @@ impl World {
         #[allow(unused_mut)]
         let mut placement = Placement::with_dead(placement_config, dead.into_iter().collect());
         #[cfg(feature = "planted-bugs")]
-        if let Some(bug) = self.options.planted {
+        if let Some(bug) = planted {
             placement.plant(bug);
         }
         placement.handle(now, &node.state, placement::Input::StateChanged);

@@ -37,8 +37,8 @@ pub enum Event {
         from: NodeId,
         /// Receiver.
         to: NodeId,
-        /// Content.
-        message: Message,
+        /// Content (boxed: most events are small timers).
+        message: Box<Message>,
     },
     /// A node's machines asked to be woken.
     Wake {
@@ -252,7 +252,7 @@ impl World {
 
     fn step(&mut self, event: Event) {
         match event {
-            Event::Deliver { from, to, message } => self.deliver(from, to, message),
+            Event::Deliver { from, to, message } => self.deliver(from, to, *message),
             Event::Wake { node, epoch } => {
                 if self.is_current(node, epoch) {
                     self.node_mut(node).next_wake = Millis::MAX;
@@ -346,7 +346,7 @@ impl World {
                 Event::Deliver {
                     from,
                     to,
-                    message: message.clone(),
+                    message: Box::new(message.clone()),
                 },
             );
         }

@@ -66,15 +66,12 @@ impl World {
             Event::ModelOp,
             60_000 / self.options.model_ops_per_minute.max(1),
         );
-        if self.options.membership_ops_per_minute > 0 {
-            self.schedule_next(
-                Event::MembershipOp,
-                60_000 / self.options.membership_ops_per_minute,
-            );
+        if let Some(mean) = 60_000u64.checked_div(self.options.membership_ops_per_minute) {
+            self.schedule_next(Event::MembershipOp, mean);
         }
         let faults = self.options.crashes_per_minute + self.options.partitions_per_minute;
-        if faults > 0 {
-            self.schedule_next(Event::Fault, 60_000 / faults);
+        if let Some(mean) = 60_000u64.checked_div(faults) {
+            self.schedule_next(Event::Fault, mean);
         }
     }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs (.ci/run calls this) and the README's test command.
+# One build profile (release) for everything, so each dependency is compiled once and shared by every step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s\n' "$*"; }
+started=$(date +%s)
+
+step "toolchain"
+cargo --version
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    rustup component add "$component"
+  fi
+done
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint (clippy, warnings are errors)"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+step "the core is pure: no async runtime, sockets or randomness crates in its dependency tree"
+tree=$(cargo tree --release -p ollamamax-core -e normal --prefix none)
+echo "$tree" | sort -u
+if echo "$tree" | grep -Eiq '^(tokio|mio|socket2|async-|futures|rand|getrandom) '; then
+  echo "ollamamax-core must not depend on I/O or global-randomness crates" >&2
+  exit 1
+fi
+
+step "unit, property and integration tests"
+cargo test --release --workspace
+
+step "the simulator catches planted bugs"
+cargo test --release -p ollamamax-sim --features planted-bugs --test planted_bugs -- --nocapture
+
+step "simulation sweep"
+cargo run --release -p ollamamax-sim -- sweep --seeds "${SWEEP_SEEDS:-500}"
+
+echo
+echo "all steps passed in $(( $(date +%s) - started )) s"
