@@ -69,7 +69,9 @@ impl SchedulerBench {
     fn empty(nodes: u32, models: u32, queued: u32) -> Self {
         assert!(nodes >= 1 && models >= 1);
         let mut scheduler = Scheduler::new(SchedulerConfig {
-            queue_max: queued.max(1),
+            // Room for one more than the steady state, so a timed arrival can queue before the untimed
+            // finish that brings the queue back.
+            queue_max: queued + 1,
             ..SchedulerConfig::default()
         });
         let models: Vec<String> = (0..models).map(|m| format!("model-{m}:latest")).collect();
@@ -273,8 +275,8 @@ pub struct ClusterStateWorkload {
 
 /// What share of the generated log each command takes, in percent.
 const MIX: [(CommandKind, u64); 6] = [
-    (CommandKind::ReplicaStored, 40),
-    (CommandKind::ReplicaDropped, 30),
+    (CommandKind::ReplicaStored, 35),
+    (CommandKind::ReplicaDropped, 35),
     (CommandKind::PutModel, 10),
     (CommandKind::CopyModel, 8),
     (CommandKind::DeleteModel, 8),
@@ -304,8 +306,16 @@ enum CommandKind {
 /// layer shared by ten models), every blob on two nodes; then `count` commands in a realistic mix: replica
 /// reports (with increasing fences), model puts, copies and deletes (balanced so the model count stays
 /// near `models`), and drain toggles.
-pub fn cluster_state_workload(nodes: u32, models: u32, count: u32, seed: u64) -> ClusterStateWorkload {
-    assert!(nodes >= 3, "drops keep two copies, so a third node is needed");
+pub fn cluster_state_workload(
+    nodes: u32,
+    models: u32,
+    count: u32,
+    seed: u64,
+) -> ClusterStateWorkload {
+    assert!(
+        nodes >= 3,
+        "drops keep two copies, so a third node is needed"
+    );
     let mut builder = StateBuilder::new(nodes, seed);
     let bases = models.div_ceil(10);
     let blob_count = u64::from(bases) + 2 * u64::from(models);
@@ -394,9 +404,10 @@ impl LogGenerator {
         self.builder.store(node, &blob)
     }
 
-    /// Drop a copy of a blob that keeps at least two, so no blob ever runs out of copies.
+    /// Drop a copy of a blob that keeps at least two, so no blob ever runs out of copies; store one instead
+    /// when a few random blobs have no copy to spare.
     fn replica_dropped(&mut self) -> Command {
-        loop {
+        for _ in 0..16 {
             let blob = self.random_blob();
             let Some(replicas) = self.builder.state.blob(&blob.digest) else {
                 continue;
@@ -413,6 +424,7 @@ impl LogGenerator {
                 fence,
             });
         }
+        self.replica_stored()
     }
 
     /// Replace an existing model's manifest (a re-`create`) with three random blobs.
@@ -455,8 +467,7 @@ impl LogGenerator {
             Some(MemberStatus::Active) => MemberStatus::Draining,
             _ => MemberStatus::Active,
         };
-        self.builder
-            .apply(Command::SetNodeStatus { node, status })
+        self.builder.apply(Command::SetNodeStatus { node, status })
     }
 }
 

@@ -58,6 +58,7 @@ fn run_one(seed: u64, verbose: bool) -> ExitCode {
         "seed {seed}: {} steps, {} simulated ms, trace {:016x}",
         report.steps, report.simulated_ms, report.trace_hash
     );
+    println!("seed {seed}: {}", report.summary);
     match report.violation {
         None => {
             println!("seed {seed}: ok");
@@ -81,6 +82,7 @@ fn sweep(start: u64, count: u64) -> ExitCode {
         if let Some(violation) = report.violation {
             violations += 1;
             println!("seed {seed}: VIOLATION: {violation}");
+            println!("  options: {:?}", Options::from_seed(seed));
             println!("  replay: {}", replay_command(seed));
         }
     }

@@ -102,3 +102,72 @@ impl Network {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(ids: &[u64]) -> BTreeSet<NodeId> {
+        ids.iter().map(|id| NodeId(*id)).collect()
+    }
+
+    #[test]
+    fn one_way_partition_cuts_one_direction() {
+        let mut network = Network::new((1, 5), 0, 0);
+        network.partition(&nodes(&[1]), &nodes(&[2, 3]), true);
+        assert!(!network.connected(NodeId(1), NodeId(2)));
+        assert!(network.connected(NodeId(2), NodeId(1)));
+        assert!(network.connected(NodeId(2), NodeId(3)));
+        let mut rng = Rng::new(1);
+        assert!(
+            network
+                .route(&mut rng, 0, NodeId(1), NodeId(3), Delivery::Stream)
+                .is_empty()
+        );
+        network.heal();
+        assert!(!network.is_partitioned());
+        assert_eq!(
+            network
+                .route(&mut rng, 0, NodeId(1), NodeId(3), Delivery::Stream)
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn streams_stay_in_order_and_datagrams_may_not() {
+        let mut network = Network::new((1, 100), 0, 0);
+        let mut rng = Rng::new(9);
+        let mut last = 0;
+        let mut reordered = false;
+        let mut previous_datagram = 0;
+        for now in 0..200 {
+            let at = network.route(&mut rng, now, NodeId(1), NodeId(2), Delivery::Stream)[0];
+            assert!(at >= last, "stream message overtook an earlier one");
+            last = at;
+            let datagram =
+                network.route(&mut rng, now, NodeId(1), NodeId(2), Delivery::Datagram)[0];
+            reordered |= datagram < previous_datagram;
+            previous_datagram = datagram;
+        }
+        assert!(
+            reordered,
+            "datagrams with random delay should sometimes reorder"
+        );
+    }
+
+    #[test]
+    fn loss_and_duplication_follow_their_rates() {
+        let mut network = Network::new((1, 5), 500, 500);
+        let mut rng = Rng::new(3);
+        let copies: usize = (0..2000)
+            .map(|now| {
+                network
+                    .route(&mut rng, now, NodeId(1), NodeId(2), Delivery::Datagram)
+                    .len()
+            })
+            .sum();
+        // Half are lost, half of the survivors doubled: about 1.5 copies per 2 sent.
+        assert!((1300..1700).contains(&copies), "{copies} copies");
+    }
+}

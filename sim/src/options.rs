@@ -68,7 +68,7 @@ pub struct Options {
 impl Options {
     /// Derive every option from the seed.
     pub fn from_seed(seed: u64) -> Self {
-        let mut rng = Rng::new(seed ^ 0x5EED_0F0B_7104_5500);
+        let mut rng = Rng::new(seed ^ 0x005E_ED0F_0B71_0455);
         let pick =
             |rng: &mut Rng, choices: &[u64]| choices[rng.below(choices.len() as u64) as usize];
         let delay_min = rng.range_inclusive(1, 5);

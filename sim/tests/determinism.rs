@@ -7,8 +7,15 @@ fn same_seed_same_trace() {
     for seed in [0, 7, 1234] {
         let first = run_seed(seed);
         let second = run_seed(seed);
-        assert!(first.steps > 1_000, "seed {seed} did too little to prove anything ({} steps)", first.steps);
-        assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} is not reproducible");
+        assert!(
+            first.steps > 1_000,
+            "seed {seed} did too little to prove anything ({} steps)",
+            first.steps
+        );
+        assert_eq!(
+            first.trace_hash, second.trace_hash,
+            "seed {seed} is not reproducible"
+        );
         assert_eq!(first.steps, second.steps);
         assert_eq!(first.violation, second.violation);
     }

@@ -16,14 +16,21 @@ fn first_catch(bug: PlantedBug) -> Option<(u64, String)> {
     (0..SEEDS).find_map(|seed| {
         let mut options = Options::from_seed(seed);
         options.planted = Some(bug);
-        World::new(options).run().violation.map(|violation| (seed, violation))
+        World::new(options)
+            .run()
+            .violation
+            .map(|violation| (seed, violation))
     })
 }
 
 fn assert_caught(bug: PlantedBug, expected: &str) {
-    let (seed, violation) = first_catch(bug).unwrap_or_else(|| panic!("{bug:?} survived {SEEDS} seeds"));
+    let (seed, violation) =
+        first_catch(bug).unwrap_or_else(|| panic!("{bug:?} survived {SEEDS} seeds"));
     println!("{bug:?}: caught at seed {seed}: {violation}");
-    assert!(violation.contains(expected), "{bug:?} was caught for another reason: {violation}");
+    assert!(
+        violation.contains(expected),
+        "{bug:?} was caught for another reason: {violation}"
+    );
 }
 
 #[test]

@@ -37,7 +37,10 @@ fn core_depends_only_on_serde_and_thiserror() {
         .collect();
     assert!(!names.is_empty());
     for name in names {
-        assert!(["serde", "thiserror"].contains(&name), "core depends on {name}");
+        assert!(
+            ["serde", "thiserror"].contains(&name),
+            "core depends on {name}"
+        );
     }
 }
 
@@ -64,7 +67,12 @@ fn core_sources_use_no_io_clock_or_hash_order() {
         for (number, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or_default();
             for word in FORBIDDEN {
-                assert!(!code.contains(word), "{}:{}: the core must not use {word}", file.display(), number + 1);
+                assert!(
+                    !code.contains(word),
+                    "{}:{}: the core must not use {word}",
+                    file.display(),
+                    number + 1
+                );
             }
         }
     }

@@ -19,207 +19,47 @@
 #[cfg(test)]
 mod tests;
 
+mod nodes;
+mod types;
+
+pub use types::{Action, Input, RejectReason, SchedulerConfig};
+
 use crate::failure_detector::Liveness;
-use crate::hash::rendezvous_score;
 use crate::{Millis, NodeId, RequestId, limits};
-use serde::{Deserialize, Serialize};
+use nodes::{ModelId, NodeTable, Slot};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Tunables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SchedulerConfig {
-    /// Most requests waiting for a slot (Ollama's `OLLAMA_MAX_QUEUE`).
-    pub queue_max: u32,
-    /// Most attempts per request: the first dispatch plus retries on other nodes.
-    pub attempts_max: u32,
-    /// Slots assumed for a node whose load has not been gossiped yet.
-    pub slots_default: u32,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        Self {
-            queue_max: limits::QUEUE_DEFAULT,
-            attempts_max: limits::ATTEMPTS_MAX,
-            slots_default: 1,
-        }
-    }
-}
-
-/// Facts the scheduler reacts to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Input {
-    /// A client request for `model`.
-    RequestArrived {
-        /// Its id, unique on this node.
-        request: RequestId,
-        /// The model's canonical name.
-        model: String,
-        /// Hash of the prompt's prefix, for KV-cache affinity.
-        prefix_hash: u64,
-        /// When to give up on it.
-        deadline: Millis,
-    },
-    /// The committed state's answer to "who holds every blob of `model`" (empty: the model does not exist).
-    ModelHolders {
-        /// The model.
-        model: String,
-        /// Nodes holding all its blobs.
-        nodes: BTreeSet<NodeId>,
-    },
-    /// A node's load, gossiped in its heartbeat.
-    NodeLoad {
-        /// The node.
-        node: NodeId,
-        /// Requests it is running.
-        running: u32,
-        /// Requests it can run at once.
-        slots: u32,
-        /// Models it has loaded.
-        loaded: BTreeSet<String>,
-    },
-    /// This node's failure detector changed its mind.
-    Liveness {
-        /// The node.
-        node: NodeId,
-        /// Its status.
-        status: Liveness,
-    },
-    /// The serving node sent the first byte of the answer: from now on the request can no longer be retried.
-    FirstByte {
-        /// The request.
-        request: RequestId,
-        /// The node that sent it.
-        node: NodeId,
-    },
-    /// The serving node finished the request.
-    Finished {
-        /// The request.
-        request: RequestId,
-        /// The node that served it.
-        node: NodeId,
-    },
-    /// The serving node failed the request (stream broken, node error).
-    Failed {
-        /// The request.
-        request: RequestId,
-        /// The node that failed.
-        node: NodeId,
-    },
-    /// The client went away.
-    Cancelled {
-        /// The request.
-        request: RequestId,
-    },
-    /// Time passed.
-    Tick,
-}
-
-/// Why a request was refused or abandoned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum RejectReason {
-    /// The queue is full (HTTP 503, Ollama's wording).
-    QueueFull,
-    /// No node holds the model (HTTP 404).
-    UnknownModel,
-    /// The deadline passed.
-    DeadlineExceeded,
-    /// The serving node failed and the request cannot be retried.
-    NodeFailed,
-}
-
-/// What the scheduler asks the shell to do.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Action {
-    /// Run the request on `node`. `attempt` counts from 1.
-    Dispatch {
-        /// The request.
-        request: RequestId,
-        /// The node that should run it.
-        node: NodeId,
-        /// Which attempt this is.
-        attempt: u32,
-    },
-    /// Tell the client the request failed. Terminal.
-    Reject {
-        /// The request.
-        request: RequestId,
-        /// Why.
-        reason: RejectReason,
-    },
-    /// Tell `node` to stop working on the request (the client left or the deadline passed).
-    Cancel {
-        /// The request.
-        request: RequestId,
-        /// The node running it.
-        node: NodeId,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Queued,
-    Dispatched { node: NodeId, sent_bytes: bool },
+    Dispatched { slot: Slot, sent_bytes: bool },
 }
 
 #[derive(Debug, Clone)]
 struct Request {
-    model: String,
+    model: ModelId,
     prefix_hash: u64,
     deadline: Millis,
-    attempts: u32,
-    tried: BTreeSet<NodeId>,
+    /// Nodes already tried, in order; its length is the number of attempts.
+    tried: Vec<Slot>,
     phase: Phase,
     /// Arrival order; a retried request keeps its place ahead of later arrivals.
     sequence: u64,
-}
-
-#[derive(Debug, Clone)]
-struct NodeView {
-    status: Liveness,
-    slots: u32,
-    running_gossiped: u32,
-    dispatched_since_gossip: u32,
-    finished_since_gossip: u32,
-    loaded: BTreeSet<String>,
-}
-
-impl NodeView {
-    fn new(slots: u32) -> Self {
-        Self {
-            status: Liveness::Alive,
-            slots,
-            running_gossiped: 0,
-            dispatched_since_gossip: 0,
-            finished_since_gossip: 0,
-            loaded: BTreeSet::new(),
-        }
-    }
-
-    /// Our estimate of what the node runs: its last gossip, corrected by what we did since.
-    fn load(&self) -> u32 {
-        self.running_gossiped
-            .saturating_sub(self.finished_since_gossip)
-            .saturating_add(self.dispatched_since_gossip)
-    }
-
-    fn has_slot(&self) -> bool {
-        self.load() < self.slots
-    }
 }
 
 /// The accepting node's scheduler.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     config: SchedulerConfig,
-    nodes: BTreeMap<NodeId, NodeView>,
-    holders: BTreeMap<String, BTreeSet<NodeId>>,
+    nodes: NodeTable,
     requests: BTreeMap<RequestId, Request>,
     /// Waiting requests per model, ordered by arrival sequence.
-    queues: BTreeMap<String, BTreeSet<(u64, RequestId)>>,
+    queues: BTreeMap<ModelId, BTreeSet<(u64, RequestId)>>,
     queued: u32,
     deadlines: BTreeSet<(Millis, RequestId)>,
     next_sequence: u64,
+    /// Set when a slot may have opened or a holder appeared, so waiting requests are worth another look.
+    capacity_changed: bool,
     actions: VecDeque<Action>,
     #[cfg(feature = "planted-bugs")]
     planted: Option<crate::planted::PlantedBug>,
@@ -233,13 +73,13 @@ impl Scheduler {
         assert!(config.slots_default >= 1);
         Self {
             config,
-            nodes: BTreeMap::new(),
-            holders: BTreeMap::new(),
+            nodes: NodeTable::new(config.slots_default),
             requests: BTreeMap::new(),
             queues: BTreeMap::new(),
             queued: 0,
             deadlines: BTreeSet::new(),
             next_sequence: 0,
+            capacity_changed: false,
             actions: VecDeque::new(),
             #[cfg(feature = "planted-bugs")]
             planted: None,
@@ -250,6 +90,9 @@ impl Scheduler {
     #[cfg(feature = "planted-bugs")]
     pub fn plant(&mut self, bug: crate::planted::PlantedBug) {
         self.planted = Some(bug);
+        if bug == crate::planted::PlantedBug::DispatchToDeadNode {
+            self.nodes.ignore_liveness();
+        }
     }
 
     /// Take in a fact.
@@ -261,45 +104,42 @@ impl Scheduler {
                 model,
                 prefix_hash,
                 deadline,
-            } => self.arrive(now, request, model, prefix_hash, deadline),
-            Input::ModelHolders { model, nodes } => {
-                for node in &nodes {
-                    self.view(*node);
+            } => self.arrive(now, request, &model, prefix_hash, deadline),
+            Input::ModelHolders { model, nodes } => match self.nodes.set_holders(&model, &nodes) {
+                Some(_) => self.capacity_changed = true,
+                None => {
+                    if let Some(id) = self.nodes.model(&model) {
+                        self.reject_queued_for(id, RejectReason::UnknownModel);
+                    }
                 }
-                if nodes.is_empty() {
-                    self.holders.remove(&model);
-                    self.reject_queued_for(&model, RejectReason::UnknownModel);
-                } else if self.holders.len() < limits::MODELS_MAX as usize
-                    || self.holders.contains_key(&model)
-                {
-                    self.holders.insert(model, nodes);
-                }
-            }
+            },
             Input::NodeLoad {
                 node,
                 running,
                 slots,
                 loaded,
             } => {
-                let view = self.view(node);
-                view.running_gossiped = running;
-                view.slots = slots;
-                view.dispatched_since_gossip = 0;
-                view.finished_since_gossip = 0;
-                view.loaded = loaded;
+                if let Some(slot) = self.nodes.slot(node) {
+                    self.nodes.gossip(slot, running, slots, &loaded);
+                    self.capacity_changed = true;
+                }
             }
             Input::Liveness { node, status } => {
-                self.view(node).status = status;
-                if status == Liveness::Dead {
-                    self.fail_node(node);
+                if let Some(slot) = self.nodes.slot(node) {
+                    self.nodes.set_status(slot, status);
+                    self.capacity_changed |= status == Liveness::Alive;
+                    if status == Liveness::Dead {
+                        self.fail_node(slot);
+                    }
                 }
             }
             Input::FirstByte { request, node } => {
+                let slot = self.nodes.find(node);
                 if let Some(Phase::Dispatched {
-                    node: at,
+                    slot: at,
                     sent_bytes,
                 }) = self.requests.get_mut(&request).map(|r| &mut r.phase)
-                    && *at == node
+                    && Some(*at) == slot
                 {
                     *sent_bytes = true;
                 }
@@ -325,7 +165,10 @@ impl Scheduler {
             Input::Tick => {}
         }
         self.expire(now);
-        self.dispatch_waiting();
+        if self.capacity_changed {
+            self.capacity_changed = false;
+            self.dispatch_waiting();
+        }
     }
 
     /// The next action for the shell.
@@ -351,28 +194,23 @@ impl Scheduler {
     /// The node a request currently runs on, if dispatched.
     pub fn dispatched_to(&self, request: RequestId) -> Option<NodeId> {
         match self.requests.get(&request)?.phase {
-            Phase::Dispatched { node, .. } => Some(node),
+            Phase::Dispatched { slot, .. } => Some(self.nodes.view(slot).id),
             Phase::Queued => None,
         }
     }
 
     /// How this scheduler sees a node's health (unknown nodes: `None`).
     pub fn liveness(&self, node: NodeId) -> Option<Liveness> {
-        self.nodes.get(&node).map(|v| v.status)
-    }
-
-    fn view(&mut self, node: NodeId) -> &mut NodeView {
-        let slots = self.config.slots_default;
         self.nodes
-            .entry(node)
-            .or_insert_with(|| NodeView::new(slots))
+            .find(node)
+            .map(|slot| self.nodes.view(slot).status)
     }
 
     fn arrive(
         &mut self,
         now: Millis,
         request: RequestId,
-        model: String,
+        model: &str,
         prefix_hash: u64,
         deadline: Millis,
     ) {
@@ -381,13 +219,17 @@ impl Scheduler {
             debug_assert!(false, "request {request} arrived twice");
             return;
         }
-        if !self.holders.contains_key(&model) {
+        let Some(model) = self
+            .nodes
+            .model(model)
+            .filter(|id| self.nodes.has_holders(*id))
+        else {
             self.actions.push_back(Action::Reject {
                 request,
                 reason: RejectReason::UnknownModel,
             });
             return;
-        }
+        };
         if deadline <= now {
             self.actions.push_back(Action::Reject {
                 request,
@@ -401,15 +243,14 @@ impl Scheduler {
             model,
             prefix_hash,
             deadline,
-            attempts: 0,
-            tried: BTreeSet::new(),
+            tried: Vec::new(),
             phase: Phase::Queued,
             sequence,
         };
-        if let Some(node) = self.choose(&entry) {
+        if let Some(slot) = self.nodes.choose(model, prefix_hash, &entry.tried) {
             self.requests.insert(request, entry);
             self.deadlines.insert((deadline, request));
-            self.dispatch(request, node);
+            self.dispatch(request, slot);
         } else if self.queue_has_room() {
             self.enqueue(request, entry);
         } else {
@@ -430,7 +271,7 @@ impl Scheduler {
 
     fn enqueue(&mut self, request: RequestId, entry: Request) {
         self.queues
-            .entry(entry.model.clone())
+            .entry(entry.model)
             .or_default()
             .insert((entry.sequence, request));
         self.queued += 1;
@@ -438,54 +279,19 @@ impl Scheduler {
         self.requests.insert(request, entry);
     }
 
-    /// The best node for a request, if any has a free slot.
-    fn choose(&self, request: &Request) -> Option<NodeId> {
-        let holders = self.holders.get(&request.model)?;
-        let mut best: Option<(NodeId, &NodeView)> = None;
-        for node in holders {
-            if request.tried.contains(node) {
-                continue;
-            }
-            let Some(view) = self.nodes.get(node) else {
-                continue;
-            };
-            if !self.usable(view) || !view.has_slot() {
-                continue;
-            }
-            let better = match best {
-                None => true,
-                Some((best_node, best_view)) => {
-                    prefer(request, &request.model, *node, view, best_node, best_view)
-                }
-            };
-            if better {
-                best = Some((*node, view));
-            }
-        }
-        best.map(|(node, _)| node)
-    }
-
-    fn usable(&self, view: &NodeView) -> bool {
-        #[cfg(feature = "planted-bugs")]
-        if self.planted == Some(crate::planted::PlantedBug::DispatchToDeadNode) {
-            return true;
-        }
-        view.status == Liveness::Alive
-    }
-
-    fn dispatch(&mut self, request: RequestId, node: NodeId) {
+    fn dispatch(&mut self, request: RequestId, slot: Slot) {
         let entry = self
             .requests
             .get_mut(&request)
             .expect("dispatching a known request");
-        entry.attempts += 1;
-        entry.tried.insert(node);
+        entry.tried.push(slot);
         entry.phase = Phase::Dispatched {
-            node,
+            slot,
             sent_bytes: false,
         };
-        let attempt = entry.attempts;
-        self.view(node).dispatched_since_gossip += 1;
+        let attempt = entry.tried.len() as u32;
+        self.nodes.dispatched(slot);
+        let node = self.nodes.view(slot).id;
         self.actions.push_back(Action::Dispatch {
             request,
             node,
@@ -495,11 +301,8 @@ impl Scheduler {
 
     /// Hand free slots to waiting requests, oldest first.
     fn dispatch_waiting(&mut self) {
-        if self.queued == 0 {
-            return;
-        }
-        loop {
-            let mut best: Option<(u64, RequestId, NodeId)> = None;
+        while self.queued > 0 {
+            let mut best: Option<(u64, RequestId, Slot)> = None;
             for queue in self.queues.values() {
                 let Some(&(sequence, request)) = queue.first() else {
                     continue;
@@ -507,27 +310,31 @@ impl Scheduler {
                 if best.is_some_and(|(s, _, _)| s < sequence) {
                     continue;
                 }
-                if let Some(node) = self.choose(&self.requests[&request]) {
-                    best = Some((sequence, request, node));
+                let entry = &self.requests[&request];
+                if let Some(slot) = self
+                    .nodes
+                    .choose(entry.model, entry.prefix_hash, &entry.tried)
+                {
+                    best = Some((sequence, request, slot));
                 }
             }
-            let Some((sequence, request, node)) = best else {
+            let Some((sequence, request, slot)) = best else {
                 return;
             };
-            let model = self.requests[&request].model.clone();
-            self.dequeue(&model, sequence, request);
-            self.dispatch(request, node);
+            let model = self.requests[&request].model;
+            self.dequeue(model, sequence, request);
+            self.dispatch(request, slot);
         }
     }
 
-    fn dequeue(&mut self, model: &str, sequence: u64, request: RequestId) {
+    fn dequeue(&mut self, model: ModelId, sequence: u64, request: RequestId) {
         let queue = self
             .queues
-            .get_mut(model)
+            .get_mut(&model)
             .expect("a queued request's model has a queue");
         assert!(queue.remove(&(sequence, request)), "request was not queued");
         if queue.is_empty() {
-            self.queues.remove(model);
+            self.queues.remove(&model);
         }
         self.queued -= 1;
     }
@@ -539,14 +346,10 @@ impl Scheduler {
             .expect("finishing a known request");
         self.deadlines.remove(&(entry.deadline, request));
         match entry.phase {
-            Phase::Queued => self.dequeue(&entry.model, entry.sequence, request),
-            Phase::Dispatched { node, .. } => {
-                let view = self.view(node);
-                if view.dispatched_since_gossip > 0 {
-                    view.dispatched_since_gossip -= 1;
-                } else {
-                    view.finished_since_gossip += 1;
-                }
+            Phase::Queued => self.dequeue(entry.model, entry.sequence, request),
+            Phase::Dispatched { slot, .. } => {
+                self.nodes.released(slot);
+                self.capacity_changed = true;
             }
         }
     }
@@ -558,20 +361,23 @@ impl Scheduler {
 
     fn retry_or_reject(&mut self, request: RequestId) {
         let entry = &self.requests[&request];
-        let Phase::Dispatched { node, sent_bytes } = entry.phase else {
+        let Phase::Dispatched { slot, sent_bytes } = entry.phase else {
             unreachable!("only dispatched requests fail")
         };
-        if sent_bytes || entry.attempts >= self.config.attempts_max {
+        if sent_bytes || entry.tried.len() as u32 >= self.config.attempts_max {
             self.reject(request, RejectReason::NodeFailed);
             return;
         }
         // Free the failed node's slot, then place the request again ahead of later arrivals.
-        let view = self.view(node);
-        view.dispatched_since_gossip = view.dispatched_since_gossip.saturating_sub(1);
+        self.nodes.released(slot);
+        self.capacity_changed = true;
         let mut entry = self.requests.remove(&request).expect("known request");
         self.deadlines.remove(&(entry.deadline, request));
         entry.phase = Phase::Queued;
-        match self.choose(&entry) {
+        match self
+            .nodes
+            .choose(entry.model, entry.prefix_hash, &entry.tried)
+        {
             Some(next) => {
                 self.deadlines.insert((entry.deadline, request));
                 self.requests.insert(request, entry);
@@ -586,11 +392,11 @@ impl Scheduler {
         }
     }
 
-    fn fail_node(&mut self, node: NodeId) {
+    fn fail_node(&mut self, slot: Slot) {
         let running: Vec<RequestId> = self
             .requests
             .iter()
-            .filter(|(_, r)| matches!(r.phase, Phase::Dispatched { node: at, .. } if at == node))
+            .filter(|(_, r)| matches!(r.phase, Phase::Dispatched { slot: at, .. } if at == slot))
             .map(|(id, _)| *id)
             .collect();
         for request in running {
@@ -598,8 +404,8 @@ impl Scheduler {
         }
     }
 
-    fn reject_queued_for(&mut self, model: &str, reason: RejectReason) {
-        let Some(queue) = self.queues.get(model) else {
+    fn reject_queued_for(&mut self, model: ModelId, reason: RejectReason) {
+        let Some(queue) = self.queues.get(&model) else {
             return;
         };
         let waiting: Vec<RequestId> = queue.iter().map(|(_, r)| *r).collect();
@@ -622,6 +428,7 @@ impl Scheduler {
 
     /// Assert internal consistency.
     pub fn check_invariants(&self) {
+        self.nodes.check_invariants();
         assert!(self.queued <= self.config.queue_max, "queue over its bound");
         let queued: usize = self.queues.values().map(BTreeSet::len).sum();
         assert_eq!(queued, self.queued as usize, "queue count drifted");
@@ -632,7 +439,7 @@ impl Scheduler {
         );
         for (id, request) in &self.requests {
             assert!(self.deadlines.contains(&(request.deadline, *id)));
-            assert!(request.attempts <= self.config.attempts_max);
+            assert!(request.tried.len() as u32 <= self.config.attempts_max);
             match request.phase {
                 Phase::Queued => {
                     let queue = &self.queues[&request.model];
@@ -641,9 +448,12 @@ impl Scheduler {
                         "{id} queued but not in its queue"
                     );
                 }
-                Phase::Dispatched { node, .. } => {
-                    assert!(request.tried.contains(&node));
-                    assert!(request.attempts >= 1);
+                Phase::Dispatched { slot, .. } => {
+                    assert_eq!(
+                        request.tried.last(),
+                        Some(&slot),
+                        "dispatched to a node it did not try last"
+                    );
                 }
             }
         }
@@ -651,27 +461,4 @@ impl Scheduler {
             assert!(!queue.is_empty(), "empty queue kept");
         }
     }
-}
-
-/// Whether `node` is a better choice than `best` for the request: loaded first, then lower load, then affinity.
-fn prefer(
-    request: &Request,
-    model: &str,
-    node: NodeId,
-    view: &NodeView,
-    best: NodeId,
-    best_view: &NodeView,
-) -> bool {
-    let loaded = view.loaded.contains(model);
-    let best_loaded = best_view.loaded.contains(model);
-    if loaded != best_loaded {
-        return loaded;
-    }
-    // Compare load / slots without division: load_a * slots_b vs load_b * slots_a.
-    let load = u64::from(view.load()) * u64::from(best_view.slots);
-    let best_load = u64::from(best_view.load()) * u64::from(view.slots);
-    if load != best_load {
-        return load < best_load;
-    }
-    rendezvous_score(request.prefix_hash, node.0) > rendezvous_score(request.prefix_hash, best.0)
 }

@@ -163,6 +163,8 @@ pub struct RunReport {
     pub simulated_ms: Millis,
     /// The first invariant violation, if any.
     pub violation: Option<String>,
+    /// What happened, for a reader to judge the run was not idle.
+    pub summary: String,
 }
 
 impl World {
@@ -221,7 +223,34 @@ impl World {
             steps: self.steps,
             simulated_ms: self.now,
             violation,
+            summary: self.summary(),
         }
+    }
+
+    /// Counts of what the run did: requests by outcome, model operations, log entries, leaders.
+    fn summary(&self) -> String {
+        let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+        for record in self.clients.values() {
+            let key = match record.outcomes.first() {
+                Some(outcome) => format!("{outcome:?}"),
+                None => "open".into(),
+            };
+            *outcomes.entry(key).or_insert(0) += 1;
+        }
+        let acknowledged = self
+            .model_ops
+            .values()
+            .filter(|r| matches!(r.answers.first(), Some(Ok(_))))
+            .count();
+        format!(
+            "{} requests {outcomes:?}; {} model ops ({acknowledged} acknowledged); {} log entries; {} terms; {} models, {} blobs at the end",
+            self.clients.len(),
+            self.model_ops.len(),
+            self.log.len(),
+            self.term,
+            self.reference.models().len(),
+            self.reference.replicas().len(),
+        )
     }
 
     fn run_inner(&mut self) -> Result<(), String> {
