@@ -23,7 +23,7 @@ step "lint (clippy, warnings are errors)"
 cargo clippy --release --workspace --all-targets -- -D warnings
 
 step "the core is pure: no async runtime, sockets or randomness crates in its dependency tree"
-tree=$(cargo tree --release -p ollamamax-core -e normal --prefix none)
+tree=$(cargo tree -p ollamamax-core -e normal --prefix none)
 echo "$tree" | sort -u
 if echo "$tree" | grep -Eiq '^(tokio|mio|socket2|async-|futures|rand|getrandom) '; then
   echo "ollamamax-core must not depend on I/O or global-randomness crates" >&2

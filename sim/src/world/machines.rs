@@ -171,7 +171,9 @@ impl World {
     }
 
     fn resend_proposals(&mut self, id: NodeId, now: Millis) {
-        let Some(leader) = self.leader else { return };
+        if self.leader.is_none() {
+            return;
+        }
         let node = self.node_mut(id);
         let epoch = node.epoch;
         let mut due = Vec::new();
@@ -187,6 +189,18 @@ impl World {
                 epoch,
                 sequence,
             };
+            self.send_proposal(id, proposal, command);
+        }
+    }
+
+    /// Send a proposal to the leader, if there is one; unanswered proposals are resent on the next beat.
+    fn send_proposal(
+        &mut self,
+        id: NodeId,
+        proposal: crate::message::ProposalId,
+        command: Command,
+    ) {
+        if let Some(leader) = self.leader {
             self.send(
                 id,
                 leader,
@@ -245,17 +259,7 @@ impl World {
     /// Queue and send a proposal to the leader.
     pub(super) fn propose(&mut self, id: NodeId, now: Millis, command: Command, purpose: Purpose) {
         let proposal = self.node_mut(id).propose(now, command.clone(), purpose);
-        if let Some(leader) = self.leader {
-            self.send(
-                id,
-                leader,
-                Message::Propose {
-                    id: proposal,
-                    command,
-                },
-                Delivery::Datagram,
-            );
-        }
+        self.send_proposal(id, proposal, command);
     }
 
     pub(super) fn heartbeat_received(
