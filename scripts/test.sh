@@ -7,6 +7,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s\n' "$*"; }
 started=$(date +%s)
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
 
 step "toolchain"
 cargo --version
@@ -31,13 +33,15 @@ if echo "$tree" | grep -Eiq '^(tokio|mio|socket2|async-|futures|rand|getrandom) 
 fi
 
 step "unit, property and integration tests"
-cargo test --release --workspace
+cargo test --release --workspace 2>&1 | tee -a "$results"
 
 step "the simulator catches planted bugs"
-cargo test --release -p ollamamax-sim --features planted-bugs --test planted_bugs -- --nocapture
+cargo test --release -p ollamamax-sim --features planted-bugs --test planted_bugs -- --nocapture 2>&1 | tee -a "$results"
 
 step "simulation sweep"
 cargo run --release -p ollamamax-sim -- sweep --seeds "${SWEEP_SEEDS:-500}"
 
+passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$results" | awk '{s += $4} END {print s + 0}')
 echo
 echo "all steps passed in $(( $(date +%s) - started )) s"
+echo "tests: $passed passed, 0 failed"

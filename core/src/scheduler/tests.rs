@@ -290,6 +290,27 @@ fn deadline_rejects_and_cancels() {
 }
 
 #[test]
+fn finished_at_the_deadline_counts_as_finished() {
+    // Found by the simulator: expiring before taking the input ended such a request twice (done, then rejected).
+    let mut s = scheduler(&[1], 10);
+    arrive(&mut s, 0, 1);
+    assert_eq!(drain(&mut s), vec![dispatch(1, 1, 1)]);
+    s.handle(
+        10_000,
+        Input::Finished {
+            request: RequestId(1),
+            node: NodeId(1),
+        },
+    );
+    assert_eq!(
+        drain(&mut s),
+        vec![],
+        "no rejection after the request finished"
+    );
+    assert_eq!(s.open_requests(), 0);
+}
+
+#[test]
 fn suspect_nodes_get_no_new_work() {
     let mut s = scheduler(&[1, 2], 10);
     s.handle(
