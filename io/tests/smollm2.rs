@@ -8,39 +8,13 @@
 //! `Ċ` 198, `Ġ` 216, `Ġworld` 905, `user` 4093, `Hello` 19556, `Hi` 26843. Beyond those, the ids of 25 tricky
 //! strings are compared with llama.cpp's own (`tests/data/tokenizer_goldens.json`).
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+mod common;
 
-use ollamamax_io::engine::Model;
+use common::{chat, model};
 use ollamamax_io::engine::detokenize::Detokenizer;
 use ollamamax_io::engine::gguf::ModelConfig;
 use ollamamax_io::engine::sampling::argmax;
 use ollamamax_io::engine::tokenizer::{EncodeOptions, TokenType};
-
-fn model_path() -> PathBuf {
-    let path = match std::env::var_os("OLLAMAMAX_MODEL") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            PathBuf::from(home).join(".cache/ollamamax/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    assert!(
-        path.is_file(),
-        "the SmolLM2 model is missing: run scripts/fetch-model.sh (or set OLLAMAMAX_MODEL to a copy)"
-    );
-    path
-}
-
-/// One model for all tests of this file: loading takes a fraction of a second but memory is shared.
-fn model() -> &'static Model {
-    static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| Model::load(&model_path()).expect("the default model loads"))
-}
-
-fn chat(user: &str) -> String {
-    format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
-}
 
 #[test]
 fn t10_configuration_is_read_from_metadata() {

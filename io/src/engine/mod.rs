@@ -6,17 +6,24 @@
 //!   llama.cpp's token ids; [`detokenize`] streams text without splitting UTF-8 characters.
 //! - [`llama`] is the transformer; each sequence's state is its own [`llama::KvCache`]. Its Q4_1 matmuls run
 //!   on our AVX2 kernel ([`q4_1`]), every other weight type on candle's `QMatMul`.
-//! - [`sampling`] picks tokens (greedy only, for now).
+//! - [`options`] holds Ollama's generation options and defaults; [`sampling`] picks tokens with them; [`stop`]
+//!   finds stop sequences in the streamed text; [`template`] formats prompts (GGUF Jinja chat templates,
+//!   Modelfile Go templates, raw).
+//! - [`generate`] is one sequence's loop tying them together, streaming text as it is produced.
 //!
 //! [`Model`] ties them together. Everything here is synchronous and CPU-bound: the shell runs it on dedicated
 //! threads, never on the async runtime's workers.
 
 pub mod detokenize;
+pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod options;
 pub mod pretokenize;
 pub mod q4_1;
 pub mod sampling;
+pub mod stop;
+pub mod template;
 pub mod tokenizer;
 
 use std::path::Path;
@@ -149,26 +156,9 @@ impl Model {
         max_tokens: u32,
         stop_on_eos: bool,
     ) -> Result<Generation, GenerateError> {
-        let prompt_count = u32::try_from(prompt_tokens.len()).unwrap_or(u32::MAX);
         let context_length = self.config.context_length;
-        if prompt_tokens.is_empty() {
-            return Err(GenerateError::EmptyPrompt);
-        }
-        if let Some(&token) = prompt_tokens
-            .iter()
-            .find(|&&token| token >= self.config.vocab_size)
-        {
-            return Err(GenerateError::TokenOutOfRange {
-                token,
-                vocab_size: self.config.vocab_size,
-            });
-        }
-        if prompt_count >= context_length {
-            return Err(GenerateError::PromptTooLong {
-                prompt_tokens: prompt_count,
-                context_length,
-            });
-        }
+        self.check_prompt(prompt_tokens, context_length)?;
+        let prompt_count = prompt_tokens.len() as u32;
         let mut stats = GenerationStats {
             prompt_eval_count: prompt_count,
             ..GenerationStats::default()
