@@ -1,7 +1,7 @@
 //! Greedy generation from the command line, with llama.cpp-style speed figures.
 //!
 //! ```text
-//! cargo run --release -p ollamamax-io --example generate -- [--raw] [--max-tokens N] "PROMPT"
+//! cargo run --release -p ollamamax-io --example generate -- [--raw] [--ignore-eos] [--max-tokens N] "PROMPT"
 //! ```
 //!
 //! The model is `$OLLAMAMAX_MODEL`, else `~/.cache/ollamamax/SmolLM2-135M-Instruct.Q4_1.gguf` (what
@@ -34,12 +34,14 @@ fn tokens_per_second(count: u32, duration_ns: u64) -> f64 {
 
 fn main() -> ExitCode {
     let mut raw = false;
+    let mut ignore_eos = false;
     let mut max_tokens = DEFAULT_MAX_TOKENS;
     let mut prompt = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--raw" => raw = true,
+            "--ignore-eos" => ignore_eos = true,
             "--max-tokens" => match args.next().and_then(|n| n.parse().ok()) {
                 Some(n) => max_tokens = n,
                 None => return usage("--max-tokens needs a number"),
@@ -68,7 +70,7 @@ fn main() -> ExitCode {
         format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
     };
     let tokens = model.tokenizer().encode(&text, EncodeOptions::PROMPT);
-    let generation = match model.generate_greedy(&tokens, max_tokens, true) {
+    let generation = match model.generate_greedy(&tokens, max_tokens, !ignore_eos) {
         Ok(generation) => generation,
         Err(error) => {
             eprintln!("generation failed: {error}");
@@ -90,6 +92,6 @@ fn main() -> ExitCode {
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("{problem}\nusage: generate [--raw] [--max-tokens N] \"PROMPT\"");
+    eprintln!("{problem}\nusage: generate [--raw] [--ignore-eos] [--max-tokens N] \"PROMPT\"");
     ExitCode::FAILURE
 }

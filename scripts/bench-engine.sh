@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Our engine against llama.cpp on the same GGUF, prompt and thread count, one after the other (never both at
+# once: both busy-wait on their threads, and two at once on 2 cores measure nothing).
+#
+#   scripts/bench-engine.sh                 # 5 alternating runs each (A B A B ...), medians
+#   RUNS=7 THREADS=2 scripts/bench-engine.sh
+#   MODEL=/path/to/other.gguf scripts/bench-engine.sh
+#
+# llama.cpp comes from llama-cpp-python, built once into a cached venv (~/.cache/ollamamax/venv-llamacpp; the
+# first build takes several minutes). Prints prompt-eval tok/s, generation tok/s, load time and peak RSS for
+# both, with the ratio ours / llama.cpp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache="${OLLAMAMAX_CACHE:-$HOME/.cache/ollamamax}"
+venv="$cache/venv-llamacpp"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet llama-cpp-python
+fi
+model="${MODEL:-$(./scripts/fetch-model.sh)}"
+cargo build --release -q -p ollamamax-io --example generate
+exec python3 scripts/bench_engine.py --model "$model" --llama-python "$venv/bin/python" \
+  --ours target/release/examples/generate --runs "${RUNS:-5}" --threads "${THREADS:-2}"
