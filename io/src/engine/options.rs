@@ -286,16 +286,7 @@ fn check_integer(
     if (low..=high).contains(&value) {
         return Ok(());
     }
-    let expected = if high == i64::MAX {
-        format!("at least {low}")
-    } else {
-        format!("between {low} and {high}")
-    };
-    Err(OptionsError::OutOfRange {
-        option,
-        value: value.to_string(),
-        expected,
-    })
+    Err(out_of_range(option, value, low, high, high == i64::MAX))
 }
 
 fn check_float(option: &'static str, value: f32, low: f32, high: f32) -> Result<(), OptionsError> {
@@ -305,16 +296,27 @@ fn check_float(option: &'static str, value: f32, low: f32, high: f32) -> Result<
     if (low..=high).contains(&value) {
         return Ok(());
     }
-    let expected = if high == f32::MAX {
+    Err(out_of_range(option, value, low, high, high == f32::MAX))
+}
+
+/// The error for a value outside `low..=high` (`unbounded`: there is no upper limit worth naming).
+fn out_of_range<T: std::fmt::Display>(
+    option: &'static str,
+    value: T,
+    low: T,
+    high: T,
+    unbounded: bool,
+) -> OptionsError {
+    let expected = if unbounded {
         format!("at least {low}")
     } else {
         format!("between {low} and {high}")
     };
-    Err(OptionsError::OutOfRange {
+    OptionsError::OutOfRange {
         option,
         value: value.to_string(),
         expected,
-    })
+    }
 }
 
 /// An optional integer option that, like Ollama's, also takes a number with a fraction and truncates it toward
