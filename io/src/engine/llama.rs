@@ -208,6 +208,28 @@ impl Llama {
     /// keys and values to the cache, and returns the logits `[vocab]` for the next token after the last of them.
     /// The caller checks that the tokens are in the vocabulary and fit in the cache.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let hidden = self.hidden_states(tokens, cache)?;
+        let last = rms_norm(
+            &hidden.narrow(0, tokens.len() - 1, 1)?,
+            &self.output_norm,
+            self.config.rms_norm_eps,
+        )?;
+        self.output.forward(&last)?.squeeze(0)
+    }
+
+    /// The final hidden states `[tokens, embedding_length]` after the output norm: what embeddings pool.
+    /// Appends the tokens to `cache` like [`Llama::forward`].
+    pub fn normed_hidden_states(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let hidden = self.hidden_states(tokens, cache)?;
+        rms_norm(&hidden, &self.output_norm, self.config.rms_norm_eps)
+    }
+
+    /// Runs every block over `tokens` (appended to `cache`) and returns the residual stream `[tokens, dim]`.
+    fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let count = tokens.len();
         assert!(count > 0, "forward needs at least one token");
         assert!(
@@ -248,8 +270,7 @@ impl Llama {
             hidden = (hidden + block.ffn_down.forward(&(gate * up)?)?)?;
         }
         cache.len += count as u32;
-        let last = rms_norm(&hidden.narrow(0, count - 1, 1)?, &self.output_norm, eps)?;
-        self.output.forward(&last)?.squeeze(0)
+        Ok(hidden)
     }
 
     /// Cosine and sine of every rotary angle for positions `start..start + count`, shaped `[count, 1, pairs]` so

@@ -9,12 +9,14 @@
 //! - [`options`] holds Ollama's generation options and defaults; [`sampling`] picks tokens with them; [`stop`]
 //!   finds stop sequences in the streamed text; [`template`] formats prompts (GGUF Jinja chat templates,
 //!   Modelfile Go templates, raw).
-//! - [`generate`] is one sequence's loop tying them together, streaming text as it is produced.
+//! - [`generate`] is one sequence's loop tying them together, streaming text as it is produced; [`embed`]
+//!   turns a text into a unit-length vector.
 //!
 //! [`Model`] ties them together. Everything here is synchronous and CPU-bound: the shell runs it on dedicated
 //! threads, never on the async runtime's workers.
 
 pub mod detokenize;
+pub mod embed;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
