@@ -15,10 +15,12 @@
 //! [`Model`] ties them together. Everything here is synchronous and CPU-bound: the shell runs it on dedicated
 //! threads, never on the async runtime's workers.
 
+pub mod constraint;
 pub mod detokenize;
 pub mod embed;
 pub mod generate;
 pub mod gguf;
+pub mod grammar;
 pub mod llama;
 pub mod options;
 pub mod pretokenize;
