@@ -1,20 +1,38 @@
-//! The `ollamamax` binary.
-//!
-//! Only `--version` and `--help` exist so far. `serve`, `run`, `create` and the cluster commands arrive with
-//! the single-node and cluster issues; the binary says so rather than pretending to serve.
+//! The `ollamamax` binary: `serve` runs an Ollama-compatible server; the other commands are its client, as
+//! `ollama`'s are.
+
+mod api;
+mod cli;
+mod config;
+mod duration;
+mod node;
+mod serve;
 
 use clap::Parser;
 
-/// OllamaMax: a distributed, Ollama-compatible LLM inference cluster.
-#[derive(Debug, Parser)]
-#[command(name = "ollamamax", version, about, long_about = None)]
-struct Cli {}
+use cli::{Cli, Command};
 
 fn main() {
-    let _cli = Cli::parse();
-    eprintln!(
-        "ollamamax {}: the server is not built yet; see README.md for what exists today",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve::serve().await,
+            command => cli::run_client(command).await,
+        }
+    });
+    if let Err(error) = result {
+        eprintln!("Error: {error:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,111 @@
+//! `POST /api/create`: a model from uploaded blobs (`files`) or an existing model (`from`), with Modelfile
+//! fields, streaming Ollama's progress lines.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use ollamamax_io::store::{CreateRequest, Progress};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::error::ApiError;
+use super::models::{normalize, store_error};
+use super::{AppState, json, ndjson};
+
+/// Progress lines buffered between the store's thread and the response.
+const PROGRESS_LINES_MAX: usize = 64;
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Envelope {
+    model: String,
+    /// Older clients send `name`.
+    name: String,
+    stream: Option<bool>,
+    /// Older clients send a Modelfile's text; no longer supported by Ollama either.
+    modelfile: Option<String>,
+}
+
+/// An event of a streamed operation: progress, or how it ended.
+pub enum Outcome {
+    Progress(Progress),
+    Failed(ApiError),
+}
+
+/// The route.
+pub async fn create(State(state): State<AppState>, json::Body(body): json::Body) -> Response {
+    match start(state, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn start(state: AppState, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let envelope: Envelope = json::parse(&body)?;
+    let request: CreateRequest = json::parse(&body)?;
+    let raw_name = if envelope.model.is_empty() {
+        envelope.name
+    } else {
+        envelope.model
+    };
+    if raw_name.is_empty() {
+        return Err(ApiError::bad_request("model is required"));
+    }
+    if envelope.modelfile.is_some_and(|m| !m.is_empty())
+        && request.from.is_none()
+        && request.files.is_empty()
+    {
+        return Err(ApiError::bad_request(
+            "the modelfile field is not supported; send from or files (as ollama create does)",
+        ));
+    }
+    if request.from.as_deref().is_none_or(str::is_empty) && request.files.is_empty() {
+        return Err(ApiError::bad_request(
+            "neither 'from' or 'files' was specified",
+        ));
+    }
+    let name = normalize(&raw_name)?;
+    let (sender, receiver) = mpsc::channel(PROGRESS_LINES_MAX);
+    let store = state.store.clone();
+    let node = state.node.clone();
+    let short = name.short();
+    tokio::task::spawn_blocking(move || {
+        let progress_sender = sender.clone();
+        let mut progress = move |line: Progress| {
+            let _ = progress_sender.blocking_send(Outcome::Progress(line));
+        };
+        if let Err(error) = store.create(&name, &request, &mut progress) {
+            let _ = sender.blocking_send(Outcome::Failed(store_error(error)));
+        }
+    });
+    // A replaced model must not keep serving its old weights.
+    node.unload(&short).await;
+    Ok(respond(envelope.stream.unwrap_or(true), receiver).await)
+}
+
+/// Streams progress as NDJSON, or with `stream: false` answers once with the last line (or the error).
+pub async fn respond(stream: bool, receiver: mpsc::Receiver<Outcome>) -> Response {
+    let outcomes = ReceiverStream::new(receiver);
+    if stream {
+        let lines = outcomes.map(|outcome| match outcome {
+            Outcome::Progress(progress) => ndjson::line(&progress),
+            Outcome::Failed(error) => ndjson::error_line(&error.message),
+        });
+        return ndjson::response(lines);
+    }
+    let mut last: Option<Progress> = None;
+    let mut outcomes = Box::pin(outcomes);
+    while let Some(outcome) = outcomes.next().await {
+        match outcome {
+            Outcome::Progress(progress) => last = Some(progress),
+            Outcome::Failed(error) => return error.into_response(),
+        }
+    }
+    match last {
+        Some(progress) => Json(progress).into_response(),
+        None => Json(Value::Null).into_response(),
+    }
+}

@@ -1,0 +1,158 @@
+//! The HTTP API: Ollama's routes and the OpenAI-compatible `/v1` routes, one route group per file.
+
+pub mod blobs;
+pub mod chat;
+pub mod create;
+pub mod embed;
+pub mod error;
+pub mod generate;
+pub mod inference;
+pub mod json;
+pub mod models;
+pub mod ndjson;
+pub mod openai;
+pub mod ps;
+pub mod transfer;
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, head, post};
+use ollamamax_io::store::Store;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::{BODY_BYTES_MAX, ServerConfig};
+use crate::node::Node;
+use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The server's settings.
+    pub config: Arc<ServerConfig>,
+    /// Loaded models and their slots.
+    pub node: Node,
+    /// The models directory.
+    pub store: Arc<Store>,
+}
+
+/// Ollama's version string we report: clients check it for features, so we claim a recent Ollama.
+pub const OLLAMA_VERSION: &str = "0.13.0";
+
+async fn root() -> &'static str {
+    "Ollama is running"
+}
+
+async fn version() -> Response {
+    axum::Json(serde_json::json!({ "version": OLLAMA_VERSION })).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "404 page not found")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed")
+}
+
+/// Origins allowed by default, as Ollama's: localhost, 127.0.0.1 and 0.0.0.0 on any port, over http or https,
+/// and the app/file/tauri/vscode schemes; plus `OLLAMA_ORIGINS` (`*` allows all).
+fn cors(config: &ServerConfig) -> CorsLayer {
+    let extra = config.origins.clone();
+    let allow_all = extra.iter().any(|origin| origin == "*");
+    let origins = AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+        if allow_all {
+            return true;
+        }
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let builtin = ["localhost", "127.0.0.1", "0.0.0.0", "[::1]"]
+            .iter()
+            .any(|host| {
+                ["http://", "https://"].iter().any(|scheme| {
+                    origin
+                        .strip_prefix(scheme)
+                        .and_then(|rest| rest.strip_prefix(host))
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+                })
+            });
+        let scheme = [
+            "app://",
+            "file://",
+            "tauri://",
+            "vscode-webview://",
+            "vscode-file://",
+        ]
+        .iter()
+        .any(|scheme| origin.starts_with(scheme));
+        builtin || scheme || extra.iter().any(|allowed| matches(allowed, origin))
+    });
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::USER_AGENT,
+            header::ACCEPT,
+            header::HeaderName::from_static("x-requested-with"),
+        ])
+}
+
+/// `OLLAMA_ORIGINS` entries may end in `*` (e.g. `http://example.com:*`).
+fn matches(pattern: &str, origin: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => origin.starts_with(prefix),
+        None => pattern == origin,
+    }
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    let config = state.config.clone();
+    let uploads = Router::new()
+        .route(
+            "/api/blobs/{digest}",
+            head(blobs::head_blob).post(blobs::post_blob),
+        )
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/", get(root).head(root))
+        .route("/api/version", get(version).head(version))
+        .route("/api/generate", post(generate::generate))
+        .route("/api/chat", post(chat::chat))
+        .route("/api/embed", post(embed::embed))
+        .route("/api/embeddings", post(embed::embeddings))
+        .route("/api/create", post(create::create))
+        .route("/api/tags", get(models::tags).head(models::tags))
+        .route("/api/show", post(models::show))
+        .route("/api/copy", post(models::copy))
+        .route("/api/delete", axum::routing::delete(models::delete))
+        .route("/api/pull", post(transfer::pull))
+        .route("/api/push", post(transfer::push))
+        .route("/api/ps", get(ps::ps))
+        .route("/v1/chat/completions", post(openai::chat::chat_completions))
+        .route("/v1/completions", post(openai::completions::completions))
+        .route("/v1/embeddings", post(openai::embeddings::embeddings))
+        .route("/v1/models", get(openai::models::list))
+        .route("/v1/models/{*model}", get(openai::models::retrieve))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .merge(uploads)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(cors(&config))
+        .with_state(state)
+}

@@ -1,0 +1,199 @@
+//! `POST /v1/chat/completions`.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use ollamamax_io::engine::template::Message;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    Sampling, StreamOptions, Usage, created, error_frame, finish_reason, response_id, sse,
+};
+use crate::api::error::{ApiError, OpenAiError};
+use crate::api::inference::{self, Job, Piece, PromptSpec};
+use crate::api::{AppState, json};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+struct ChatCompletionRequest {
+    model: String,
+    messages: Vec<OpenAiMessage>,
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    response_format: Option<Value>,
+    tools: Option<Vec<Value>>,
+    #[serde(flatten)]
+    sampling: Sampling,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+struct OpenAiMessage {
+    role: String,
+    content: Option<Value>,
+    tool_calls: Option<Vec<Value>>,
+    name: Option<String>,
+}
+
+/// The route.
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    json::Body(body): json::Body,
+) -> Response {
+    match handle(state, body).await {
+        Ok(response) => response,
+        Err(error) => OpenAiError(error).into_response(),
+    }
+}
+
+/// Text of an OpenAI `content`: a string, or an array of parts of which the text ones count. Images are refused
+/// (no model here can see them).
+fn content_text(content: Option<&Value>) -> Result<(String, u32), ApiError> {
+    match content {
+        None | Some(Value::Null) => Ok((String::new(), 0)),
+        Some(Value::String(text)) => Ok((text.clone(), 0)),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            let mut images = 0;
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        text.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""))
+                    }
+                    Some("image_url") => images += 1,
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "invalid message content part type {other:?}"
+                        )));
+                    }
+                }
+            }
+            Ok((text, images))
+        }
+        Some(_) => Err(ApiError::bad_request("invalid message content")),
+    }
+}
+
+/// Ollama's `format` for OpenAI's `response_format`.
+pub fn format_of(response_format: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(response_format) = response_format.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match response_format.get("type").and_then(Value::as_str) {
+        Some("text") | None => Ok(None),
+        Some("json_object") => Ok(Some(json!("json"))),
+        Some("json_schema") => response_format
+            .get("json_schema")
+            .and_then(|s| s.get("schema"))
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("response_format json_schema needs a schema")),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid response_format type {other:?}"
+        ))),
+    }
+}
+
+async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let request: ChatCompletionRequest = super::parse(&body)?;
+    if request.model.is_empty() {
+        return Err(ApiError::bad_request("model is required"));
+    }
+    if request.messages.is_empty() {
+        return Err(ApiError::bad_request("messages are required"));
+    }
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for message in &request.messages {
+        let (content, images) = content_text(message.content.as_ref())?;
+        if images > 0 {
+            return Err(ApiError::bad_request(format!(
+                "{} does not support image input",
+                request.model
+            )));
+        }
+        messages.push(Message {
+            role: message.role.clone(),
+            content,
+            images: 0,
+            tool_calls: message.tool_calls.clone().unwrap_or_default(),
+            tool_name: message.name.clone(),
+        });
+    }
+    let format = format_of(request.response_format.as_ref())?;
+    let options = request.sampling.to_options();
+    let job = Job {
+        model: &request.model,
+        prompt: PromptSpec::Chat {
+            messages,
+            tools: request.tools.clone().unwrap_or_default(),
+        },
+        format: format.as_ref(),
+        options: Some(&options),
+        keep_alive: None,
+    };
+    let started_generation = inference::start(&state, started, job).await?;
+    let id = response_id("chatcmpl");
+    let model = request.model.clone();
+    let created = created();
+
+    if !request.stream {
+        let (text, finished) = inference::collect(started_generation.pieces).await?;
+        let usage = Usage::new(
+            finished.metrics.prompt_eval_count,
+            finished.tokens.len() as u32,
+        );
+        return Ok(Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": text },
+                "finish_reason": finish_reason(finished.done_reason),
+            }],
+            "usage": usage,
+        }))
+        .into_response());
+    }
+    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+    let chunk = move |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+        })
+    };
+    let frames = started_generation.pieces.flat_map(move |piece| {
+        let frames: Vec<Value> = match piece {
+            Piece::Text(text) => vec![chunk(
+                json!({"role": "assistant", "content": text}),
+                Value::Null,
+            )],
+            Piece::Done(finished) => {
+                let mut frames = vec![chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    json!(finish_reason(finished.done_reason)),
+                )];
+                if include_usage {
+                    let usage = Usage::new(
+                        finished.metrics.prompt_eval_count,
+                        finished.tokens.len() as u32,
+                    );
+                    let mut last = chunk(json!({}), Value::Null);
+                    last["choices"] = json!([]);
+                    last["usage"] = json!(usage);
+                    frames.push(last);
+                }
+                frames
+            }
+            Piece::Failed(message) => vec![error_frame(&message)],
+        };
+        futures::stream::iter(frames)
+    });
+    Ok(sse(frames))
+}

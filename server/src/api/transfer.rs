@@ -1,0 +1,97 @@
+//! `POST /api/pull` and `POST /api/push`: Ollama's registry protocol, streaming Ollama's progress lines.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use ollamamax_io::registry::{Registry, RegistryError, RegistryOptions, progress_channel};
+use ollamamax_io::store::ErrorKind;
+use tokio::sync::mpsc;
+
+use super::create::{Outcome, respond};
+use super::error::ApiError;
+use super::models::normalize;
+use super::types::ModelRequest;
+use super::{AppState, json};
+
+fn registry() -> Result<Arc<Registry>, ApiError> {
+    static REGISTRY: OnceLock<Arc<Registry>> = OnceLock::new();
+    if let Some(registry) = REGISTRY.get() {
+        return Ok(registry.clone());
+    }
+    let registry = Registry::new(RegistryOptions::default())
+        .map_err(|error| ApiError::internal(error.to_string()))?;
+    Ok(REGISTRY.get_or_init(|| Arc::new(registry)).clone())
+}
+
+fn registry_error(error: RegistryError) -> ApiError {
+    match error.kind() {
+        ErrorKind::NotFound => ApiError::not_found(error.to_string()),
+        ErrorKind::Invalid => ApiError::bad_request(error.to_string()),
+        ErrorKind::Internal => ApiError::internal(error.to_string()),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Pull,
+    Push,
+}
+
+async fn transfer(
+    state: AppState,
+    body: axum::body::Bytes,
+    direction: Direction,
+) -> Result<Response, ApiError> {
+    let request: ModelRequest = json::parse(&body)?;
+    let raw = request.model_name().to_string();
+    if raw.is_empty() {
+        return Err(ApiError::bad_request("model is required"));
+    }
+    Registry::check_scheme(&raw, request.insecure).map_err(registry_error)?;
+    let name = normalize(
+        raw.trim_start_matches("http://")
+            .trim_start_matches("https://"),
+    )?;
+    let registry = registry()?;
+    let (progress, mut lines) = progress_channel();
+    let (sender, receiver) = mpsc::channel(ollamamax_io::registry::PROGRESS_QUEUE_MAX);
+    let forward = sender.clone();
+    let forwarding = tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            if forward.send(Outcome::Progress(line)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let store = state.store.clone();
+    let insecure = request.insecure;
+    tokio::spawn(async move {
+        let result = match direction {
+            Direction::Pull => registry.pull(&store, &name, insecure, &progress).await,
+            Direction::Push => registry.push(&store, &name, insecure, &progress).await,
+        };
+        drop(progress);
+        let _ = forwarding.await;
+        if let Err(error) = result {
+            let _ = sender.send(Outcome::Failed(registry_error(error))).await;
+        }
+    });
+    Ok(respond(request.stream.unwrap_or(true), receiver).await)
+}
+
+/// `POST /api/pull`.
+pub async fn pull(State(state): State<AppState>, json::Body(body): json::Body) -> Response {
+    match transfer(state, body, Direction::Pull).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `POST /api/push`.
+pub async fn push(State(state): State<AppState>, json::Body(body): json::Body) -> Response {
+    match transfer(state, body, Direction::Push).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
