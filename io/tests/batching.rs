@@ -1,0 +1,731 @@
+//! Continuous batching and the engine runner, on the tiny generated model (see `tiny/`) and, when
+//! `OLLAMAMAX_MODEL` is set, on the real default model: the batched forward pass is bit-identical per sequence,
+//! sequences in a runner equal each alone (also joining mid-way), cancellation frees slots, bounded queues,
+//! streaming and stats, embeddings through the runner, Ollama's prompt truncation and context shift, constraints,
+//! and shutdown.
+
+mod tiny;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ollamamax_io::engine::constraint::Constraint;
+use ollamamax_io::engine::generate::{ContextPolicy, DoneReason, Output};
+use ollamamax_io::engine::llama::BatchSequence;
+use ollamamax_io::engine::options::GenerateOptions;
+use ollamamax_io::engine::runner::{
+    Event, Runner, RunnerConfig, RunnerLoad, SequenceRequest, SubmitError,
+};
+use ollamamax_io::engine::tokenizer::EncodeOptions;
+use ollamamax_io::engine::{GenerateError, Model};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+
+use tiny::{Layout, load_bytes, model_writer};
+
+const PROMPTS: [&str; 4] = [
+    "the cat sat on the mat, café 😀",
+    "in the end",
+    "an ant at the inn there, über 日 € ",
+    "hi",
+];
+
+fn tiny_model(layout: Layout) -> Arc<Model> {
+    static QUANTIZED: OnceLock<Arc<Model>> = OnceLock::new();
+    static DENSE: OnceLock<Arc<Model>> = OnceLock::new();
+    let cell = if layout == Layout::DENSE {
+        &DENSE
+    } else {
+        &QUANTIZED
+    };
+    cell.get_or_init(|| {
+        Arc::new(load_bytes(&model_writer(1, layout).to_bytes()).expect("the tiny model loads"))
+    })
+    .clone()
+}
+
+fn quantized() -> Arc<Model> {
+    tiny_model(Layout::QUANTIZED)
+}
+
+fn tokens(model: &Model, text: &str) -> Vec<u32> {
+    model.tokenizer().encode(text, EncodeOptions::FRAGMENT)
+}
+
+/// Options that make sampling plain: no top-k/top-p, no penalties, a fixed seed.
+fn plain(temperature: f32, seed: i64, num_predict: i64) -> GenerateOptions {
+    GenerateOptions {
+        temperature,
+        seed,
+        num_predict,
+        top_k: 0,
+        top_p: 1.0,
+        ..GenerateOptions::default()
+    }
+}
+
+/// Four different requests: greedy, seeded sampling with filters, a stop sequence, penalties and a small
+/// `num_batch` (a prompt run in chunks).
+fn mixed_options() -> [GenerateOptions; 4] {
+    [
+        plain(0.0, 0, 40),
+        GenerateOptions {
+            top_k: 20,
+            top_p: 0.9,
+            min_p: 0.02,
+            ..plain(1.0, 11, 33)
+        },
+        GenerateOptions {
+            stop: vec!["e".to_string()],
+            ..plain(1.5, 3, 50)
+        },
+        GenerateOptions {
+            repeat_penalty: 1.3,
+            presence_penalty: 0.5,
+            num_batch: 3,
+            ..plain(0.8, 5, 45)
+        },
+    ]
+}
+
+/// Runs `prompt` alone through [`Model::generate`]: the reference every batched run must equal.
+fn alone(
+    model: &Model,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    entropy: u64,
+) -> (String, Output) {
+    let mut text = String::new();
+    let output = model
+        .generate(prompt, options, entropy, |piece| {
+            text.push_str(piece);
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("generation runs");
+    (text, output)
+}
+
+/// Reads a receiver to its end: the text pieces and the final event.
+fn collect(receiver: &mut mpsc::Receiver<Event>) -> (Vec<String>, Result<Output, GenerateError>) {
+    let mut pieces = Vec::new();
+    loop {
+        match receiver
+            .blocking_recv()
+            .expect("a Done or Error event ends the stream")
+        {
+            Event::Text(text) => pieces.push(text),
+            Event::Done(output) => {
+                assert!(receiver.blocking_recv().is_none(), "nothing follows Done");
+                return (pieces, Ok(output));
+            }
+            Event::Error(error) => return (pieces, Err(error)),
+        }
+    }
+}
+
+/// Reads the next event, which must be text.
+fn next_text(receiver: &mut mpsc::Receiver<Event>) -> String {
+    match receiver.blocking_recv() {
+        Some(Event::Text(text)) => text,
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+fn config(num_parallel: u32, queue_depth_max: u32) -> RunnerConfig {
+    RunnerConfig {
+        num_parallel,
+        queue_depth_max,
+        ..RunnerConfig::default()
+    }
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Logits after running `steps` (token chunks, in order) through a fresh cache, alone.
+fn logits_alone(model: &Model, steps: &[&[u32]]) -> Vec<u32> {
+    let mut cache = model.llama().new_cache(64).expect("cache");
+    let mut last = None;
+    for step in steps {
+        last = Some(model.llama().forward(step, &mut cache).expect("forward"));
+    }
+    bits(&last.expect("a step").to_vec1::<f32>().expect("logits"))
+}
+
+fn batched_forward_equals_alone(model: &Model) {
+    let llama = model.llama();
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| tokens(model, p)).collect();
+    // Sequences 0 and 1 already ran their prompts and now decode one token each; 2 prefills its prompt in this
+    // pass; 3 prefills without wanting logits, then decodes in a second pass with the others.
+    let mut caches: Vec<_> = (0..4)
+        .map(|_| llama.new_cache(64).expect("cache"))
+        .collect();
+    for (cache, prompt) in caches.iter_mut().zip(&prompts).take(2) {
+        llama.forward(prompt, cache).expect("prefill");
+    }
+    let next = [5u32, 77, 0, 0];
+    let results = {
+        let mut iter = caches.iter_mut();
+        let mut batch = vec![
+            BatchSequence {
+                tokens: &next[..1],
+                cache: iter.next().unwrap(),
+                logits: true,
+            },
+            BatchSequence {
+                tokens: &next[1..2],
+                cache: iter.next().unwrap(),
+                logits: true,
+            },
+            BatchSequence {
+                tokens: &prompts[2],
+                cache: iter.next().unwrap(),
+                logits: true,
+            },
+            BatchSequence {
+                tokens: &prompts[3],
+                cache: iter.next().unwrap(),
+                logits: false,
+            },
+        ];
+        llama.forward_batch(&mut batch).expect("batched forward")
+    };
+    let got: Vec<Option<Vec<u32>>> = results
+        .into_iter()
+        .map(|logits| logits.map(|t| bits(&t.to_vec1::<f32>().expect("logits"))))
+        .collect();
+    assert_eq!(
+        got[0].as_ref(),
+        Some(&logits_alone(model, &[&prompts[0], &next[..1]]))
+    );
+    assert_eq!(
+        got[1].as_ref(),
+        Some(&logits_alone(model, &[&prompts[1], &next[1..2]]))
+    );
+    assert_eq!(got[2].as_ref(), Some(&logits_alone(model, &[&prompts[2]])));
+    assert_eq!(got[3], None, "no logits where none were asked for");
+    let lengths: Vec<u32> = caches.iter().map(|c| c.len()).collect();
+    let expected: Vec<u32> = vec![
+        prompts[0].len() as u32 + 1,
+        prompts[1].len() as u32 + 1,
+        prompts[2].len() as u32,
+        prompts[3].len() as u32,
+    ];
+    assert_eq!(lengths, expected);
+    // Second pass: 3 decodes next to 0.
+    let results = {
+        let (first, rest) = caches.split_at_mut(1);
+        let mut batch = vec![
+            BatchSequence {
+                tokens: &next[2..3],
+                cache: &mut rest[2],
+                logits: true,
+            },
+            BatchSequence {
+                tokens: &next[3..4],
+                cache: &mut first[0],
+                logits: true,
+            },
+        ];
+        llama.forward_batch(&mut batch).expect("batched forward")
+    };
+    let got: Vec<Vec<u32>> = results
+        .into_iter()
+        .map(|logits| bits(&logits.expect("asked for").to_vec1::<f32>().expect("logits")))
+        .collect();
+    assert_eq!(got[0], logits_alone(model, &[&prompts[3], &next[2..3]]));
+    assert_eq!(
+        got[1],
+        logits_alone(model, &[&prompts[0], &next[..1], &next[3..4]])
+    );
+}
+
+#[test]
+fn t10_a_batched_pass_gives_each_sequence_its_logits_alone_bit_for_bit() {
+    batched_forward_equals_alone(&quantized());
+}
+
+#[test]
+fn t10_dense_weights_batch_bit_for_bit_too() {
+    batched_forward_equals_alone(&tiny_model(Layout::DENSE));
+}
+
+#[test]
+fn t10_the_runner_streams_text_and_reports_done_with_stats() {
+    let model = quantized();
+    let runner = Runner::start(model.clone(), config(2, 4));
+    let prompt = tokens(&model, PROMPTS[0]);
+    let options = plain(1.0, 9, 24);
+    let mut receiver = runner
+        .submit(SequenceRequest::new(prompt.clone(), options.clone(), 0))
+        .expect("accepted");
+    let (pieces, output) = collect(&mut receiver);
+    let output = output.expect("generation runs");
+    assert!(
+        pieces.iter().all(|piece| !piece.is_empty()),
+        "no empty pieces"
+    );
+    assert_eq!(pieces.concat(), model.tokenizer().decode(&output.tokens));
+    assert_eq!(output.tokens.len(), 24);
+    assert_eq!(output.done_reason, DoneReason::Length);
+    assert_eq!(output.stats.prompt_eval_count, prompt.len() as u32);
+    assert_eq!(
+        output.stats.eval_count, 23,
+        "one decode step per token after the first"
+    );
+    assert!(output.stats.prompt_eval_duration_ns > 0 && output.stats.eval_duration_ns > 0);
+    let (text, reference) = alone(&model, &prompt, &options, 0);
+    assert_eq!(pieces.concat(), text);
+    assert_eq!(output.tokens, reference.tokens);
+    assert_eq!(runner.load(), RunnerLoad::default());
+}
+
+fn four_in_a_batch_equal_each_alone(model: Arc<Model>) {
+    let runner = Runner::start(model.clone(), config(4, 0));
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| tokens(&model, p)).collect();
+    let options = mixed_options();
+    let submit = |index: usize| {
+        runner
+            .submit(SequenceRequest::new(
+                prompts[index].clone(),
+                options[index].clone(),
+                100 + index as u64,
+            ))
+            .expect("accepted")
+    };
+    let mut receivers: Vec<_> = (0..3).map(submit).collect();
+    // The fourth joins while the first three decode.
+    let mut early: Vec<Vec<String>> = vec![Vec::new(); 4];
+    for (index, receiver) in receivers.iter_mut().enumerate().take(2) {
+        for _ in 0..3 {
+            early[index].push(next_text(receiver));
+        }
+    }
+    receivers.push(submit(3));
+    for (index, mut receiver) in receivers.into_iter().enumerate() {
+        let (pieces, output) = collect(&mut receiver);
+        let output = output.expect("generation runs");
+        let (text, reference) = alone(&model, &prompts[index], &options[index], 100 + index as u64);
+        let streamed = early[index].concat() + &pieces.concat();
+        assert_eq!(streamed, text, "sequence {index}'s text");
+        assert_eq!(output.tokens, reference.tokens, "sequence {index}'s tokens");
+        assert_eq!(
+            output.done_reason, reference.done_reason,
+            "sequence {index}"
+        );
+        assert_eq!(output.stats.eval_count, reference.stats.eval_count);
+        assert_eq!(
+            output.stats.prompt_eval_count,
+            reference.stats.prompt_eval_count
+        );
+    }
+}
+
+#[test]
+fn t20_four_sequences_in_a_batch_equal_each_alone_one_joining_midway() {
+    four_in_a_batch_equal_each_alone(quantized());
+}
+
+#[test]
+fn t20_four_sequences_with_dense_weights_equal_each_alone() {
+    four_in_a_batch_equal_each_alone(tiny_model(Layout::DENSE));
+}
+
+/// Greedy on the tiny model never ends on its own (see `tiny::model_writer`): with `num_predict: -1` a
+/// sequence runs, shifting its context, until cancelled.
+fn endless() -> GenerateOptions {
+    plain(0.0, 0, -1)
+}
+
+#[test]
+fn t30_dropping_a_receiver_frees_its_slot_for_a_waiting_request() {
+    let model = quantized();
+    let runner = Runner::start(model.clone(), config(4, 2));
+    let prompt = tokens(&model, PROMPTS[1]);
+    let mut running: Vec<_> = (0..4)
+        .map(|_| {
+            runner
+                .submit(SequenceRequest::new(prompt.clone(), endless(), 0))
+                .expect("accepted")
+        })
+        .collect();
+    for receiver in &mut running {
+        next_text(receiver);
+    }
+    let mut fifth = runner
+        .submit(SequenceRequest::new(prompt.clone(), plain(0.0, 0, 3), 0))
+        .expect("queued");
+    // The four keep decoding while the fifth waits for a slot.
+    for _ in 0..5 {
+        for receiver in &mut running {
+            next_text(receiver);
+        }
+    }
+    assert_eq!(fifth.try_recv().unwrap_err(), TryRecvError::Empty);
+    let load = runner.load();
+    assert_eq!((load.active, load.waiting), (4, 1));
+    drop(running.remove(0));
+    let (_, output) = collect(&mut fifth);
+    let output = output.expect("the fifth runs once a slot is free");
+    assert_eq!(output.tokens.len(), 3);
+    assert_eq!(output.done_reason, DoneReason::Length);
+    // The three others are still running.
+    for receiver in &mut running {
+        next_text(receiver);
+    }
+}
+
+#[test]
+fn t30_a_full_queue_and_invalid_requests_are_refused() {
+    let model = quantized();
+    let runner = Runner::start(model.clone(), config(1, 1));
+    let prompt = tokens(&model, PROMPTS[3]);
+    let mut first = runner
+        .submit(SequenceRequest::new(prompt.clone(), endless(), 0))
+        .expect("runs");
+    next_text(&mut first);
+    let mut second = runner
+        .submit(SequenceRequest::new(prompt.clone(), endless(), 0))
+        .expect("waits");
+    let refused = runner.submit(SequenceRequest::new(prompt.clone(), endless(), 0));
+    assert!(
+        matches!(refused, Err(SubmitError::QueueFull { waiting: 2 })),
+        "{refused:?}"
+    );
+    let empty = runner.submit(SequenceRequest::new(Vec::new(), endless(), 0));
+    assert!(matches!(
+        empty,
+        Err(SubmitError::Invalid(GenerateError::EmptyPrompt))
+    ));
+    let vocab_size = model.config().vocab_size;
+    let unknown = runner.submit(SequenceRequest::new(vec![vocab_size], endless(), 0));
+    assert!(matches!(
+        unknown,
+        Err(SubmitError::Invalid(GenerateError::TokenOutOfRange { .. }))
+    ));
+    let too_long = SequenceRequest {
+        context: ContextPolicy {
+            truncate: false,
+            shift: true,
+        },
+        ..SequenceRequest::new(
+            vec![5; 40],
+            GenerateOptions {
+                num_ctx: 32,
+                ..endless()
+            },
+            0,
+        )
+    };
+    assert!(matches!(
+        runner.submit(too_long),
+        Err(SubmitError::Invalid(GenerateError::PromptTooLong {
+            prompt_tokens: 40,
+            context_length: 32
+        }))
+    ));
+    // Cancelling the running one lets the waiting one in, and the queue has room again.
+    drop(first);
+    next_text(&mut second);
+    let _third = runner
+        .submit(SequenceRequest::new(prompt, endless(), 0))
+        .expect("room again");
+}
+
+#[test]
+fn t30_a_client_that_does_not_read_holds_back_only_itself_and_loses_nothing() {
+    let model = quantized();
+    let runner = Runner::start(model.clone(), config(2, 0));
+    let options = plain(0.0, 0, 150);
+    let slow_prompt = tokens(&model, PROMPTS[0]);
+    let mut slow = runner
+        .submit(SequenceRequest::new(
+            slow_prompt.clone(),
+            options.clone(),
+            0,
+        ))
+        .expect("accepted");
+    // More events than the channel holds: the slow one pauses, the other finishes regardless.
+    let fast_prompt = tokens(&model, PROMPTS[2]);
+    let mut fast = runner
+        .submit(SequenceRequest::new(
+            fast_prompt.clone(),
+            options.clone(),
+            0,
+        ))
+        .expect("accepted");
+    let (fast_pieces, fast_output) = collect(&mut fast);
+    assert_eq!(
+        fast_pieces.concat(),
+        alone(&model, &fast_prompt, &options, 0).0
+    );
+    assert_eq!(fast_output.expect("runs").tokens.len(), 150);
+    let (slow_pieces, slow_output) = collect(&mut slow);
+    let (text, reference) = alone(&model, &slow_prompt, &options, 0);
+    assert_eq!(slow_pieces.concat(), text);
+    assert_eq!(slow_output.expect("runs").tokens, reference.tokens);
+}
+
+#[test]
+fn t40_embeddings_through_the_runner_equal_the_model_s() {
+    let model = quantized();
+    let runner = Runner::start(model.clone(), config(2, 2));
+    let prompt = tokens(&model, PROMPTS[0]);
+    // One sequence decoding meanwhile: embeddings run between its steps.
+    let mut running = runner
+        .submit(SequenceRequest::new(prompt.clone(), endless(), 0))
+        .expect("accepted");
+    next_text(&mut running);
+    for text in PROMPTS {
+        let input = tokens(&model, text);
+        let vector = runner
+            .embed(input.clone())
+            .expect("queued")
+            .blocking_recv()
+            .expect("answered")
+            .expect("embedding runs");
+        assert_eq!(bits(&vector), bits(&model.embed(&input).expect("embeds")));
+    }
+    let error = runner
+        .embed(Vec::new())
+        .expect("queued")
+        .blocking_recv()
+        .expect("answered");
+    assert!(matches!(error, Err(GenerateError::EmptyPrompt)));
+    next_text(&mut running);
+}
+
+/// Ollama's truncation: the first `keep` tokens, then the most recent ones, `context` in all.
+fn truncated(prompt: &[u32], keep: usize, context: usize) -> Vec<u32> {
+    let discard = prompt.len() - context;
+    [&prompt[..keep], &prompt[keep + discard..]].concat()
+}
+
+#[test]
+fn t50_a_prompt_longer_than_the_context_is_truncated_as_ollama_does() {
+    let model = quantized();
+    let runner = Runner::start(model.clone(), config(2, 2));
+    let long: Vec<u32> = PROMPTS
+        .iter()
+        .cycle()
+        .take(12)
+        .flat_map(|p| tokens(&model, p))
+        .collect();
+    let context = 48usize;
+    assert!(long.len() > 2 * context, "{} tokens", long.len());
+    for (num_keep, keep) in [(4i64, 4usize), (0, 0), (-1, context - 1)] {
+        let options = GenerateOptions {
+            num_ctx: context as i64,
+            num_keep,
+            ..plain(0.0, 0, 1)
+        };
+        let mut receiver = runner
+            .submit(SequenceRequest::new(long.clone(), options, 0))
+            .expect("accepted");
+        let (_, output) = collect(&mut receiver);
+        let output = output.expect("runs");
+        assert_eq!(
+            output.stats.prompt_eval_count, context as u32,
+            "num_keep {num_keep}"
+        );
+        // The same prompt, cut by hand, in a context one larger (generate wants room for one more token).
+        let cut = truncated(&long, keep, context);
+        let reference = GenerateOptions {
+            num_ctx: context as i64 + 1,
+            ..plain(0.0, 0, 1)
+        };
+        assert_eq!(
+            output.tokens,
+            alone(&model, &cut, &reference, 0).1.tokens,
+            "num_keep {num_keep}"
+        );
+    }
+}
+
+#[test]
+fn t50_a_full_context_shifts_keeping_num_keep_and_half_the_rest() {
+    let model = quantized();
+    let runner = Runner::start(model.clone(), config(2, 2));
+    let prompt = tokens(&model, PROMPTS[0]);
+    let (context, keep) = (48usize, 4usize);
+    let discard = (context - keep) / 2;
+    // The first shift comes when the token at position `context` must run; its re-run holds this many tokens.
+    let kept_len = context - discard + 1;
+    let until_next_shift = context - kept_len + 1;
+    let first_after_shift = context - prompt.len() + 1;
+    let num_predict = first_after_shift + until_next_shift + 5;
+    let options = GenerateOptions {
+        num_ctx: context as i64,
+        num_keep: keep as i64,
+        ..plain(0.0, 0, num_predict as i64)
+    };
+    let mut receiver = runner
+        .submit(SequenceRequest::new(prompt.clone(), options.clone(), 0))
+        .expect("accepted");
+    let (pieces, output) = collect(&mut receiver);
+    let output = output.expect("runs");
+    assert_eq!(
+        output.tokens.len(),
+        num_predict,
+        "generation went past the context"
+    );
+    assert_eq!(output.done_reason, DoneReason::Length);
+    assert_eq!(pieces.concat(), model.tokenizer().decode(&output.tokens));
+    // What follows the shift is the greedy continuation of the kept tokens, computed alone.
+    let history: Vec<u32> = prompt.iter().chain(&output.tokens).copied().collect();
+    let kept = [&history[..keep], &history[keep + discard..=context]].concat();
+    assert_eq!(kept.len(), kept_len);
+    let continuation = GenerateOptions {
+        num_ctx: context as i64,
+        ..plain(0.0, 0, until_next_shift as i64)
+    };
+    let (_, reference) = alone(&model, &kept, &continuation, 0);
+    assert_eq!(reference.tokens.len(), until_next_shift);
+    assert_eq!(
+        output.tokens[first_after_shift..first_after_shift + until_next_shift],
+        reference.tokens[..]
+    );
+    // Without shifting (num_predict -2 fills the context; or `shift: false`) the context bounds generation.
+    let fill = GenerateOptions {
+        num_predict: -2,
+        ..options.clone()
+    };
+    let no_shift = SequenceRequest {
+        context: ContextPolicy {
+            truncate: true,
+            shift: false,
+        },
+        ..SequenceRequest::new(prompt.clone(), options, 0)
+    };
+    for request in [SequenceRequest::new(prompt.clone(), fill, 0), no_shift] {
+        let (_, output) = collect(&mut runner.submit(request).expect("accepted"));
+        let output = output.expect("runs");
+        assert_eq!(output.done_reason, DoneReason::Length);
+        assert_eq!(
+            output.tokens.len(),
+            first_after_shift,
+            "the context bounds it"
+        );
+        assert_eq!(output.tokens[..], history[prompt.len()..=context]);
+    }
+}
+
+/// Allows only the listed tokens and records what it is told was chosen.
+struct OnlyTokens {
+    allowed: Vec<u32>,
+    accepted: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Constraint for OnlyTokens {
+    fn mask(&mut self, logits: &mut [f32]) {
+        for (token, logit) in logits.iter_mut().enumerate() {
+            if !self.allowed.contains(&(token as u32)) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    fn accept(&mut self, token: u32) {
+        self.accepted.lock().unwrap().push(token);
+    }
+
+    fn is_complete(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn t60_a_constraint_masks_before_sampling_and_hears_each_choice() {
+    let model = quantized();
+    let runner = Runner::start(model.clone(), config(2, 2));
+    let allowed = tokens(&model, "abc ");
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let request = SequenceRequest {
+        constraint: Some(Box::new(OnlyTokens {
+            allowed: allowed.clone(),
+            accepted: accepted.clone(),
+        })),
+        ..SequenceRequest::new(tokens(&model, PROMPTS[0]), plain(1.0, 4, 30), 0)
+    };
+    let (pieces, output) = collect(&mut runner.submit(request).expect("accepted"));
+    let output = output.expect("runs");
+    assert_eq!(output.tokens.len(), 30);
+    assert!(
+        output.tokens.iter().all(|t| allowed.contains(t)),
+        "{:?}",
+        output.tokens
+    );
+    assert_eq!(*accepted.lock().unwrap(), output.tokens);
+    assert!(pieces.concat().chars().all(|c| "abc ".contains(c)));
+}
+
+#[test]
+fn t60_dropping_the_runner_cancels_everything_and_joins_its_thread() {
+    let model = quantized();
+    let runner = Runner::start(model.clone(), config(1, 2));
+    let prompt = tokens(&model, PROMPTS[1]);
+    let mut running = runner
+        .submit(SequenceRequest::new(prompt.clone(), endless(), 0))
+        .expect("runs");
+    next_text(&mut running);
+    let mut waiting = runner
+        .submit(SequenceRequest::new(prompt, endless(), 0))
+        .expect("waits");
+    drop(runner);
+    let (_, output) = collect(&mut running);
+    assert_eq!(output.expect("ends").done_reason, DoneReason::Cancelled);
+    let (pieces, output) = collect(&mut waiting);
+    let output = output.expect("ends");
+    assert!(pieces.is_empty() && output.tokens.is_empty());
+    assert_eq!(output.done_reason, DoneReason::Cancelled);
+}
+
+/// The real model, only when `OLLAMAMAX_MODEL` names it.
+fn real_model() -> Option<Arc<Model>> {
+    static MODEL: OnceLock<Option<Arc<Model>>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let Some(path) = std::env::var_os("OLLAMAMAX_MODEL") else {
+                println!("skipped: set OLLAMAMAX_MODEL to the SmolLM2 GGUF (scripts/fetch-model.sh prints it)");
+                return None;
+            };
+            Some(Arc::new(
+                Model::load(&PathBuf::from(path)).expect("the model loads"),
+            ))
+        })
+        .clone()
+}
+
+#[test]
+fn t70_real_model_four_concurrent_greedy_sequences_equal_each_alone() {
+    let Some(model) = real_model() else { return };
+    let chat = |user: &str| {
+        let text = format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n");
+        model.tokenizer().encode(&text, EncodeOptions::PROMPT)
+    };
+    let prompts = [
+        chat("What is the capital of France?"),
+        chat("Write a haiku about the sea."),
+        chat("Count from one to ten."),
+        chat("Explain what a CPU cache is in two sentences."),
+    ];
+    let options = plain(0.0, 0, 48);
+    let runner = Runner::start(model.clone(), config(4, 0));
+    let mut receivers: Vec<_> = prompts
+        .iter()
+        .map(|prompt| {
+            runner
+                .submit(SequenceRequest::new(prompt.clone(), options.clone(), 0))
+                .expect("accepted")
+        })
+        .collect();
+    for (prompt, receiver) in prompts.iter().zip(&mut receivers) {
+        let (pieces, output) = collect(receiver);
+        let output = output.expect("runs");
+        let (text, reference) = alone(&model, prompt, &options, 0);
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(output.tokens, reference.tokens);
+        assert_eq!(output.done_reason, reference.done_reason);
+    }
+}
