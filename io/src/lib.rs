@@ -5,3 +5,5 @@
 //! their own issues (single node, cluster).
 
 pub mod engine;
+pub mod registry;
+pub mod store;

@@ -1,0 +1,76 @@
+//! What can go wrong talking to a registry.
+
+use crate::store::{ErrorKind, StoreError};
+
+/// Longest registry response body quoted in an error.
+pub(crate) const ERROR_BODY_BYTES_MAX: usize = 1024;
+
+/// Why a pull or push failed. Messages carry no URL (a redirect target may hold a signed query) and no path.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry has no such model or tag (Ollama's wording: its pull wraps `os.ErrNotExist`).
+    #[error("pull model manifest: file does not exist")]
+    ManifestNotFound,
+    /// The registry asked for credentials; token authentication is not implemented yet.
+    #[error("unauthorized: registry authentication is not supported yet")]
+    Unauthorized,
+    /// The registry answered with an error status.
+    #[error("{status}: {body}")]
+    Status {
+        /// The HTTP status code.
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+    /// The request failed before a status (connect, TLS, timeout, broken body).
+    #[error("registry request failed: {0}")]
+    Http(reqwest::Error),
+    /// The registry's manifest does not parse or breaks a limit.
+    #[error("invalid manifest from registry: {0}")]
+    InvalidManifest(String),
+    /// A response that breaks the protocol (no upload location, a wrong `Content-Range`).
+    #[error("registry protocol error: {0}")]
+    Protocol(&'static str),
+    /// Something this client does not do (e.g. safetensors tensor layers).
+    #[error("{0}")]
+    Unsupported(String),
+    /// `http://` in a model name without `insecure`.
+    #[error("insecure protocol http")]
+    InsecureProtocol,
+    /// Every attempt at a transfer failed; the last error.
+    #[error("max retries exceeded: {0}")]
+    RetriesExhausted(Box<RegistryError>),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking task (hashing, reading a chunk) panicked or was cancelled.
+    #[error("background task failed")]
+    Task,
+}
+
+impl RegistryError {
+    /// Which HTTP status this failure maps to.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RegistryError::ManifestNotFound => ErrorKind::NotFound,
+            RegistryError::InsecureProtocol | RegistryError::Unsupported(_) => ErrorKind::Invalid,
+            RegistryError::Store(error) => error.kind(),
+            _ => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether trying again may help: network failures, timeouts, 5xx, 408 and 429.
+    pub(crate) fn is_retryable(&self) -> bool {
+        match self {
+            RegistryError::Http(_) => true,
+            RegistryError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn http(error: reqwest::Error) -> Self {
+        RegistryError::Http(error.without_url())
+    }
+}

@@ -1,0 +1,158 @@
+//! Writing blobs: bytes stream into a temporary file inside `blobs/`, are hashed as they arrive, and become
+//! `sha256-<hex>` only if the hash matches the digest they were announced with.
+
+use super::{Store, StoreError};
+use ollamamax_core::digest::Digest;
+use sha2::{Digest as _, Sha256};
+use std::ffi::OsString;
+use std::io::Write;
+use tempfile::NamedTempFile;
+
+/// Prefix of a [`BlobWriter`]'s temporary file; garbage collection removes stale ones.
+pub(crate) const UPLOAD_PREFIX: &str = ".upload-";
+/// Suffix of a [`BlobWriter`]'s temporary file.
+pub(crate) const UPLOAD_SUFFIX: &str = ".tmp";
+
+/// A blob being written. Dropping it without [`BlobWriter::finish`] removes the temporary file, so an abandoned
+/// upload (a client that disconnects) leaves nothing behind.
+pub struct BlobWriter {
+    store: Store,
+    /// `None` only after `finish` took it.
+    file: Option<NamedTempFile>,
+    /// The temporary file's name, registered with the store so garbage collection leaves it alone.
+    file_name: OsString,
+    hasher: Sha256,
+    written_bytes: u64,
+    limit_bytes: u64,
+}
+
+/// A finished blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobStored {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its length in bytes.
+    pub size: u64,
+    /// False if the store already had this blob (the new copy was discarded).
+    pub created: bool,
+}
+
+impl Store {
+    /// Starts writing a blob of at most `limit_bytes` (capped at [`super::BLOB_BYTES_MAX`]).
+    pub fn blob_writer(&self, limit_bytes: u64) -> Result<BlobWriter, StoreError> {
+        // Created and registered under one lock, so collection never sees an unregistered live upload.
+        let mut uploads = self.uploads();
+        let file = tempfile::Builder::new()
+            .prefix(UPLOAD_PREFIX)
+            .suffix(UPLOAD_SUFFIX)
+            .tempfile_in(self.blobs_dir())
+            .map_err(StoreError::io("create a temporary blob file"))?;
+        assert!(file.path().starts_with(self.blobs_dir()));
+        let file_name = file
+            .path()
+            .file_name()
+            .expect("a temporary file has a name")
+            .to_os_string();
+        assert!(uploads.insert(file_name.clone()));
+        drop(uploads);
+        Ok(BlobWriter {
+            store: self.clone(),
+            file: Some(file),
+            file_name,
+            hasher: Sha256::new(),
+            written_bytes: 0,
+            limit_bytes: limit_bytes.min(super::BLOB_BYTES_MAX),
+        })
+    }
+
+    /// Stores `bytes` as a blob and returns its digest (for small layers the store makes itself).
+    pub(crate) fn write_blob_bytes(&self, bytes: &[u8]) -> Result<BlobStored, StoreError> {
+        let mut writer = self.blob_writer(bytes.len() as u64)?;
+        writer.write_chunk(bytes)?;
+        let digest = super::manifest::sha256(bytes);
+        writer.finish(&digest)
+    }
+}
+
+impl BlobWriter {
+    /// Appends a chunk. Fails with `TooLarge` once the total passes the limit.
+    pub fn write_chunk(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let total = self.written_bytes.saturating_add(bytes.len() as u64);
+        if total > self.limit_bytes {
+            return Err(StoreError::TooLarge {
+                what: "blob",
+                limit_bytes: self.limit_bytes,
+            });
+        }
+        self.file
+            .as_mut()
+            .expect("an unfinished writer has its file")
+            .write_all(bytes)
+            .map_err(StoreError::io("write blob"))?;
+        self.hasher.update(bytes);
+        self.written_bytes = total;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes
+    }
+
+    /// Checks the bytes against `expected` and, if they match, moves them to `blobs/sha256-<hex>` atomically.
+    /// On a mismatch nothing is kept.
+    pub fn finish(mut self, expected: &Digest) -> Result<BlobStored, StoreError> {
+        let file = self.file.take().expect("an unfinished writer has its file");
+        let store = self.store.clone();
+        let written_bytes = self.written_bytes;
+        let actual = Digest::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
+        if actual != *expected {
+            // Dropping `file` removes the temporary file.
+            return Err(StoreError::DigestMismatch {
+                expected: *expected,
+                actual,
+            });
+        }
+        file.as_file()
+            .sync_all()
+            .map_err(StoreError::io("write blob"))?;
+        let path = store.blob_path(expected);
+        if store.has_blob(expected)? {
+            return Ok(BlobStored {
+                digest: actual,
+                size: written_bytes,
+                created: false,
+            });
+        }
+        file.persist(&path)
+            .map_err(|error| StoreError::io("store blob")(error.error))?;
+        Ok(BlobStored {
+            digest: actual,
+            size: written_bytes,
+            created: true,
+        })
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_chunk(bytes)
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.file.as_mut() {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // The temporary file (if `finish` did not take it) is removed by its own drop, right after this.
+        let removed = self.store.uploads().remove(&self.file_name);
+        assert!(removed);
+    }
+}
