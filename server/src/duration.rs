@@ -97,22 +97,6 @@ pub fn parse_go_duration_ms(text: &str) -> Result<f64, String> {
     Ok(if negative { -total } else { total })
 }
 
-/// Renders milliseconds as a Go duration string, as `ollama show` prints parameters.
-pub fn format_duration_ms(ms: u64) -> String {
-    let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
-    let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let seconds = rest as f64 / 1000.0;
-    let mut out = String::new();
-    if hours > 0 {
-        out.push_str(&format!("{hours}h"));
-    }
-    if hours > 0 || minutes > 0 {
-        out.push_str(&format!("{minutes}m"));
-    }
-    out.push_str(&format!("{seconds}s"));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,12 +130,5 @@ mod tests {
             Ok(KeepAlive::For(2_500))
         );
         assert!(KeepAliveValue::Text("soon".into()).resolve().is_err());
-    }
-
-    #[test]
-    fn durations_format_like_go() {
-        assert_eq!(format_duration_ms(300_000), "5m0s");
-        assert_eq!(format_duration_ms(1_500), "1.5s");
-        assert_eq!(format_duration_ms(3_660_000), "1h1m0s");
     }
 }

@@ -32,11 +32,6 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// Ollama's 404 for a model that is not here.
-    pub fn model_not_found(name: &str) -> Self {
-        Self::not_found(format!("model '{name}' not found"))
-    }
-
     /// 500 with `message`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
@@ -53,11 +48,6 @@ impl ApiError {
             status,
             message: message.into(),
         }
-    }
-
-    /// The same error in OpenAI's shape.
-    pub fn openai(self) -> OpenAiError {
-        OpenAiError(self)
     }
 
     fn retry_after(&self, response: &mut Response) {

@@ -2,7 +2,6 @@
 //! plain-text rejection.
 
 use axum::body::Bytes;
-use axum::extract::FromRequest;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;

@@ -226,25 +226,3 @@ impl ShowRequest {
         }
     }
 }
-
-/// A progress line of create, pull and push.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct ProgressResponse {
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub completed: Option<u64>,
-}
-
-impl ProgressResponse {
-    /// A line with only a status.
-    pub fn status(status: impl Into<String>) -> Self {
-        Self {
-            status: status.into(),
-            ..Self::default()
-        }
-    }
-}

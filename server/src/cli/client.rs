@@ -64,11 +64,6 @@ impl Client {
         })
     }
 
-    /// The server's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -16,10 +16,11 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1000.0;
         unit += 1;
     }
+    // Ollama's format.HumanBytes: whole numbers from 10 up, one decimal below 10 unless whole.
     if unit == 0 {
         format!("{bytes} B")
-    } else if value >= 100.0 {
-        format!("{value:.0} {}", UNITS[unit])
+    } else if value >= 10.0 || value.fract() == 0.0 {
+        format!("{} {}", value as u64, UNITS[unit])
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
@@ -260,7 +261,8 @@ mod tests {
     #[test]
     fn sizes_print_like_ollama() {
         assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(98_000_000), "98 MB");
+        assert_eq!(human_bytes(98_362_584), "98 MB");
+        assert_eq!(human_bytes(2_000_000), "2 MB");
         assert_eq!(human_bytes(1_500_000_000), "1.5 GB");
     }
 

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ollamamax_io::engine::Model;
 use ollamamax_io::engine::gguf::GgufFile;
@@ -69,10 +68,6 @@ pub struct LoadedModel {
     pub template: PromptTemplate,
     /// Compiles `format`s against this model's vocabulary; built on first use.
     grammar: std::sync::OnceLock<Result<Arc<FormatCompiler>, String>>,
-    /// The load's duration in nanoseconds (reported once, by the request that loaded it).
-    pub load_duration_ns: u64,
-    /// When it finished loading.
-    pub loaded_at: Instant,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -86,7 +81,6 @@ impl std::fmt::Debug for LoadedModel {
 impl LoadedModel {
     /// Loads the GGUF and starts its runner. Errors are plain text without paths.
     pub fn load(recipe: Arc<Recipe>, num_parallel: u32) -> Result<Self, String> {
-        let started = Instant::now();
         let model = Arc::new(Model::load(&recipe.model_path).map_err(|error| error.to_string())?);
         let template = match &recipe.template {
             Some(source) => {
@@ -110,8 +104,6 @@ impl LoadedModel {
             runner,
             template,
             grammar: std::sync::OnceLock::new(),
-            load_duration_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            loaded_at: Instant::now(),
         })
     }
 

@@ -27,18 +27,14 @@ const COMMANDS_MAX: usize = 1024;
 /// A slot on a loaded model. Dropping it tells residency the request finished.
 pub struct Lease {
     model: Arc<LoadedModel>,
-    guard: FinishGuard,
+    /// Held for its `Drop`.
+    _guard: FinishGuard,
 }
 
 impl Lease {
     /// The model the request runs on.
     pub fn model(&self) -> &Arc<LoadedModel> {
         &self.model
-    }
-
-    /// The request's id on this node.
-    pub fn request(&self) -> RequestId {
-        self.guard.request
     }
 }
 
@@ -155,7 +151,10 @@ impl Node {
         let model = answer
             .await
             .map_err(|_| ApiError::internal("the server is shutting down"))??;
-        Ok(Lease { model, guard })
+        Ok(Lease {
+            model,
+            _guard: guard,
+        })
     }
 
     /// Asks for `model` to be unloaded as soon as it is idle.
