@@ -666,3 +666,83 @@ fn t50_error_messages_never_contain_paths() {
         assert!(!text.contains(&root) && !text.contains("/tmp"), "{text}");
     }
 }
+
+#[test]
+fn t50_partial_downloads_resume_only_from_consistent_records() {
+    let (directory, store) = open();
+    let bytes: Vec<u8> = (0..100u8).collect();
+    let digest = digest_of(&bytes);
+    let partial = store.open_partial(&digest, 100, 40).unwrap();
+    assert_eq!(partial.parts().len(), 3);
+    {
+        let mut writer = partial.part_writer(1);
+        assert_eq!(writer.position(), 40);
+        assert_eq!(
+            writer.write(&bytes[40..]).unwrap(),
+            40,
+            "a part takes only its own bytes"
+        );
+    }
+    // Not every part is complete: finishing fails and keeps the partial for later.
+    let error = partial.finish().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("download of {digest} is incomplete")
+    );
+
+    let partial = store.open_partial(&digest, 100, 40).unwrap();
+    assert_eq!(partial.completed(), 40, "resumed");
+    drop(partial);
+    // A record that no longer matches the blob's size means starting over.
+    let record = directory
+        .path()
+        .join(format!("blobs/sha256-{}-partial-1", digest.hex()));
+    std::fs::write(
+        &record,
+        b"{\"N\":1,\"Offset\":40,\"Size\":41,\"Completed\":40}",
+    )
+    .unwrap();
+    let partial = store.open_partial(&digest, 100, 40).unwrap();
+    assert_eq!(partial.completed(), 0);
+    for part in partial.parts() {
+        let mut writer = partial.part_writer(part.index);
+        let start = part.offset as usize;
+        writer
+            .write(&bytes[start..start + part.size as usize])
+            .unwrap();
+    }
+    partial.finish().unwrap();
+    assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), bytes);
+    assert_eq!(
+        files_under(&directory.path().join("blobs")),
+        vec![digest.file_name()]
+    );
+
+    // Wrong bytes: the digest check removes everything.
+    let other = digest_of(b"something else entirely");
+    let partial = store.open_partial(&other, 4, 40).unwrap();
+    partial.part_writer(0).write(b"abcd").unwrap();
+    let error = partial.finish().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Invalid);
+    assert_eq!(
+        files_under(&directory.path().join("blobs")),
+        vec![digest.file_name()]
+    );
+}
+
+#[test]
+fn t50_a_manifest_is_only_written_when_its_blobs_are_present() {
+    let (_directory, store) = open();
+    let missing = digest_of(b"absent blob");
+    let manifest = ollamamax_io::store::Manifest::new(
+        ollamamax_io::store::Layer::new(CONFIG_MEDIA_TYPE, missing, 11),
+        Vec::new(),
+    );
+    let error = store.write_manifest(&name("tiny"), &manifest).unwrap_err();
+    assert!(matches!(error, StoreError::MissingBlob { digest, .. } if digest == missing));
+    assert!(store.list().unwrap().is_empty());
+    let error = store
+        .write_manifest_bytes(&name("tiny"), b"{]")
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Invalid);
+}

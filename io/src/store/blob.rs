@@ -84,9 +84,11 @@ impl BlobWriter {
                 limit_bytes: self.limit_bytes,
             });
         }
+        // Through the `File`: `NamedTempFile`'s own `Write` puts the path into its errors.
         self.file
             .as_mut()
             .expect("an unfinished writer has its file")
+            .as_file_mut()
             .write_all(bytes)
             .map_err(StoreError::io("write blob"))?;
         self.hasher.update(bytes);
@@ -143,7 +145,7 @@ impl Write for BlobWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self.file.as_mut() {
-            Some(file) => file.flush(),
+            Some(file) => file.as_file_mut().flush(),
             None => Ok(()),
         }
     }

@@ -94,7 +94,10 @@ impl StoreError {
     }
 
     pub(crate) fn io(operation: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
-        move |source| StoreError::Io { operation, source }
+        move |source| StoreError::Io {
+            operation,
+            source: without_path(source),
+        }
     }
 }
 
@@ -107,5 +110,52 @@ impl From<NameError> for StoreError {
 impl From<DigestError> for StoreError {
     fn from(error: DigestError) -> Self {
         StoreError::Invalid(error.to_string())
+    }
+}
+
+/// `error` without context a library may have wrapped around it (tempfile adds the file's path to its
+/// errors): the OS error if one can be reached, else just the kind.
+fn without_path(error: std::io::Error) -> std::io::Error {
+    if let Some(code) = error.raw_os_error() {
+        return std::io::Error::from_raw_os_error(code);
+    }
+    let mut inner: Option<&(dyn std::error::Error + 'static)> = error
+        .get_ref()
+        .map(|custom| custom as &(dyn std::error::Error + 'static));
+    while let Some(current) = inner {
+        if let Some(code) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return std::io::Error::from_raw_os_error(code);
+        }
+        inner = current.source();
+    }
+    std::io::Error::from(error.kind())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_lose_wrapped_paths() {
+        let directory = std::env::temp_dir().join("ollamamax-no-such-directory-for-this-test");
+        let error = tempfile::Builder::new()
+            .tempfile_in(&directory)
+            .unwrap_err();
+        assert!(error.to_string().contains("ollamamax-no-such-directory"));
+        let store_error = StoreError::io("create")(error);
+        let text = store_error.to_string();
+        assert!(!text.contains("ollamamax-no-such-directory"), "{text}");
+        let StoreError::Io { source, .. } = store_error else {
+            panic!("an I/O error")
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        let plain = std::fs::File::open(&directory).unwrap_err();
+        assert_eq!(
+            StoreError::io("open")(plain).to_string(),
+            "open: No such file or directory (os error 2)"
+        );
     }
 }

@@ -306,7 +306,9 @@ fn write_atomically(path: &Path, bytes: &[u8], operation: &'static str) -> Resul
         .prefix(".tmp-")
         .tempfile_in(directory)
         .map_err(StoreError::io(operation))?;
-    temp.write_all(bytes).map_err(StoreError::io(operation))?;
+    temp.as_file_mut()
+        .write_all(bytes)
+        .map_err(StoreError::io(operation))?;
     temp.as_file()
         .sync_all()
         .map_err(StoreError::io(operation))?;
