@@ -32,12 +32,6 @@ pub fn human_time(at: &str, now: DateTime<Utc>) -> String {
         return at.to_string();
     };
     let seconds = (at.with_timezone(&Utc) - now).num_seconds();
-    let seconds =
-        if seconds == 1 && at.with_timezone(&Utc) < now + chrono::Duration::milliseconds(1500) {
-            0
-        } else {
-            seconds
-        };
     let (amount, suffix) = if seconds < 0 {
         (-seconds, "ago")
     } else {
