@@ -74,4 +74,10 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+
+    /// Forgets the positions from `len` on (none if the cache holds fewer), as if only the first `len` tokens
+    /// had run: their keys and values do not depend on later tokens.
+    pub fn truncate(&mut self, len: u32) {
+        self.len = self.len.min(len);
+    }
 }
