@@ -610,3 +610,34 @@ async fn t50_missing_models_unauthorized_registries_and_insecure_names() {
     assert!(Registry::check_scheme("http://example.com/ns/model", true).is_ok());
     assert!(Registry::check_scheme("example.com/ns/model", false).is_ok());
 }
+
+#[tokio::test]
+async fn t20_concurrent_pulls_download_each_blob_once() {
+    let fake = FakeRegistry::start(true).await;
+    let big = vec![7u8; 5000];
+    // Longer than one byte, so no blob request looks like the one-byte probe.
+    let published = model(big.clone(), "a system prompt");
+    fake.publish(
+        "library/tiny",
+        "latest",
+        &published.manifest,
+        &published.blobs,
+    );
+    let directory = tempfile::tempdir().unwrap();
+    let store = Store::open(directory.path()).unwrap();
+    let registry = Registry::new(options()).unwrap();
+    let model = name(&format!("{}/library/tiny", fake.host()));
+    let (first, second) = tokio::join!(
+        pull(&registry, &store, &model),
+        pull(&registry, &store, &model)
+    );
+    first.0.unwrap();
+    second.0.unwrap();
+    for blob in &published.blobs {
+        assert_eq!(blob_gets(&fake, &digest_of(blob)).len(), 1);
+    }
+    assert_eq!(
+        std::fs::read(store.blob_path(&digest_of(&big))).unwrap(),
+        big
+    );
+}

@@ -72,6 +72,16 @@ pub const DIRECTORY_ENTRIES_MAX: u32 = 1_000_000;
 pub const LAYER_TEXT_FIELD_BYTES_MAX: u32 = 1024;
 
 const _: () = assert!(MANIFEST_BYTES_MAX <= TEXT_LAYER_BYTES_MAX);
+// The server moves these into `spawn_blocking` and across tasks.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send::<BlobWriter>();
+    send::<PartialDownload>();
+    send::<PartWriter>();
+    send::<StoreError>();
+};
 const _: () = assert!(TEXT_LAYER_BYTES_MAX <= BLOB_BYTES_MAX);
 
 /// A models directory in Ollama's layout. Clones share the in-process guards (see the module docs).
