@@ -8,6 +8,7 @@
 #   OLLAMAMAX_MODEL   the GGUF to upload (default: what scripts/fetch-model.sh prints)
 #   OLLAMAMAX_CACHE   cache folder (default: ~/.cache/ollamamax); the venv is $OLLAMAMAX_CACHE/venv-clients
 set -euo pipefail
+export PYTHONDONTWRITEBYTECODE=1
 cd "$(dirname "$0")/.."
 
 cache="${OLLAMAMAX_CACHE:-$HOME/.cache/ollamamax}"
