@@ -40,6 +40,9 @@ echo "$OLLAMAMAX_MODEL"
 step "unit, property and integration tests"
 cargo test --release --workspace 2>&1 | tee -a "$results"
 
+step "end to end: ollamamax serve driven by the official ollama and openai Python clients"
+./scripts/e2e.sh 2>&1 | tee -a "$results"
+
 step "the simulator catches planted bugs"
 cargo test --release -p ollamamax-sim --features planted-bugs --test planted_bugs -- --nocapture 2>&1 | tee -a "$results"
 

@@ -68,6 +68,7 @@ async fn start(state: AppState, body: axum::body::Bytes) -> Result<Response, Api
         ));
     }
     let name = normalize(&raw_name)?;
+    precheck(&state, &request).await?;
     let (sender, receiver) = mpsc::channel(PROGRESS_LINES_MAX);
     let store = state.store.clone();
     let node = state.node.clone();
@@ -86,14 +87,51 @@ async fn start(state: AppState, body: axum::body::Bytes) -> Result<Response, Api
     Ok(respond(envelope.stream.unwrap_or(true), receiver).await)
 }
 
+/// What can be refused with a proper status before anything streams: the base model's name, each file's
+/// digest, and that each file was uploaded.
+async fn precheck(state: &AppState, request: &CreateRequest) -> Result<(), ApiError> {
+    if let Some(from) = request.from.as_deref().filter(|f| !f.is_empty()) {
+        normalize(from)?;
+    }
+    let mut digests = Vec::with_capacity(request.files.len());
+    for (file, digest) in &request.files {
+        let digest = ollamamax_core::digest::Digest::parse(digest).map_err(|_| {
+            ApiError::bad_request(format!("invalid digest format for file {file:?}"))
+        })?;
+        digests.push(digest);
+    }
+    let missing = super::models::blocking(&state.store, move |store| {
+        for digest in digests {
+            if !store.has_blob(&digest)? {
+                return Ok(Some(digest));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    if let Some(digest) = missing {
+        return Err(ApiError::bad_request(format!(
+            "blob {digest} has not been uploaded"
+        )));
+    }
+    Ok(())
+}
+
 /// Streams progress as NDJSON, or with `stream: false` answers once with the last line (or the error).
 pub async fn respond(stream: bool, receiver: mpsc::Receiver<Outcome>) -> Response {
-    let outcomes = ReceiverStream::new(receiver);
+    let mut outcomes = ReceiverStream::new(receiver);
     if stream {
-        let lines = outcomes.map(|outcome| match outcome {
-            Outcome::Progress(progress) => ndjson::line(&progress),
-            Outcome::Failed(error) => ndjson::error_line(&error.message),
-        });
+        // An operation that fails before its first line answers with the error's own status.
+        let first = match outcomes.next().await {
+            Some(Outcome::Failed(error)) => return error.into_response(),
+            first => first,
+        };
+        let lines = futures::stream::iter(first)
+            .chain(outcomes)
+            .map(|outcome| match outcome {
+                Outcome::Progress(progress) => ndjson::line(&progress),
+                Outcome::Failed(error) => ndjson::error_line(&error.message),
+            });
         return ndjson::response(lines);
     }
     let mut last: Option<Progress> = None;

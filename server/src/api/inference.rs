@@ -29,8 +29,21 @@ pub fn resolve_options(
 ) -> Result<GenerateOptions, ApiError> {
     let mut options = recipe.default_options();
     if let Some(requested) = requested.filter(|v| !v.is_null()) {
-        let patch: OptionsPatch = serde_json::from_value(requested.clone())
-            .map_err(|error| ApiError::bad_request(format!("invalid options: {error}")))?;
+        let patch: OptionsPatch = serde_json::from_value(requested.clone()).map_err(|error| {
+            // Name the option that failed, as Ollama does, by trying each alone.
+            let culprit = requested.as_object().and_then(|map| {
+                map.iter().find(|(name, value)| {
+                    let alone = serde_json::json!({ name.as_str(): value });
+                    serde_json::from_value::<OptionsPatch>(alone).is_err()
+                })
+            });
+            match culprit {
+                Some((name, value)) => ApiError::bad_request(format!(
+                    "invalid options: option \"{name}\" has an invalid value {value}: {error}"
+                )),
+                None => ApiError::bad_request(format!("invalid options: {error}")),
+            }
+        })?;
         options.apply(&patch);
     }
     options
@@ -134,13 +147,19 @@ pub enum Piece {
     Failed(String),
 }
 
-fn metrics(stats: &GenerationStats, load_duration_ns: u64, started: Instant) -> Metrics {
+/// Ollama's counters: `eval_count` is every generated token (the first one comes out of the prompt's pass).
+fn metrics(
+    stats: &GenerationStats,
+    generated: usize,
+    load_duration_ns: u64,
+    started: Instant,
+) -> Metrics {
     Metrics {
         total_duration: elapsed_ns(started),
         load_duration: load_duration_ns,
         prompt_eval_count: stats.prompt_eval_count,
         prompt_eval_duration: stats.prompt_eval_duration_ns,
-        eval_count: stats.eval_count,
+        eval_count: u32::try_from(generated).unwrap_or(u32::MAX),
         eval_duration: stats.eval_duration_ns,
     }
 }
@@ -176,7 +195,7 @@ pub fn generate(
                 Event::Done(output) => {
                     yield Piece::Done(Finished {
                         done_reason: output.done_reason.as_str(),
-                        metrics: metrics(&output.stats, load_duration_ns, started),
+                        metrics: metrics(&output.stats, output.tokens.len(), load_duration_ns, started),
                         tokens: output.tokens,
                     });
                     return;

@@ -226,6 +226,13 @@ fn parameter_lines(parameters: &Value) -> Vec<String> {
             for value in values {
                 let text = match value {
                     Value::String(s) => format!("\"{s}\""),
+                    // Go prints a whole float without a fraction (`temperature 0`).
+                    Value::Number(n)
+                        if n.as_f64()
+                            .is_some_and(|x| x.fract() == 0.0 && x.abs() < 1e15) =>
+                    {
+                        format!("{}", n.as_f64().unwrap_or_default() as i64)
+                    }
                     other => other.to_string(),
                 };
                 lines.push(format!("{name:<30} {text}"));
@@ -257,6 +264,30 @@ fn gguf_value(value: &candle_core::quantized::gguf_file::Value, verbose: bool) -
     }
 }
 
+/// The parameter count and, when `verbose`, every tensor's `{name, type, shape}`, from the GGUF header.
+fn tensors(path: &std::path::Path, verbose: bool) -> Result<(u64, Vec<Value>), ApiError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ApiError::internal(format!("cannot open the model: {e}")))?;
+    let mut reader = std::io::BufReader::new(file);
+    let content = candle_core::quantized::gguf_file::Content::read(&mut reader)
+        .map_err(|e| ApiError::internal(format!("cannot read the model: {e}")))?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut count = 0u64;
+    let mut tensors = Vec::new();
+    for name in names {
+        let info = &content.tensor_infos[name];
+        let dims = info.shape.dims();
+        count = count.saturating_add(dims.iter().map(|d| *d as u64).product::<u64>());
+        if verbose {
+            // GGUF lists dimensions innermost first; candle reverses them, so reverse back as Ollama shows them.
+            let shape: Vec<u64> = dims.iter().rev().map(|d| *d as u64).collect();
+            tensors.push(json!({ "name": name, "type": format!("{:?}", info.ggml_dtype).to_uppercase(), "shape": shape }));
+        }
+    }
+    Ok((count, tensors))
+}
+
 /// `POST /api/show`.
 pub async fn show(State(state): State<AppState>, json::Body(body): json::Body) -> Response {
     match handle_show(state, body).await {
@@ -279,7 +310,7 @@ async fn handle_show(state: AppState, body: axum::body::Bytes) -> Result<Respons
     let recipe = recipe_from(&name, resolved, 0)?;
     let verbose = request.verbose;
     let path = recipe.model_path.clone();
-    let (model_info, gguf_template) = tokio::task::spawn_blocking(move || {
+    let (model_info, gguf_template, tensors) = tokio::task::spawn_blocking(move || {
         let file = GgufFile::open(&path).map_err(|e| ApiError::internal(e.to_string()))?;
         let mut info = Map::new();
         let mut keys: Vec<&String> = file.metadata().keys().collect();
@@ -293,7 +324,9 @@ async fn handle_show(state: AppState, body: axum::body::Bytes) -> Result<Respons
             .string("tokenizer.chat_template")
             .ok()
             .map(str::to_string);
-        Ok::<_, ApiError>((info, template))
+        let (parameter_count, tensors) = tensors(&path, verbose)?;
+        info.insert("general.parameter_count".into(), json!(parameter_count));
+        Ok::<_, ApiError>((info, template, tensors))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -320,6 +353,9 @@ async fn handle_show(state: AppState, body: axum::body::Bytes) -> Result<Respons
     });
     if let Some(system) = &recipe.system {
         answer["system"] = json!(system);
+    }
+    if verbose {
+        answer["tensors"] = json!(tensors);
     }
     if let Some(modified_at) = modified_at {
         answer["modified_at"] = json!(modified_at);

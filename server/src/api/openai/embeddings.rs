@@ -56,15 +56,15 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     if texts.len() > EMBED_INPUTS_MAX {
         return Err(ApiError::bad_request("too many inputs"));
     }
-    if request
-        .encoding_format
-        .as_deref()
-        .is_some_and(|f| f != "float")
-    {
-        return Err(ApiError::bad_request(
-            "only encoding_format \"float\" is supported",
-        ));
-    }
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid encoding_format {other:?}: expected \"float\" or \"base64\""
+            )));
+        }
+    };
     let dimensions = match request.dimensions {
         None => None,
         Some(d) if d >= 1 => Some(usize::try_from(d).unwrap_or(usize::MAX)),
@@ -81,7 +81,17 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(index, embedding)| json!({"object": "embedding", "embedding": embedding, "index": index}))
+        .map(|(index, embedding)| {
+            // base64: the little-endian f32 bytes, as OpenAI (and Ollama) send them.
+            let embedding = if base64 {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(embedding)
+            };
+            json!({"object": "embedding", "embedding": embedding, "index": index})
+        })
         .collect();
     let usage = Usage::new(counted, 0);
     Ok(Json(json!({
