@@ -14,6 +14,17 @@ use cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve) {
+        // The engine's compute threads: OLLAMAMAX_THREADS, else RAYON_NUM_THREADS, else the physical cores. Set
+        // before any other thread exists (it writes the environment candle reads once).
+        let threads = std::env::var("OLLAMAMAX_THREADS")
+            .ok()
+            .and_then(|value| value.trim().parse::<std::num::NonZeroUsize>().ok());
+        // SAFETY: nothing else runs yet: no runtime, no other thread.
+        if let Err(error) = unsafe { ollamamax_io::engine::runner::threads::set_threads(threads) } {
+            eprintln!("Warning: engine threads: {error}");
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
