@@ -1,13 +1,16 @@
 //! The registry client against local servers: python's http.server over a directory laid out as the protocol's
-//! paths (no `Range`), and a Rust fake registry that honours `Range`, cuts responses short, serves wrong bytes
-//! and accepts uploads. `t10_` basics, `t20_` resume and replacement, `t50_` faults.
+//! paths (no `Range`), and a Rust fake registry that honours or ignores `Range`, cuts responses short, serves
+//! wrong bytes, accepts uploads and can demand Bearer tokens. `t10_` basics, `t20_` resume and replacement,
+//! `t30_` token authentication, `t50_` faults.
 
 mod support;
 mod tiny;
 
 use ollamamax_core::digest::Digest;
 use ollamamax_core::name::ModelName;
-use ollamamax_io::registry::{Registry, RegistryError, RegistryOptions, progress_channel};
+use ollamamax_io::registry::{
+    Registry, RegistryError, RegistryOptions, SigningKey, progress_channel,
+};
 use ollamamax_io::store::{
     CONFIG_MEDIA_TYPE, CreateRequest, ErrorKind, Layer, Manifest, Progress, Store, media_type,
 };
@@ -52,6 +55,8 @@ fn model(model_bytes: Vec<u8>, system: &str) -> Published {
 fn options() -> RegistryOptions {
     RegistryOptions {
         progress_interval: std::time::Duration::from_secs(3600),
+        // Never the test runner's ~/.ollama.
+        signing_key: SigningKey::Unsigned,
         ..RegistryOptions::default()
     }
 }
@@ -120,6 +125,29 @@ fn blob_gets(fake: &FakeRegistry, digest: &Digest) -> Vec<Option<String>> {
         .map(|entry| entry.range)
         .filter(|range| range.as_deref() != Some("bytes=0-0"))
         .collect()
+}
+
+/// Every GET of the blob, probes included.
+fn all_blob_gets(fake: &FakeRegistry, digest: &Digest) -> Vec<Option<String>> {
+    let path = format!("/v2/library/tiny/blobs/{digest}");
+    fake.log()
+        .into_iter()
+        .filter(|entry| entry.method == "GET" && entry.path == path)
+        .map(|entry| entry.range)
+        .collect()
+}
+
+/// A fake registry serving a small model as `library/tiny:latest`.
+async fn publish_tiny(ranges: bool) -> (FakeRegistry, Published) {
+    let fake = FakeRegistry::start(ranges).await;
+    let published = model(vec![9u8; 4000], "a system prompt");
+    fake.publish(
+        "library/tiny",
+        "latest",
+        &published.manifest,
+        &published.blobs,
+    );
+    (fake, published)
 }
 
 /// `python3 -m http.server` on a free port, killed when dropped.
@@ -598,11 +626,13 @@ async fn t50_missing_models_unauthorized_registries_and_insecure_names() {
         ["retrieving manifest", "couldn't retrieve manifest"]
     );
 
+    // A challenge whose realm is no URL.
     fake.state.lock().unwrap().unauthorized = true;
-    let (result, _) = pull(&registry, &store, &model).await;
-    assert!(
-        matches!(result, Err(RegistryError::Unauthorized)),
-        "{result:?}"
+    let error = pull(&registry, &store, &model).await.0.unwrap_err();
+    assert!(error.is_unauthorized(), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "unauthorized: the registry's token realm is not a URL"
     );
 
     let error = Registry::check_scheme("http://example.com/ns/model", false).unwrap_err();
@@ -640,4 +670,253 @@ async fn t20_concurrent_pulls_download_each_blob_once() {
         std::fs::read(store.blob_path(&digest_of(&big))).unwrap(),
         big
     );
+}
+
+#[tokio::test]
+async fn t20_a_server_ignoring_range_sends_each_blob_once() {
+    let (fake, published) = publish_tiny(false).await;
+    let directory = tempfile::tempdir().unwrap();
+    let store = Store::open(directory.path()).unwrap();
+    let registry = Registry::new(options()).unwrap();
+    let model = name(&format!("{}/library/tiny", fake.host()));
+    let (result, lines) = pull(&registry, &store, &model).await;
+    result.unwrap();
+    assert_pull_lines(
+        &lines,
+        &published.parsed,
+        &["verifying sha256 digest", "writing manifest", "success"],
+    );
+    // The probe's answer is the whole blob, and it is the download.
+    for blob in &published.blobs {
+        assert_eq!(
+            all_blob_gets(&fake, &digest_of(blob)),
+            vec![Some("bytes=0-0".to_string())]
+        );
+        assert_eq!(
+            std::fs::read(store.blob_path(&digest_of(blob))).unwrap(),
+            *blob
+        );
+    }
+}
+
+#[tokio::test]
+async fn t50_a_whole_blob_answer_cut_short_is_completed() {
+    let (fake, published) = publish_tiny(false).await;
+    // The model blob's probe, answered with the whole blob, stops halfway.
+    fake.state.lock().unwrap().cut_next_blob_responses = 1;
+    let directory = tempfile::tempdir().unwrap();
+    let store = Store::open(directory.path()).unwrap();
+    let registry = Registry::new(options()).unwrap();
+    let model = name(&format!("{}/library/tiny", fake.host()));
+    pull(&registry, &store, &model).await.0.unwrap();
+    let big = &published.blobs[1];
+    assert_eq!(
+        all_blob_gets(&fake, &digest_of(big)),
+        vec![
+            Some("bytes=0-0".to_string()),
+            Some("bytes=2000-3999".to_string())
+        ]
+    );
+    assert_eq!(
+        std::fs::read(store.blob_path(&digest_of(big))).unwrap(),
+        *big
+    );
+}
+
+/// Checks a token request's `Authorization: <public key>:<signature>` as Ollama's registry would: the key is
+/// the SSH wire form of the `.pub` file's key, the signature covers `GET,<url>,<base64 of hex SHA-256 of "">`.
+fn assert_signed_as_ollama(request: &support::http::Request, public_line: &str) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let authorization = request.header("authorization").expect("a signed request");
+    let (public, signature) = authorization.split_once(':').unwrap();
+    assert_eq!(public, public_line.split(' ').nth(1).unwrap());
+    let wire = STANDARD.decode(public).unwrap();
+    // string "ssh-ed25519", string <32 bytes>
+    assert_eq!(&wire[..15], b"\0\0\0\x0bssh-ed25519");
+    assert_eq!(&wire[15..19], &[0, 0, 0, 32]);
+    let key = &wire[19..];
+    let url = format!(
+        "http://{}{}",
+        request.header("host").unwrap(),
+        request.target
+    );
+    let empty =
+        "ZTNiMGM0NDI5OGZjMWMxNDlhZmJmNGM4OTk2ZmI5MjQyN2FlNDFlNDY0OWI5MzRjYTQ5NTk5MWI3ODUyYjg1NQ==";
+    let data = format!("GET,{url},{empty}");
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+        .verify(data.as_bytes(), &STANDARD.decode(signature).unwrap())
+        .expect("a valid ed25519 signature");
+}
+
+#[tokio::test]
+async fn t30_pull_gets_one_signed_token_and_reuses_it() {
+    let (fake, published) = publish_tiny(true).await;
+    fake.require_bearer();
+    let keys = tempfile::tempdir().unwrap();
+    let key_path = keys.path().join(".ollama/id_ed25519");
+    let directory = tempfile::tempdir().unwrap();
+    let store = Store::open(directory.path()).unwrap();
+    let registry = Registry::new(RegistryOptions {
+        signing_key: SigningKey::File(key_path.clone()),
+        part_bytes_min: 1000,
+        part_bytes_max: 1000,
+        ..options()
+    })
+    .unwrap();
+    let model = name(&format!("{}/library/tiny", fake.host()));
+    let (result, lines) = pull(&registry, &store, &model).await;
+    result.unwrap();
+    assert_pull_lines(
+        &lines,
+        &published.parsed,
+        &["verifying sha256 digest", "writing manifest", "success"],
+    );
+
+    // One token, asked for the challenge's scope and signed with the key created for it.
+    let requests = fake.token_requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.path(), "/token");
+    assert_eq!(request.query_all("scope"), ["repository:library/tiny:pull"]);
+    assert_eq!(request.query("service").as_deref(), Some("fake-registry"));
+    assert!(
+        request
+            .query("ts")
+            .is_some_and(|ts| ts.parse::<u64>().is_ok())
+    );
+    assert!(
+        request
+            .query("nonce")
+            .is_some_and(|nonce| !nonce.is_empty())
+    );
+    let public_line = std::fs::read_to_string(format!("{}.pub", key_path.display())).unwrap();
+    assert_signed_as_ollama(request, public_line.trim_end());
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // OpenSSH reads the key we wrote, and derives the same public key.
+    match Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&key_path)
+        .output()
+    {
+        Ok(output) => {
+            assert!(output.status.success(), "{output:?}");
+            assert_eq!(
+                String::from_utf8(output.stdout).unwrap().trim_end(),
+                public_line.trim_end()
+            );
+        }
+        Err(_) => eprintln!("ssh-keygen is not installed: OpenSSH compatibility not checked"),
+    }
+
+    // Only the first request went without the token; every blob part carried it.
+    let log = fake.log();
+    let to_registry: Vec<_> = log.iter().filter(|entry| entry.path != "/token").collect();
+    assert!(to_registry[0].authorization.is_none());
+    assert!(
+        to_registry[1..]
+            .iter()
+            .all(|entry| entry.authorization.as_deref() == Some("Bearer token-1")),
+        "{to_registry:?}"
+    );
+    let parts = blob_gets(&fake, &digest_of(&published.blobs[1]));
+    assert_eq!(parts.len(), 4, "{parts:?}");
+
+    // A second pull of the model reuses the token.
+    let other = tempfile::tempdir().unwrap();
+    let other_store = Store::open(other.path()).unwrap();
+    pull(&registry, &other_store, &model).await.0.unwrap();
+    assert_eq!(fake.token_requests().len(), 1);
+}
+
+#[tokio::test]
+async fn t30_push_widens_its_token_to_push() {
+    let fake = FakeRegistry::start(true).await;
+    fake.require_bearer();
+    fake.with_bearer(|auth| auth.answer_access_token = true);
+    let directory = tempfile::tempdir().unwrap();
+    let store = Store::open(directory.path()).unwrap();
+    let gguf = tiny_gguf("llama", 2, None);
+    let model_digest = support::upload(&store, &gguf);
+    let model = name(&format!("{}/library/tiny:v1", fake.host()));
+    let request = CreateRequest {
+        files: BTreeMap::from([("model.gguf".to_string(), model_digest.to_string())]),
+        ..CreateRequest::default()
+    };
+    store.create(&model, &request, &mut |_| {}).unwrap();
+    let stored = store.read_manifest(&model).unwrap();
+
+    let registry = Registry::new(options()).unwrap();
+    let (result, _) = push(&registry, &store, &model).await;
+    result.unwrap();
+    assert_eq!(
+        fake.file("/v2/library/tiny/manifests/v1").unwrap(),
+        stored.bytes
+    );
+    // HEAD asks for a pull token; the upload's POST then asks for one that may push. Unsigned, as configured.
+    let requests = fake.token_requests();
+    let scopes: Vec<Vec<String>> = requests
+        .iter()
+        .map(|request| request.query_all("scope"))
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            ["repository:library/tiny:pull"],
+            ["repository:library/tiny:pull,push"]
+        ]
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|request| request.header("authorization").is_none())
+    );
+}
+
+#[tokio::test]
+async fn t50_refused_tokens_are_unauthorized_errors() {
+    let (fake, _) = publish_tiny(true).await;
+    fake.require_bearer();
+    fake.with_bearer(|auth| auth.issue_bad_tokens = true);
+    let directory = tempfile::tempdir().unwrap();
+    let store = Store::open(directory.path()).unwrap();
+    let registry = Registry::new(options()).unwrap();
+    let model = name(&format!("{}/library/tiny", fake.host()));
+
+    // The registry refuses the token it was given: one token request, no retry loop.
+    let (result, lines) = pull(&registry, &store, &model).await;
+    let error = result.unwrap_err();
+    assert!(matches!(error, RegistryError::Unauthorized), "{error:?}");
+    assert_eq!(error.to_string(), "unauthorized: access denied");
+    assert!(error.is_unauthorized());
+    // Ollama answers registry failures, this one included, with 500.
+    assert_eq!(error.kind(), ErrorKind::Internal);
+    assert_eq!(statuses(&lines), ["pulling manifest"]);
+    assert_eq!(fake.token_requests().len(), 1);
+
+    // The token server refuses: its status and words, and no token in the text.
+    fake.with_bearer(|auth| auth.deny_tokens = Some(403));
+    let error = pull(&registry, &store, &model).await.0.unwrap_err();
+    assert!(error.is_unauthorized());
+    assert_eq!(
+        error.to_string(),
+        r#"unauthorized: token request failed: 403: {"error":"key not registered"}"#
+    );
+
+    // A realm on another host is never asked.
+    let asked = fake.token_requests().len();
+    fake.with_bearer(|auth| auth.realm = "http://127.0.0.1:9/token".to_string());
+    let error = pull(&registry, &store, &model).await.0.unwrap_err();
+    assert!(error.is_unauthorized());
+    assert!(
+        error.to_string().contains("not on the registry's host"),
+        "{error}"
+    );
+    assert_eq!(fake.token_requests().len(), asked);
+    assert!(store.read_manifest(&model).is_err());
 }

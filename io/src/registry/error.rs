@@ -11,9 +11,25 @@ pub enum RegistryError {
     /// The registry has no such model or tag (Ollama's wording: its pull wraps `os.ErrNotExist`).
     #[error("pull model manifest: file does not exist")]
     ManifestNotFound,
-    /// The registry asked for credentials; token authentication is not implemented yet.
-    #[error("unauthorized: registry authentication is not supported yet")]
+    /// The registry refused the request even with a fresh token, or asked for credentials other than a
+    /// Bearer token (Ollama's `errUnauthorized` text).
+    #[error("unauthorized: access denied")]
     Unauthorized,
+    /// The registry's token server refused to issue a token (for Ollama's registry: the signing key is not
+    /// registered with an account that may do this).
+    #[error("unauthorized: token request failed: {status}: {body}")]
+    TokenDenied {
+        /// The token server's HTTP status code.
+        status: u16,
+        /// The start of its response body.
+        body: String,
+    },
+    /// A Bearer challenge or token answer this client cannot use (a realm on another host, no token).
+    #[error("unauthorized: {0}")]
+    Auth(&'static str),
+    /// The key that signs token requests cannot be read or created. The text names no path.
+    #[error("registry signing key: {0}")]
+    SigningKey(String),
     /// The registry answered with an error status.
     #[error("{status}: {body}")]
     Status {
@@ -59,13 +75,23 @@ impl RegistryError {
         }
     }
 
+    /// Whether the registry refused credentials, or this client could not get any (the server may answer
+    /// these apart from other failures; Ollama answers them with 500 like the rest).
+    pub fn is_unauthorized(&self) -> bool {
+        match self {
+            RegistryError::Unauthorized
+            | RegistryError::TokenDenied { .. }
+            | RegistryError::Auth(_) => true,
+            RegistryError::RetriesExhausted(last) => last.is_unauthorized(),
+            _ => false,
+        }
+    }
+
     /// Whether trying again may help: network failures, timeouts, 5xx, 408 and 429.
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             RegistryError::Http(_) => true,
-            RegistryError::Status { status, .. } => {
-                *status >= 500 || *status == 408 || *status == 429
-            }
+            RegistryError::Status { status, .. } => retryable_status(*status),
             _ => false,
         }
     }
@@ -73,4 +99,9 @@ impl RegistryError {
     pub(crate) fn http(error: reqwest::Error) -> Self {
         RegistryError::Http(error.without_url())
     }
+}
+
+/// Statuses worth another try: 5xx, 408 and 429.
+pub(crate) fn retryable_status(status: u16) -> bool {
+    status >= 500 || status == 408 || status == 429
 }

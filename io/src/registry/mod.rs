@@ -11,10 +11,15 @@
 //! goes to a bounded channel as Ollama's lines; a closed receiver does not stop the transfer (Ollama also
 //! finishes a download whose client went away); dropping the future does.
 //!
-//! Not implemented: registry authentication (a 401 is an error, so pushing to registry.ollama.ai and pulling
-//! private models fail), cross-repository blob mounts, and Ollama's redirected (presigned) chunk uploads.
+//! A registry that answers `401` with a Bearer challenge gets Docker's token flow, signed with the user's
+//! ed25519 key as Ollama signs it (`auth.rs`, `key.rs`); tokens are cached per registry and scope.
+//!
+//! Not implemented: Basic credentials, cross-repository blob mounts, and Ollama's redirected (presigned)
+//! chunk uploads.
 
+mod auth;
 mod error;
+mod key;
 mod pull;
 mod push;
 
@@ -26,6 +31,7 @@ use ollamamax_core::digest::Digest;
 use ollamamax_core::name::ModelName;
 use reqwest::{Client, Response, StatusCode, Url};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -50,6 +56,21 @@ pub struct RegistryOptions {
     /// Longest wait for the next bytes of a response before the attempt is retried (Ollama's stall
     /// detection: 30 s).
     pub read_timeout: Duration,
+    /// The key that signs token requests (Ollama's `~/.ollama/id_ed25519`).
+    pub signing_key: SigningKey,
+}
+
+/// Where the ed25519 key that signs token requests lives. It is read (or created) the first time a registry
+/// asks for a token, then kept for the client's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigningKey {
+    /// `$HOME/.ollama/id_ed25519`, created with its `.pub` if missing, as `ollama serve` does: the key a user
+    /// registers with ollama.com, shared with an Ollama install.
+    OllamaHome,
+    /// An OpenSSH ed25519 key file, created with its `.pub` if missing.
+    File(PathBuf),
+    /// Token requests go unsigned (enough for registries that hand out anonymous tokens).
+    Unsigned,
 }
 
 impl Default for RegistryOptions {
@@ -63,6 +84,7 @@ impl Default for RegistryOptions {
             progress_interval: Duration::from_millis(60),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(30),
+            signing_key: SigningKey::OllamaHome,
         }
     }
 }
@@ -89,6 +111,10 @@ pub struct Registry {
     options: RegistryOptions,
     /// One lock per blob being downloaded, so a second pull of it waits for the first.
     downloads: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Registry tokens by origin and scope.
+    tokens: auth::Tokens,
+    /// The signing key, once a token request needed it.
+    identity: tokio::sync::Mutex<Option<Arc<key::Identity>>>,
 }
 
 impl Registry {
@@ -112,6 +138,8 @@ impl Registry {
             http,
             options,
             downloads: Arc::new(Mutex::new(HashMap::new())),
+            tokens: auth::Tokens::default(),
+            identity: tokio::sync::Mutex::new(None),
         })
     }
 

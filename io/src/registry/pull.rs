@@ -4,9 +4,12 @@
 //! "removing unused layers" when a replaced manifest's blobs are no longer used; "success".
 //!
 //! A blob is downloaded into the store's partial file, in parallel `Range` parts when the server honours
-//! `Range` (a one-byte probe tells), else as one stream; interrupted parts resume. Every downloaded blob is
-//! hashed before it gets its name, and the manifest, stored as the registry's exact bytes, is written last.
+//! `Range`, else as one stream; interrupted parts resume. A one-byte `Range` probe tells which: a server that
+//! ignores `Range` answers it with the whole blob, which becomes that stream, so every blob is fetched once.
+//! Every downloaded blob is hashed before it gets its name, and the manifest, stored as the registry's exact
+//! bytes, is written last.
 
+use super::auth::Access;
 use super::{
     ACCEPT_MANIFEST, Registry, RegistryError, blob_url, check_status, emit, manifest_url, read_body,
 };
@@ -17,7 +20,7 @@ use futures::StreamExt;
 use ollamamax_core::digest::Digest;
 use ollamamax_core::name::ModelName;
 use reqwest::header::{ACCEPT, CONTENT_RANGE, RANGE};
-use reqwest::{StatusCode, Url};
+use reqwest::{Response, StatusCode, Url};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +31,14 @@ use tokio::time::MissedTickBehavior;
 const TENSOR_MEDIA_TYPE: &str = "application/vnd.ollama.image.tensor";
 /// How many parts Ollama aims to split a blob into.
 const PARTS_TARGET: u64 = 16;
+
+/// What the one-byte probe of a blob found.
+enum Probe {
+    /// The server honours `Range`; the blob is at this URL (after redirects).
+    Ranges(Url),
+    /// The server ignores `Range`: this answer carries the whole blob.
+    Whole(Response),
+}
 
 /// A downloaded blob waiting for verification, with the lock that keeps other pulls off it.
 struct Downloaded {
@@ -45,8 +56,9 @@ impl Registry {
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(), RegistryError> {
         let replaced = store.read_manifest(name).ok();
+        let access = Access::pull(name, insecure)?;
         emit(progress, Progress::status("pulling manifest")).await;
-        let (bytes, manifest) = self.fetch_manifest(name, insecure).await?;
+        let (bytes, manifest) = self.fetch_manifest(&access, name, insecure).await?;
         if manifest
             .blobs()
             .any(|layer| layer.media_type == TENSOR_MEDIA_TYPE)
@@ -73,7 +85,7 @@ impl Registry {
                 continue;
             }
             let partial = self
-                .download_blob(store, name, insecure, layer, progress)
+                .download_blob(store, &access, name, insecure, layer, progress)
                 .await?;
             downloaded.push(Downloaded {
                 partial,
@@ -122,6 +134,7 @@ impl Registry {
     /// The manifest's exact bytes and their parse.
     async fn fetch_manifest(
         &self,
+        access: &Access,
         name: &ModelName,
         insecure: bool,
     ) -> Result<(Vec<u8>, Manifest), RegistryError> {
@@ -129,12 +142,10 @@ impl Registry {
         let bytes = self
             .with_retries(|| async {
                 let response = self
-                    .http
-                    .get(url.clone())
-                    .header(ACCEPT, ACCEPT_MANIFEST)
-                    .send()
-                    .await
-                    .map_err(RegistryError::http)?;
+                    .send(access, || {
+                        self.http.get(url.clone()).header(ACCEPT, ACCEPT_MANIFEST)
+                    })
+                    .await?;
                 if response.status() == StatusCode::NOT_FOUND {
                     return Err(RegistryError::ManifestNotFound);
                 }
@@ -148,6 +159,7 @@ impl Registry {
     async fn download_blob(
         &self,
         store: &Store,
+        access: &Access,
         name: &ModelName,
         insecure: bool,
         layer: &Layer,
@@ -158,14 +170,21 @@ impl Registry {
             (total / PARTS_TARGET).clamp(self.options.part_bytes_min, self.options.part_bytes_max);
         let mut partial = store.open_partial(&layer.digest, total, part_bytes)?;
         emit(progress, pulling(layer.digest, total, partial.completed())).await;
-        if total == 0 {
+        // An earlier pull may have fetched every byte and failed before verifying.
+        if partial.completed() == total {
             return Ok(partial);
         }
         let url = blob_url(name, insecure, &layer.digest)?;
-        let (direct, ranges) = self.probe(&url).await?;
-        if !ranges && (partial.parts().len() != 1 || partial.completed() > 0) {
-            partial.reset_to_single_part()?;
-        }
+        let (direct, mut whole) = match self.probe(access, &url).await? {
+            Probe::Ranges(direct) => (direct, None),
+            Probe::Whole(response) => {
+                // The answer starts at byte 0: earlier progress cannot be resumed from this server.
+                if partial.parts().len() != 1 || partial.completed() > 0 {
+                    partial.reset_to_single_part()?;
+                }
+                (response.url().clone(), Some(response))
+            }
+        };
         let completed = Arc::new(AtomicU64::new(partial.completed()));
         {
             let pending = partial
@@ -174,7 +193,8 @@ impl Registry {
                 .filter(|part| part.completed < part.size);
             let mut parts = futures::stream::iter(pending.map(|part| {
                 let writer = partial.part_writer(part.index);
-                self.download_part(&direct, writer, Arc::clone(&completed))
+                let first = whole.take();
+                self.download_part(access, &direct, writer, first, Arc::clone(&completed))
             }))
             .buffer_unordered(self.options.parts_parallel_max as usize);
             let mut ticker = tokio::time::interval(self.options.progress_interval);
@@ -197,34 +217,50 @@ impl Registry {
         Ok(partial)
     }
 
-    /// Where the blob really is (after redirects) and whether it honours `Range`, from a one-byte request.
-    async fn probe(&self, url: &Url) -> Result<(Url, bool), RegistryError> {
+    /// Where the blob really is (after redirects) and whether it honours `Range`, from a one-byte request; a
+    /// server that ignores `Range` answers with the whole blob, kept to be read.
+    async fn probe(&self, access: &Access, url: &Url) -> Result<Probe, RegistryError> {
         self.with_retries(|| async {
             let response = self
-                .http
-                .get(url.clone())
-                .header(RANGE, "bytes=0-0")
-                .send()
-                .await
-                .map_err(RegistryError::http)?;
+                .send(access, || {
+                    self.http.get(url.clone()).header(RANGE, "bytes=0-0")
+                })
+                .await?;
             let ranges = response.status() == StatusCode::PARTIAL_CONTENT;
             let response = check_status(response).await?;
-            // Dropping the response closes the connection without reading a whole blob.
-            Ok((response.url().clone(), ranges))
+            if ranges {
+                // Dropping the response closes the connection: the byte is not needed.
+                Ok(Probe::Ranges(response.url().clone()))
+            } else {
+                Ok(Probe::Whole(response))
+            }
         })
         .await
     }
 
-    /// Downloads the rest of one part, retrying (and resuming) on failures that may pass.
+    /// Downloads the rest of one part, starting with `first` (an answer already carrying the part from its
+    /// first byte) if given, retrying (and resuming) on failures that may pass.
     async fn download_part(
         &self,
+        access: &Access,
         url: &Url,
         mut writer: PartWriter,
+        mut first: Option<Response>,
         completed: Arc<AtomicU64>,
     ) -> Result<(), RegistryError> {
         let mut tries = 0u32;
         loop {
-            let error = match self.download_part_once(url, &mut writer, &completed).await {
+            let attempt = match first.take() {
+                Some(response) => {
+                    assert_eq!(writer.position(), 0, "a whole answer fills a fresh part");
+                    write_body(response, 0, &mut writer, &completed).await
+                }
+                None => {
+                    self.download_part_once(access, url, &mut writer, &completed)
+                        .await
+                }
+            };
+            let error = match attempt {
                 Ok(()) if writer.remaining() == 0 => return Ok(()),
                 Ok(()) => RegistryError::Protocol("the blob ended early"),
                 Err(error) if !error.is_retryable() => return Err(error),
@@ -241,21 +277,19 @@ impl Registry {
 
     async fn download_part_once(
         &self,
+        access: &Access,
         url: &Url,
         writer: &mut PartWriter,
         completed: &AtomicU64,
     ) -> Result<(), RegistryError> {
         let start = writer.position();
         let end = start + writer.remaining() - 1;
+        let range = format!("bytes={start}-{end}");
         let response = self
-            .http
-            .get(url.clone())
-            .header(RANGE, format!("bytes={start}-{end}"))
-            .send()
-            .await
-            .map_err(RegistryError::http)?;
+            .send(access, || self.http.get(url.clone()).header(RANGE, &range))
+            .await?;
         // A server that ignores `Range` sends the blob from its first byte.
-        let mut skip = match response.status() {
+        let skip = match response.status() {
             StatusCode::PARTIAL_CONTENT => {
                 let range = response
                     .headers()
@@ -270,17 +304,8 @@ impl Registry {
             }
             _ => start,
         };
-        let mut response = check_status(response).await?;
-        while writer.remaining() > 0 {
-            let Some(chunk) = response.chunk().await.map_err(RegistryError::http)? else {
-                break;
-            };
-            let skipped = (skip.min(chunk.len() as u64)) as usize;
-            skip -= skipped as u64;
-            let taken = writer.write(&chunk[skipped..])?;
-            completed.fetch_add(taken as u64, Ordering::Relaxed);
-        }
-        Ok(())
+        let response = check_status(response).await?;
+        write_body(response, skip, writer, completed).await
     }
 
     async fn lock_download(&self, digest: Digest) -> DownloadLock {
@@ -322,6 +347,26 @@ impl Drop for DownloadLock {
             downloads.remove(&self.digest);
         }
     }
+}
+
+/// Writes `response`'s body, less its first `skip` bytes, into the part until the part is full or the body
+/// ends.
+async fn write_body(
+    mut response: Response,
+    mut skip: u64,
+    writer: &mut PartWriter,
+    completed: &AtomicU64,
+) -> Result<(), RegistryError> {
+    while writer.remaining() > 0 {
+        let Some(chunk) = response.chunk().await.map_err(RegistryError::http)? else {
+            break;
+        };
+        let skipped = (skip.min(chunk.len() as u64)) as usize;
+        skip -= skipped as u64;
+        let taken = writer.write(&chunk[skipped..])?;
+        completed.fetch_add(taken as u64, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// The first byte of `bytes <first>-<last>/<total>`.

@@ -8,6 +8,7 @@
 //! start-end`, Ollama's form) answers with the next one, and `PUT <location>?digest=…` commits. A `201` to the
 //! `POST` means the registry already had it. The manifest goes up as the stored file's exact bytes.
 
+use super::auth::Access;
 use super::{Registry, RegistryError, blob_url, check_status, emit, manifest_url, repository_url};
 use crate::store::{Layer, MANIFEST_MEDIA_TYPE, Progress, Store, StoreError};
 use ollamamax_core::name::ModelName;
@@ -28,6 +29,7 @@ impl Registry {
         insecure: bool,
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(), RegistryError> {
+        let access = Access::push(name, insecure)?;
         emit(progress, Progress::status("retrieving manifest")).await;
         let stored = match store.read_manifest(name) {
             Ok(stored) => stored,
@@ -39,7 +41,7 @@ impl Registry {
         let mut seen = BTreeSet::new();
         for layer in stored.manifest.blobs() {
             if seen.insert(layer.digest) {
-                self.push_blob(store, name, insecure, layer, progress)
+                self.push_blob(store, &access, name, insecure, layer, progress)
                     .await?;
             }
         }
@@ -47,13 +49,13 @@ impl Registry {
         let url = manifest_url(name, insecure)?;
         self.with_retries(|| async {
             let response = self
-                .http
-                .put(url.clone())
-                .header(CONTENT_TYPE, MANIFEST_MEDIA_TYPE)
-                .body(stored.bytes.clone())
-                .send()
-                .await
-                .map_err(RegistryError::http)?;
+                .send(&access, || {
+                    self.http
+                        .put(url.clone())
+                        .header(CONTENT_TYPE, MANIFEST_MEDIA_TYPE)
+                        .body(stored.bytes.clone())
+                })
+                .await?;
             check_status(response).await.map(drop)
         })
         .await?;
@@ -64,6 +66,7 @@ impl Registry {
     async fn push_blob(
         &self,
         store: &Store,
+        access: &Access,
         name: &ModelName,
         insecure: bool,
         layer: &Layer,
@@ -79,7 +82,7 @@ impl Registry {
             .into());
         }
         let url = blob_url(name, insecure, &layer.digest)?;
-        if self.registry_has(&url).await? {
+        if self.registry_has(access, &url).await? {
             emit(progress, pushing(layer, total)).await;
             return Ok(());
         }
@@ -87,12 +90,10 @@ impl Registry {
         let response = self
             .with_retries(|| async {
                 let response = self
-                    .http
-                    .post(uploads.clone())
-                    .header(CONTENT_LENGTH, 0)
-                    .send()
-                    .await
-                    .map_err(RegistryError::http)?;
+                    .send(access, || {
+                        self.http.post(uploads.clone()).header(CONTENT_LENGTH, 0)
+                    })
+                    .await?;
                 check_status(response).await
             })
             .await?;
@@ -108,7 +109,7 @@ impl Registry {
         while offset < total {
             let length = self.options.push_chunk_bytes.min(total - offset);
             let chunk = read_chunk(path.clone(), offset, length).await?;
-            location = self.patch_chunk(&location, offset, chunk).await?;
+            location = self.patch_chunk(access, &location, offset, chunk).await?;
             offset += length;
             emit(progress, pushing(layer, offset)).await;
         }
@@ -118,13 +119,13 @@ impl Registry {
             .append_pair("digest", &layer.digest.to_string());
         self.with_retries(|| async {
             let response = self
-                .http
-                .put(commit.clone())
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .header(CONTENT_LENGTH, 0)
-                .send()
-                .await
-                .map_err(RegistryError::http)?;
+                .send(access, || {
+                    self.http
+                        .put(commit.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, 0)
+                })
+                .await?;
             check_status(response).await.map(drop)
         })
         .await?;
@@ -133,14 +134,9 @@ impl Registry {
     }
 
     /// `HEAD` the blob: present (2xx) or absent (404).
-    async fn registry_has(&self, url: &Url) -> Result<bool, RegistryError> {
+    async fn registry_has(&self, access: &Access, url: &Url) -> Result<bool, RegistryError> {
         self.with_retries(|| async {
-            let response = self
-                .http
-                .head(url.clone())
-                .send()
-                .await
-                .map_err(RegistryError::http)?;
+            let response = self.send(access, || self.http.head(url.clone())).await?;
             if response.status() == StatusCode::NOT_FOUND {
                 return Ok(false);
             }
@@ -152,6 +148,7 @@ impl Registry {
     /// `PATCH`es one chunk; returns the location for the next request.
     async fn patch_chunk(
         &self,
+        access: &Access,
         location: &Url,
         offset: u64,
         chunk: Vec<u8>,
@@ -159,14 +156,14 @@ impl Registry {
         let last = offset + chunk.len() as u64 - 1;
         self.with_retries(|| async {
             let response = self
-                .http
-                .patch(location.clone())
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .header(CONTENT_RANGE, format!("{offset}-{last}"))
-                .body(chunk.clone())
-                .send()
-                .await
-                .map_err(RegistryError::http)?;
+                .send(access, || {
+                    self.http
+                        .patch(location.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_RANGE, format!("{offset}-{last}"))
+                        .body(chunk.clone())
+                })
+                .await?;
             let response = check_status(response).await?;
             Ok(next_location(location, response.headers())?.unwrap_or_else(|| location.clone()))
         })

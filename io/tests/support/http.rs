@@ -31,13 +31,43 @@ impl Request {
         self.target.split('?').next().unwrap_or("")
     }
 
+    /// The first value of `key` in the query, decoded.
     pub fn query(&self, key: &str) -> Option<String> {
-        let query = self.target.split_once('?')?.1;
-        query.split('&').find_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            (name == key).then(|| value.replace("%3A", ":").replace("%3a", ":"))
-        })
+        self.query_all(key).into_iter().next()
     }
+
+    /// Every value of `key` in the query, decoded (`%XX` and `+`), in order.
+    pub fn query_all(&self, key: &str) -> Vec<String> {
+        let Some((_, query)) = self.target.split_once('?') else {
+            return Vec::new();
+        };
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(name, _)| percent_decode(name) == key)
+            .map(|(_, value)| percent_decode(value))
+            .collect()
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (as a space) of a query component.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => out.push(b' '),
+            b'%' if index + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                index += 2;
+            }
+            byte => out.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8(out).unwrap()
 }
 
 /// A response; `cut_after` sends only that many body bytes (with the full `Content-Length`) and hangs up.
@@ -155,6 +185,25 @@ pub struct Logged {
     pub path: String,
     pub range: Option<String>,
     pub content_range: Option<String>,
+    pub authorization: Option<String>,
+}
+
+/// Docker-style token authentication: every `/v2/` and upload request needs `Authorization: Bearer <token>`
+/// with a token from `GET /token` whose scope allows it; others get `401` and a Bearer challenge.
+#[derive(Default)]
+pub struct BearerAuth {
+    /// The realm announced in challenges.
+    pub realm: String,
+    /// Hand out tokens the registry then refuses.
+    pub issue_bad_tokens: bool,
+    /// Answer with `access_token` instead of `token`.
+    pub answer_access_token: bool,
+    /// Answer token requests with this status and no token.
+    pub deny_tokens: Option<u16>,
+    /// Tokens issued and the scope each grants.
+    pub issued: HashMap<String, String>,
+    /// Token requests seen.
+    pub token_requests: Vec<Request>,
 }
 
 /// A registry in memory: files by path (`/v2/library/tiny/manifests/latest`,
@@ -169,6 +218,8 @@ pub struct RegistryState {
     pub cut_next_blob_responses: u32,
     /// Answer every request with 401.
     pub unauthorized: bool,
+    /// Demand Bearer tokens.
+    pub bearer: Option<BearerAuth>,
     /// Upload id -> (repository path, bytes so far).
     uploads: HashMap<u32, (String, Vec<u8>)>,
     next_upload: u32,
@@ -212,6 +263,25 @@ impl FakeRegistry {
         );
     }
 
+    /// Demands Bearer tokens from now on, from a token endpoint at `http://<address>/token`.
+    pub fn require_bearer(&self) {
+        self.state.lock().unwrap().bearer = Some(BearerAuth {
+            realm: format!("http://{}/token", self.address),
+            ..BearerAuth::default()
+        });
+    }
+
+    /// Changes the Bearer settings.
+    pub fn with_bearer(&self, change: impl FnOnce(&mut BearerAuth)) {
+        change(self.state.lock().unwrap().bearer.as_mut().unwrap());
+    }
+
+    /// The token requests seen.
+    pub fn token_requests(&self) -> Vec<Request> {
+        let state = self.state.lock().unwrap();
+        state.bearer.as_ref().unwrap().token_requests.clone()
+    }
+
     pub fn log(&self) -> Vec<Logged> {
         self.state.lock().unwrap().log.clone()
     }
@@ -228,10 +298,14 @@ fn route(state: &mut RegistryState, request: &Request) -> Response {
         path: path.clone(),
         range: request.header("range").map(str::to_string),
         content_range: request.header("content-range").map(str::to_string),
+        authorization: request.header("authorization").map(str::to_string),
     });
     if state.unauthorized {
         return Response::new(401, b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_vec())
             .header("WWW-Authenticate", "Bearer realm=\"x\"");
+    }
+    if let Some(refusal) = check_bearer(state, request) {
+        return refusal;
     }
     if let Some(rest) = path.strip_prefix("/upload/") {
         let id: u32 = rest.parse().unwrap();
@@ -253,6 +327,76 @@ fn route(state: &mut RegistryState, request: &Request) -> Response {
         }
         _ => Response::new(405, Vec::new()),
     }
+}
+
+/// With Bearer auth on: the token endpoint's answer, or a 401 for a request without a fitting token; `None`
+/// lets the request through.
+fn check_bearer(state: &mut RegistryState, request: &Request) -> Option<Response> {
+    state.bearer.as_ref()?;
+    let path = request.path();
+    if path == "/token" {
+        return Some(issue_token(state.bearer.as_mut()?, request));
+    }
+    // `/v2/<namespace>/<model>/…`, or an upload of one.
+    let repository = match path.strip_prefix("/upload/") {
+        Some(id) => state.uploads.get(&id.parse().ok()?)?.0.clone(),
+        None => path.strip_prefix("/v2/")?.to_string(),
+    };
+    let repository: Vec<&str> = repository
+        .trim_start_matches("/v2/")
+        .splitn(3, '/')
+        .collect();
+    let repository = repository[..2.min(repository.len())].join("/");
+    let auth = state.bearer.as_mut()?;
+    let action = match request.method.as_str() {
+        "GET" | "HEAD" => "pull",
+        _ => "push",
+    };
+    let granted = request
+        .header("authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|token| auth.issued.get(token))
+        .and_then(|scope| scope.strip_prefix(&format!("repository:{repository}:")))
+        .is_some_and(|actions| actions.split(',').any(|granted| granted == action));
+    if granted {
+        return None;
+    }
+    let actions = if action == "pull" {
+        "pull"
+    } else {
+        "pull,push"
+    };
+    Some(
+        Response::new(401, b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_vec()).header(
+            "WWW-Authenticate",
+            format!(
+                "Bearer realm=\"{}\",service=\"fake-registry\",scope=\"repository:{repository}:{actions}\"",
+                auth.realm
+            ),
+        ),
+    )
+}
+
+/// `GET /token?service=…&scope=…`: a token for the scope asked, as JSON.
+fn issue_token(auth: &mut BearerAuth, request: &Request) -> Response {
+    auth.token_requests.push(request.clone());
+    if let Some(status) = auth.deny_tokens {
+        return Response::new(status, b"{\"error\":\"key not registered\"}".to_vec());
+    }
+    let scope = request.query("scope").unwrap_or_default();
+    let token = format!("token-{}", auth.token_requests.len());
+    if !auth.issue_bad_tokens {
+        auth.issued.insert(token.clone(), scope);
+    }
+    let field = if auth.answer_access_token {
+        "access_token"
+    } else {
+        "token"
+    };
+    Response::new(
+        200,
+        format!("{{\"{field}\":\"{token}\",\"expires_in\":3600}}").into_bytes(),
+    )
 }
 
 fn serve_file(state: &mut RegistryState, path: &str, request: &Request) -> Response {
@@ -279,7 +423,8 @@ fn serve_file(state: &mut RegistryState, path: &str, request: &Request) -> Respo
         }
         None => Response::new(200, file),
     };
-    let probe = request.header("range") == Some("bytes=0-0");
+    // A one-byte probe is spared; without `Range` its answer is the whole blob, and may be cut.
+    let probe = state.ranges && request.header("range") == Some("bytes=0-0");
     if is_blob && !probe && state.cut_next_blob_responses > 0 {
         state.cut_next_blob_responses -= 1;
         response.cut_after = Some(response.body.len() / 2);
