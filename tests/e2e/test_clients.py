@@ -512,6 +512,57 @@ def format_schema():
     assert r.status_code == 400, (r.status_code, r.text)
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+# A 135M model rarely calls tools on its own; a schema makes the answer a call, so the parsing is what is tested.
+CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+    "required": ["name", "arguments"],
+}
+
+
+@step
+def tool_calls():
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for stream in (False, True):
+        options = {"temperature": 0, "num_predict": 60}
+        if stream:
+            chunks = list(client.chat(model=MODEL, messages=messages, tools=[WEATHER_TOOL], format=CALL_SCHEMA,
+                                      options=options, stream=True))
+            calls = [call for chunk in chunks for call in (chunk.message.tool_calls or [])]
+            content = "".join(chunk.message.content or "" for chunk in chunks)
+            assert chunks[-1].done, chunks[-1]
+        else:
+            r = client.chat(model=MODEL, messages=messages, tools=[WEATHER_TOOL], format=CALL_SCHEMA, options=options)
+            calls, content = r.message.tool_calls or [], r.message.content
+        assert content == "", f"a tool call is not content: {content!r}"
+        assert len(calls) == 1 and calls[0].function.name == "get_weather", calls
+        assert isinstance(calls[0].function.arguments, dict) and isinstance(calls[0].function.arguments.get("city"), str)
+    # Without tools the same JSON is ordinary content.
+    r = client.chat(model=MODEL, messages=messages, format=CALL_SCHEMA, options={"temperature": 0, "num_predict": 60})
+    assert not r.message.tool_calls and json.loads(r.message.content)["name"] == "get_weather", r.message
+    # OpenAI: tool_calls with ids, arguments as a JSON string, finish_reason tool_calls.
+    r = oai.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], temperature=0, max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "call", "schema": CALL_SCHEMA}},
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.id and call.function.name == "get_weather", call
+    assert isinstance(json.loads(call.function.arguments).get("city"), str), call
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Embeddings
 

@@ -14,6 +14,7 @@ use ollamamax_io::engine::template::Message;
 use super::error::ApiError;
 use super::generate::check_unsupported;
 use super::inference::{self, Job, Piece, PromptSpec};
+use super::tools::ToolParser;
 use super::types::{ChatMessage, ChatRequest, ChatResponse, Metrics};
 use super::{AppState, json, ndjson};
 
@@ -116,27 +117,69 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         options: request.options.as_ref(),
         keep_alive: request.keep_alive.as_ref(),
     };
-    let pieces = inference::start(&state, started, job).await?.pieces;
+    let generation = inference::start(&state, started, job).await?;
+    let parser = request
+        .tools
+        .as_ref()
+        .is_some_and(|tools| !tools.is_empty())
+        .then(|| ToolParser::new(&generation.template_source));
+    let mut pieces = generation.pieces;
 
     if request.stream.unwrap_or(true) {
-        let lines = pieces.map(move |piece| match piece {
-            Piece::Text(text) => ndjson::line(&line(&model_name, text)),
-            Piece::Done(finished) => ndjson::line(&done(
-                &model_name,
-                finished.done_reason,
-                String::new(),
-                Some(finished.metrics),
-            )),
-            Piece::Failed(message) => ndjson::error_line(&message),
-        });
+        let lines = async_stream::stream! {
+            let mut parser = parser;
+            while let Some(piece) = pieces.next().await {
+                match piece {
+                    Piece::Text(text) => {
+                        let shown = match parser.as_mut() {
+                            Some(parser) => parser.push(&text),
+                            None => text,
+                        };
+                        if !shown.is_empty() {
+                            yield ndjson::line(&line(&model_name, shown));
+                        }
+                    }
+                    Piece::Done(finished) => {
+                        if let Some(parser) = parser.take() {
+                            let (rest, calls) = parser.finish();
+                            if !rest.is_empty() || !calls.is_empty() {
+                                let mut last = line(&model_name, rest);
+                                last.message.tool_calls = (!calls.is_empty()).then_some(calls);
+                                yield ndjson::line(&last);
+                            }
+                        }
+                        yield ndjson::line(&done(
+                            &model_name,
+                            finished.done_reason,
+                            String::new(),
+                            Some(finished.metrics),
+                        ));
+                        return;
+                    }
+                    Piece::Failed(message) => {
+                        yield ndjson::error_line(&message);
+                        return;
+                    }
+                }
+            }
+        };
         return Ok(ndjson::response(lines));
     }
     let (text, finished) = inference::collect(pieces).await?;
-    let answer = done(
+    let (text, calls) = match parser {
+        Some(mut parser) => {
+            let shown = parser.push(&text);
+            let (rest, calls) = parser.finish();
+            (shown + &rest, calls)
+        }
+        None => (text, Vec::new()),
+    };
+    let mut answer = done(
         &model_name,
         finished.done_reason,
         text,
         Some(finished.metrics),
     );
+    answer.message.tool_calls = (!calls.is_empty()).then_some(calls);
     Ok(Json(answer).into_response())
 }

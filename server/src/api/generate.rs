@@ -137,6 +137,7 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let Started {
         pieces,
         prompt_tokens,
+        ..
     } = inference::start(&state, started, job).await?;
 
     if request.stream.unwrap_or(true) {

@@ -234,6 +234,8 @@ pub struct Started {
     pub pieces: std::pin::Pin<Box<dyn Stream<Item = Piece> + Send>>,
     /// The prompt's tokens (what `context` starts with).
     pub prompt_tokens: Vec<u32>,
+    /// The model's template text, where tool-call markers are looked up.
+    pub template_source: String,
 }
 
 /// What every generating route asks for.
@@ -310,10 +312,12 @@ pub async fn start(state: &AppState, started: Instant, job: Job<'_>) -> Result<S
     let slot = acquire(state, recipe.clone(), keep_alive).await?;
     let prompt_tokens = render(&slot, &recipe, job.prompt)?;
     let constraint = constraint(&slot, job.format)?;
+    let template_source = slot.lease.model().template_source.clone();
     let pieces = generate(slot, prompt_tokens.clone(), options, constraint, started)?;
     Ok(Started {
         pieces: Box::pin(pieces),
         prompt_tokens,
+        template_source,
     })
 }
 

@@ -12,6 +12,7 @@ pub mod models;
 pub mod ndjson;
 pub mod openai;
 pub mod ps;
+pub mod tools;
 pub mod transfer;
 pub mod types;
 

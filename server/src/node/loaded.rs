@@ -66,6 +66,8 @@ pub struct LoadedModel {
     pub runner: Runner,
     /// How prompts are formatted.
     pub template: PromptTemplate,
+    /// The template's text (Go or Jinja), where tool-call markers are looked up.
+    pub template_source: String,
     /// Compiles `format`s against this model's vocabulary; built on first use.
     grammar: std::sync::OnceLock<Result<Arc<FormatCompiler>, String>>,
 }
@@ -82,13 +84,21 @@ impl LoadedModel {
     /// Loads the GGUF and starts its runner. Errors are plain text without paths.
     pub fn load(recipe: Arc<Recipe>, num_parallel: u32) -> Result<Self, String> {
         let model = Arc::new(Model::load(&recipe.model_path).map_err(|error| error.to_string())?);
-        let template = match &recipe.template {
-            Some(source) => {
-                PromptTemplate::Go(GoTemplate::parse(source).map_err(|e| e.to_string())?)
-            }
+        let (template, template_source) = match &recipe.template {
+            Some(source) => (
+                PromptTemplate::Go(GoTemplate::parse(source).map_err(|e| e.to_string())?),
+                source.clone(),
+            ),
             None => {
                 let file = GgufFile::open(&recipe.model_path).map_err(|e| e.to_string())?;
-                PromptTemplate::from_gguf(&file).map_err(|e| e.to_string())?
+                let source = file
+                    .string("tokenizer.chat_template")
+                    .map(str::to_string)
+                    .unwrap_or_default();
+                (
+                    PromptTemplate::from_gguf(&file).map_err(|e| e.to_string())?,
+                    source,
+                )
             }
         };
         let runner = Runner::start(
@@ -103,6 +113,7 @@ impl LoadedModel {
             model,
             runner,
             template,
+            template_source,
             grammar: std::sync::OnceLock::new(),
         })
     }

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::api::error::{ApiError, OpenAiError};
 use crate::api::inference::{self, Job, Piece, PromptSpec};
+use crate::api::tools::ToolParser;
 use crate::api::{AppState, json};
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -138,24 +139,39 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         keep_alive: None,
     };
     let started_generation = inference::start(&state, started, job).await?;
+    let parser = request
+        .tools
+        .as_ref()
+        .is_some_and(|tools| !tools.is_empty())
+        .then(|| ToolParser::new(&started_generation.template_source));
     let id = response_id("chatcmpl");
     let model = request.model.clone();
     let created = created();
 
     if !request.stream {
         let (text, finished) = inference::collect(started_generation.pieces).await?;
+        let (text, calls) = match parser {
+            Some(mut parser) => {
+                let shown = parser.push(&text);
+                let (rest, calls) = parser.finish();
+                (shown + &rest, calls)
+            }
+            None => (text, Vec::new()),
+        };
         let usage = Usage::new(
             finished.metrics.prompt_eval_count,
             finished.tokens.len() as u32,
         );
+        let mut message = json!({ "role": "assistant", "content": text });
+        let mut finish = json!(finish_reason(finished.done_reason));
+        if !calls.is_empty() {
+            message["tool_calls"] = openai_tool_calls(&calls);
+            finish = json!("tool_calls");
+        }
         return Ok(Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
             "system_fingerprint": "fp_ollama",
-            "choices": [{
-                "index": 0,
-                "message": { "role": "assistant", "content": text },
-                "finish_reason": finish_reason(finished.done_reason),
-            }],
+            "choices": [{ "index": 0, "message": message, "finish_reason": finish }],
             "usage": usage,
         }))
         .into_response());
@@ -168,32 +184,77 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
             "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
         })
     };
-    let frames = started_generation.pieces.flat_map(move |piece| {
-        let frames: Vec<Value> = match piece {
-            Piece::Text(text) => vec![chunk(
-                json!({"role": "assistant", "content": text}),
-                Value::Null,
-            )],
-            Piece::Done(finished) => {
-                let mut frames = vec![chunk(
-                    json!({"role": "assistant", "content": ""}),
-                    json!(finish_reason(finished.done_reason)),
-                )];
-                if include_usage {
-                    let usage = Usage::new(
-                        finished.metrics.prompt_eval_count,
-                        finished.tokens.len() as u32,
-                    );
-                    let mut last = chunk(json!({}), Value::Null);
-                    last["choices"] = json!([]);
-                    last["usage"] = json!(usage);
-                    frames.push(last);
+    let mut pieces = started_generation.pieces;
+    let frames = async_stream::stream! {
+        let mut parser = parser;
+        while let Some(piece) = pieces.next().await {
+            match piece {
+                Piece::Text(text) => {
+                    let shown = match parser.as_mut() {
+                        Some(parser) => parser.push(&text),
+                        None => text,
+                    };
+                    if !shown.is_empty() {
+                        yield chunk(json!({"role": "assistant", "content": shown}), Value::Null);
+                    }
                 }
-                frames
+                Piece::Done(finished) => {
+                    let mut finish = json!(finish_reason(finished.done_reason));
+                    if let Some(parser) = parser.take() {
+                        let (rest, calls) = parser.finish();
+                        if !rest.is_empty() {
+                            yield chunk(json!({"role": "assistant", "content": rest}), Value::Null);
+                        }
+                        if !calls.is_empty() {
+                            let mut calls = openai_tool_calls(&calls);
+                            if let Some(calls) = calls.as_array_mut() {
+                                for (index, call) in calls.iter_mut().enumerate() {
+                                    call["index"] = json!(index);
+                                }
+                            }
+                            yield chunk(json!({"role": "assistant", "content": "", "tool_calls": calls}), Value::Null);
+                            finish = json!("tool_calls");
+                        }
+                    }
+                    yield chunk(json!({"role": "assistant", "content": ""}), finish);
+                    if include_usage {
+                        let usage = Usage::new(
+                            finished.metrics.prompt_eval_count,
+                            finished.tokens.len() as u32,
+                        );
+                        let mut last = chunk(json!({}), Value::Null);
+                        last["choices"] = json!([]);
+                        last["usage"] = json!(usage);
+                        yield last;
+                    }
+                    return;
+                }
+                Piece::Failed(message) => {
+                    yield error_frame(&message);
+                    return;
+                }
             }
-            Piece::Failed(message) => vec![error_frame(&message)],
-        };
-        futures::stream::iter(frames)
-    });
+        }
+    };
     Ok(sse(frames))
+}
+
+/// Ollama's `tool_calls` in OpenAI's shape: ids, `type: function`, arguments as a JSON string.
+fn openai_tool_calls(calls: &[Value]) -> Value {
+    let calls: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(index, call)| {
+            let function = &call["function"];
+            json!({
+                "id": format!("call_{}", super::response_id("x").trim_start_matches("x-")) + &index.to_string(),
+                "type": "function",
+                "function": {
+                    "name": function["name"],
+                    "arguments": function["arguments"].to_string(),
+                },
+            })
+        })
+        .collect();
+    Value::Array(calls)
 }
