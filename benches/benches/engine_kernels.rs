@@ -1,5 +1,7 @@
-//! The engine's hot kernel: `x · Wᵀ` with Q4_1 weights (our AVX2 kernel) against candle's own `QMatMul` on the
-//! same weights, at SmolLM2-135M's shapes. One decode step multiplies one row; a prompt prefill multiplies many.
+//! The engine's hot kernels: `x · Wᵀ` with Q4_1 weights (SmolLM2-135M's blocks) and with Q8_0 weights (its tied
+//! output head), our AVX2 kernels against candle's own `QMatMul` on the same weights, at SmolLM2-135M's shapes.
+//! One decode step of one sequence multiplies one row; a step of four batched sequences four rows (the kernels
+//! share each weight block between up to four rows); a prompt prefill many.
 //!
 //! `cargo bench -p ollamamax-benches --bench engine_kernels`
 
@@ -7,7 +9,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ollamamax_io::engine::q4_1::Q4_1Matrix;
+use ollamamax_io::engine::q8_0::Q8_0Matrix;
 use std::hint::black_box;
+use std::sync::Arc;
 
 /// (name, rows, columns) of SmolLM2-135M's matmuls: attention output, FFN up/gate, FFN down.
 const SHAPES: &[(&str, usize, usize)] = &[
@@ -16,13 +20,16 @@ const SHAPES: &[(&str, usize, usize)] = &[
     ("ffn_down_576x1536", 576, 1536),
 ];
 
-fn weights(rows: usize, columns: usize) -> QTensor {
+/// SmolLM2-135M's output head: vocabulary x hidden width.
+const HEAD: (usize, usize) = (49152, 576);
+
+fn weights(rows: usize, columns: usize, dtype: GgmlDType) -> QTensor {
     // Deterministic, roughly normal-looking weights; the values do not affect the kernel's speed.
     let values: Vec<f32> = (0..rows * columns)
         .map(|i| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / 16_777_216.0 - 0.5)
         .collect();
     let tensor = Tensor::from_vec(values, (rows, columns), &Device::Cpu).expect("tensor");
-    QTensor::quantize(&tensor, GgmlDType::Q4_1).expect("quantize to Q4_1")
+    QTensor::quantize(&tensor, dtype).expect("quantize")
 }
 
 fn input(tokens: usize, columns: usize) -> Tensor {
@@ -36,10 +43,10 @@ fn q4_1_matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("q4_1_matmul");
     group.sample_size(30);
     for &(name, rows, columns) in SHAPES {
-        let qtensor = weights(rows, columns);
+        let qtensor = weights(rows, columns, GgmlDType::Q4_1);
         let ours = Q4_1Matrix::from_qtensor(&qtensor).expect("a Q4_1 matrix");
         let candle = QMatMul::from_qtensor(qtensor).expect("candle's QMatMul");
-        for tokens in [1usize, 64] {
+        for tokens in [1usize, 4, 64] {
             let x = input(tokens, columns);
             group.throughput(Throughput::Elements((rows * columns * tokens) as u64));
             let id = format!("{name}/{tokens}_tokens");
@@ -54,5 +61,26 @@ fn q4_1_matmul(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, q4_1_matmul);
+fn q8_0_matmul(c: &mut Criterion) {
+    let mut group = c.benchmark_group("q8_0_matmul");
+    group.sample_size(20);
+    let (rows, columns) = HEAD;
+    let qtensor = Arc::new(weights(rows, columns, GgmlDType::Q8_0));
+    let ours = Q8_0Matrix::from_qtensor(&qtensor).expect("a Q8_0 matrix");
+    let candle = QMatMul::from_arc(qtensor).expect("candle's QMatMul");
+    for tokens in [1usize, 4] {
+        let x = input(tokens, columns);
+        group.throughput(Throughput::Elements((rows * columns * tokens) as u64));
+        let id = format!("head_{rows}x{columns}/{tokens}_tokens");
+        group.bench_with_input(BenchmarkId::new("ours", &id), &x, |b, x| {
+            b.iter(|| black_box(ours.forward(x).expect("matmul")))
+        });
+        group.bench_with_input(BenchmarkId::new("candle", &id), &x, |b, x| {
+            b.iter(|| black_box(candle.forward(x).expect("matmul")))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, q4_1_matmul, q8_0_matmul);
 criterion_main!(benches);

@@ -1,12 +1,15 @@
 //! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3 layouts) on candle-core tensors: quantized weight
-//! matmuls (our AVX2 kernel for Q4_1, see [`super::q4_1`]; candle's `QMatMul` for other types), RMS norms,
-//! interleaved rotary embeddings computed for each call's own positions, grouped-query causal attention over a
-//! preallocated per-sequence KV cache, and a SwiGLU feed-forward.
+//! matmuls (our AVX2 kernels for Q4_1 and Q8_0, see [`super::q4_1`] and [`super::q8_0`]; candle's `QMatMul` for
+//! other types), RMS norms, interleaved rotary embeddings computed for each call's own positions, grouped-query
+//! causal attention over a preallocated per-sequence KV cache, and a SwiGLU feed-forward.
 //!
 //! Why not candle-transformers' `quantized_llama`: it keeps one cache inside the model (no per-sequence state),
 //! grows that cache by concatenation, caps rotary positions at 4096, keeps an f32 copy of the embedding table and
 //! fails batched prefill. Here the model holds only weights; all per-sequence state is in [`KvCache`], embeddings
 //! are dequantized per looked-up row, and tied output heads share the quantized embedding table.
+//!
+//! Numerics: norms, rotary embeddings, attention (f16 KV cache) and the SwiGLU reproduce llama.cpp's CPU
+//! arithmetic operation for operation (see [`super::kv`]), so greedy output equals llama.cpp's token for token.
 //!
 //! Batching ([`Llama::forward_batch`]): several sequences, each with its own cache and its own number of new
 //! tokens, run in one pass. Their rows are concatenated for everything that treats rows alike (embedding lookup,
@@ -16,8 +19,8 @@
 //! each row from that row alone, in the same order of floating-point operations:
 //!
 //! - norms, rotary embeddings and element-wise ops are row by row;
-//! - our Q4_1 kernel quantizes each activation row on its own and computes each (row, column) dot product
-//!   separately;
+//! - our Q4_1 and Q8_0 kernels quantize each activation row on its own and give each (row, column) dot product
+//!   the same operations in the same order whatever the other rows (they share weight loads, not arithmetic);
 //! - candle's quantized matmul (`k_quants::matmul`) also quantizes row by row, and which dot-product routine a
 //!   column gets depends on the column, not the row count. But candle switches to repacked tile kernels for some
 //!   types and shapes (x86: Q4_K, Q6_K and, on VNNI CPUs, Q8_0 when the width is a multiple of 256; aarch64: Q4_0,
@@ -29,12 +32,12 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use candle_nn::ops::{rms_norm, softmax_last_dim};
-use candle_nn::rotary_emb::rope_i;
 
 use super::gguf::{GgufError, GgufFile, ModelConfig};
 pub use super::kv::KvCache;
+use super::kv::{self, AttentionShape};
 use super::q4_1::Q4_1Matrix;
+use super::q8_0::Q8_0Matrix;
 
 /// The weights of one transformer block.
 struct Block {
@@ -58,8 +61,11 @@ pub struct Llama {
     output_norm: Tensor,
     /// The output head: `output.weight`, or the embedding table itself when the model ties them.
     output: Linear,
-    /// Rotary inverse frequencies, one per pair of head dimensions (`rope_freqs.weight` factors applied).
-    inverse_frequencies: Vec<f64>,
+    /// ggml's rotary angle step `base^(-2 / head dimension)`: pair `i`'s angle at position `p` is `p` multiplied
+    /// by it `i` times, in f32 (see [`kv`]).
+    theta_scale: f32,
+    /// `rope_freqs.weight` (Llama 3.1-style long context): each pair's angle is divided by its factor.
+    frequency_factors: Option<Vec<f32>>,
 }
 
 fn dense(file: &mut GgufFile, name: &str, shape: &[usize]) -> Result<Tensor, GgufError> {
@@ -72,7 +78,8 @@ fn dense(file: &mut GgufFile, name: &str, shape: &[usize]) -> Result<Tensor, Ggu
         })
 }
 
-/// A weight matrix: our AVX2 kernel for Q4_1 (candle's is scalar), candle's `QMatMul` for every other type.
+/// A weight matrix: our AVX2 kernels for Q4_1 (candle's is scalar) and Q8_0 (candle's redoes each weight block for
+/// every row), candle's `QMatMul` for every other type.
 struct Linear {
     kernel: Kernel,
     /// Whether one call over many rows gives each row exactly what a call with that row alone gives (see the
@@ -82,6 +89,7 @@ struct Linear {
 
 enum Kernel {
     Q4_1(Q4_1Matrix),
+    Q8_0(Q8_0Matrix),
     Candle(QMatMul),
 }
 
@@ -90,9 +98,17 @@ const K_QUANT_BLOCK_VALUES: usize = 256;
 
 impl Linear {
     fn q4_1(matrix: Q4_1Matrix) -> Self {
-        // Per-row activation quantization and one dot product per (row, column): see `q4_1::Q4_1Matrix::matmul`.
+        // Per-row activation quantization and per-row arithmetic: see `q4_1::RowDots`.
         Self {
             kernel: Kernel::Q4_1(matrix),
+            rows_independent: true,
+        }
+    }
+
+    fn q8_0(matrix: Q8_0Matrix) -> Self {
+        // The same design as Q4_1's.
+        Self {
+            kernel: Kernel::Q8_0(matrix),
             rows_independent: true,
         }
     }
@@ -128,6 +144,7 @@ impl Kernel {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Q4_1(matrix) => matrix.forward(x),
+            Self::Q8_0(matrix) => matrix.forward(x),
             Self::Candle(matmul) => matmul.forward(x),
         }
     }
@@ -151,7 +168,11 @@ fn matmul(file: &mut GgufFile, name: &str, shape: &[usize]) -> Result<Linear, Gg
     if let Some(matrix) = Q4_1Matrix::from_qtensor(&tensor) {
         return Ok(Linear::q4_1(matrix));
     }
-    QMatMul::from_qtensor(tensor)
+    let tensor = Arc::new(tensor);
+    if let Some(matrix) = Q8_0Matrix::from_qtensor(&tensor) {
+        return Ok(Linear::q8_0(matrix));
+    }
+    QMatMul::from_arc(tensor)
         .map(Linear::candle)
         .map_err(|error| GgufError::Tensor {
             name: name.to_string(),
@@ -181,6 +202,8 @@ impl Llama {
         let embedding = Arc::new(file.tensor("token_embd.weight", &[vocab, hidden])?);
         let output = if file.tensor_info("output.weight").is_some() {
             matmul(file, "output.weight", &[vocab, hidden])?
+        } else if let Some(matrix) = Q8_0Matrix::from_qtensor(&embedding) {
+            Linear::q8_0(matrix)
         } else {
             QMatMul::from_arc(embedding.clone())
                 .map(Linear::candle)
@@ -207,29 +230,26 @@ impl Llama {
         let output_norm = dense(file, "output_norm.weight", &[hidden])?;
 
         let pairs = head_dimension / 2;
-        let base = f64::from(config.rope_freq_base);
-        let mut inverse_frequencies: Vec<f64> = (0..pairs)
-            .map(|i| base.powf(-2.0 * i as f64 / head_dimension as f64))
-            .collect();
-        if file.tensor_info("rope_freqs.weight").is_some() {
-            // Llama 3.1-style long-context scaling: each pair's frequency is divided by its factor.
+        let theta_scale = config.rope_freq_base.powf(-2.0 / head_dimension as f32);
+        let frequency_factors = if file.tensor_info("rope_freqs.weight").is_some() {
             let factors = dense(file, "rope_freqs.weight", &[pairs])?
                 .to_vec1::<f32>()
                 .map_err(|error| GgufError::Tensor {
                     name: "rope_freqs.weight".into(),
                     problem: error.to_string(),
                 })?;
-            for (frequency, factor) in inverse_frequencies.iter_mut().zip(factors) {
-                *frequency /= f64::from(factor);
-            }
-        }
+            Some(factors)
+        } else {
+            None
+        };
         Ok(Self {
             config: config.clone(),
             embedding,
             blocks,
             output_norm,
             output,
-            inverse_frequencies,
+            theta_scale,
+            frequency_factors,
         })
     }
 
@@ -337,7 +357,7 @@ impl Llama {
                 "the caller checks the cache capacity"
             );
             assert_eq!(
-                entry.cache.blocks.len(),
+                entry.cache.block_count(),
                 self.blocks.len(),
                 "the cache was made for this model"
             );
@@ -348,19 +368,16 @@ impl Llama {
 
         let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?;
         let mut hidden = self.embedding.embedding(&ids)?;
-        let rotary = self.rotary_tables(&spans)?;
-        let masks = spans
-            .iter()
-            .map(|&(start, count)| (count > 1).then(|| causal_mask(start, count)).transpose())
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let rotary = self.rotary_tables(&spans);
         for (index, block) in self.blocks.iter().enumerate() {
             let normed = rms_norm(&hidden, &block.attention_norm, eps)?;
-            let attention = self.attention(block, index, &normed, &rotary, &masks, batch)?;
+            let attention = self.attention(block, index, &normed, &rotary, batch)?;
             hidden = (hidden + attention)?;
             let normed = rms_norm(&hidden, &block.ffn_norm, eps)?;
-            let gate = block.ffn_gate.forward(&normed)?.silu()?;
+            let gate = block.ffn_gate.forward(&normed)?;
             let up = block.ffn_up.forward(&normed)?;
-            hidden = (hidden + block.ffn_down.forward(&(gate * up)?)?)?;
+            let swiglu = swiglu(&gate, &up)?;
+            hidden = (hidden + block.ffn_down.forward(&swiglu)?)?;
         }
         for entry in batch.iter_mut() {
             entry.cache.len += entry.tokens.len() as u32;
@@ -369,168 +386,134 @@ impl Llama {
     }
 
     /// Cosine and sine of every rotary angle for each span's positions `start..start + count`, spans one after the
-    /// other, shaped `[rows, 1, pairs]` so that `rope_i` treats each row as its own batch entry.
-    fn rotary_tables(&self, spans: &[(usize, usize)]) -> candle_core::Result<(Tensor, Tensor)> {
-        let pairs = self.inverse_frequencies.len();
+    /// other: `[rows][pairs]` each. Computed as ggml does (see [`kv`]): the angle of pair `i` is the position
+    /// multiplied by `theta_scale` `i` times in f32 (then divided by its frequency factor), `cosf`/`sinf` of it.
+    fn rotary_tables(&self, spans: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
+        let pairs = self.config.head_dimension as usize / 2;
         let rows: usize = spans.iter().map(|&(_, count)| count).sum();
         let mut cos = Vec::with_capacity(rows * pairs);
         let mut sin = Vec::with_capacity(rows * pairs);
         for &(start, count) in spans {
             for position in start..start + count {
-                for frequency in &self.inverse_frequencies {
-                    let angle = position as f64 * frequency;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
+                let mut theta = position as f32;
+                for pair in 0..pairs {
+                    let angle = match &self.frequency_factors {
+                        Some(factors) => theta / factors[pair],
+                        None => theta,
+                    };
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                    theta *= self.theta_scale;
                 }
             }
         }
-        let shape = (rows, 1, pairs);
-        Ok((
-            Tensor::from_vec(cos, shape, &Device::Cpu)?,
-            Tensor::from_vec(sin, shape, &Device::Cpu)?,
-        ))
+        (cos, sin)
     }
 
     /// Block `index`'s attention for every row of the batch: projections over all rows at once, then causal
-    /// attention per sequence over its own cache; returns `[rows, hidden]`.
+    /// attention per sequence over its own cache ([`KvCache::attend`]); returns `[rows, hidden]`.
     fn attention(
         &self,
         block: &Block,
         index: usize,
         normed: &Tensor,
-        (cos, sin): &(Tensor, Tensor),
-        masks: &[Option<Tensor>],
+        (cos, sin): &(Vec<f32>, Vec<f32>),
         batch: &mut [BatchSequence<'_>],
     ) -> candle_core::Result<Tensor> {
         let rows = normed.dim(0)?;
         let heads = self.config.head_count as usize;
         let kv_heads = self.config.head_count_kv as usize;
         let head_dimension = self.config.head_dimension as usize;
+        let pairs = head_dimension / 2;
 
-        // Rotary embeddings on `[rows, heads, 1, head_dimension]`: each row is a batch entry of one step.
-        let query = block
+        let mut query = block
             .query
             .forward(normed)?
-            .reshape((rows, heads, 1, head_dimension))?;
-        let query = rope_i(&query, cos, sin)?.reshape((rows, heads, head_dimension))?;
-        let key = block
-            .key
-            .forward(normed)?
-            .reshape((rows, kv_heads, 1, head_dimension))?;
-        let key = rope_i(&key, cos, sin)?.reshape((rows, kv_heads, head_dimension))?;
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut key = block.key.forward(normed)?.flatten_all()?.to_vec1::<f32>()?;
         let value = block
             .value
             .forward(normed)?
-            .reshape((rows, kv_heads, head_dimension))?;
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for row in 0..rows {
+            let angles = row * pairs..(row + 1) * pairs;
+            let (cos, sin) = (&cos[angles.clone()], &sin[angles]);
+            kv::rotate(
+                &mut query[row * heads * head_dimension..(row + 1) * heads * head_dimension],
+                cos,
+                sin,
+            );
+            kv::rotate(
+                &mut key[row * kv_heads * head_dimension..(row + 1) * kv_heads * head_dimension],
+                cos,
+                sin,
+            );
+        }
 
-        let mut outputs = Vec::with_capacity(batch.len());
+        let mut output = vec![0f32; rows * heads * head_dimension];
         let mut offset = 0;
-        for (entry, mask) in batch.iter_mut().zip(masks) {
+        for entry in batch.iter_mut() {
             let count = entry.tokens.len();
-            let start = entry.cache.len as usize;
-            let (key_cache, value_cache) = &mut entry.cache.blocks[index];
-            outputs.push(self.sequence_attention(
-                &query.narrow(0, offset, count)?,
-                &key.narrow(0, offset, count)?,
-                &value.narrow(0, offset, count)?,
-                start,
-                mask.as_ref(),
-                (key_cache, value_cache),
-            )?);
+            let shape = AttentionShape {
+                count,
+                start: entry.cache.len as usize,
+                heads,
+            };
+            let (q, kv_rows) = (heads * head_dimension, kv_heads * head_dimension);
+            entry.cache.attend(
+                index,
+                shape,
+                &query[offset * q..(offset + count) * q],
+                &key[offset * kv_rows..(offset + count) * kv_rows],
+                &value[offset * kv_rows..(offset + count) * kv_rows],
+                &mut output[offset * q..(offset + count) * q],
+            );
             offset += count;
         }
         assert_eq!(offset, rows, "every row belongs to one sequence");
-        let output = if outputs.len() == 1 {
-            outputs.pop().expect("one output")
-        } else {
-            Tensor::cat(&outputs, 0)?
-        };
+        let output = Tensor::from_vec(output, (rows, heads * head_dimension), &Device::Cpu)?;
         block.attention_output.forward(&output)
     }
+}
 
-    /// Causal self-attention of one sequence's `count` new positions (queries `[count, heads, dim]`, keys and
-    /// values `[count, kv heads, dim]`) over its cache, which they are first appended to; returns
-    /// `[count, heads * dim]`.
-    fn sequence_attention(
-        &self,
-        query: &Tensor,
-        key: &Tensor,
-        value: &Tensor,
-        start: usize,
-        mask: Option<&Tensor>,
-        (key_cache, value_cache): (&mut Tensor, &mut Tensor),
-    ) -> candle_core::Result<Tensor> {
-        let count = query.dim(0)?;
-        let heads = self.config.head_count as usize;
-        let kv_heads = self.config.head_count_kv as usize;
-        let group = self.config.group_size() as usize;
-        let head_dimension = self.config.head_dimension as usize;
-        let total = start + count;
-
-        // Into the cache, head-major: `[kv heads, position, head dimension]`.
-        let key = key.transpose(0, 1)?.contiguous()?;
-        let value = value.transpose(0, 1)?.contiguous()?;
-        key_cache.slice_set(&key, 1, start)?;
-        value_cache.slice_set(&value, 1, start)?;
-        let keys = key_cache.narrow(1, 0, total)?;
-        let values = value_cache.narrow(1, 0, total)?;
-
-        // Query head h uses key/value head h / group: view the queries as `[kv heads, group * count, dim]`.
-        let query = query.transpose(0, 1)?;
-        let query = query.reshape((kv_heads, group * count, head_dimension))?;
-        let scale = 1.0 / (head_dimension as f64).sqrt();
-        let mut scores = (query.matmul(&keys.t()?)? * scale)?;
-        if let Some(mask) = mask {
-            scores = scores
-                .reshape((kv_heads, group, count, total))?
-                .broadcast_add(mask)?;
-            scores = scores.reshape((kv_heads, group * count, total))?;
+/// ggml's RMS norm: the sum of squares (each square in f32) accumulated in f64, the mean rounded to f32,
+/// `1 / sqrtf(mean + eps)`, then `x · scale · weight` left to right, row by row (see [`kv`] for why llama.cpp's
+/// exact arithmetic).
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    let (rows, width) = x.dims2()?;
+    let weight = weight.to_vec1::<f32>()?;
+    assert_eq!(weight.len(), width, "one weight per column");
+    let mut values = x.flatten_all()?.to_vec1::<f32>()?;
+    for row in values.chunks_exact_mut(width) {
+        let sum: f64 = row.iter().map(|v| f64::from(v * v)).sum();
+        let mean = (sum / width as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for (value, w) in row.iter_mut().zip(&weight) {
+            *value = *value * scale * w;
         }
-        let weights = softmax_last_dim(&scores)?;
-        let output = weights.matmul(&values)?; // [kv heads, group * count, dim]
-        let output = output
-            .reshape((heads, count, head_dimension))?
-            .transpose(0, 1)?;
-        output.reshape((count, heads * head_dimension))
     }
+    Tensor::from_vec(values, (rows, width), &Device::Cpu)
 }
 
-/// `[count, start + count]`: 0 where new position `start + i` may attend to position `j` (`j <= start + i`),
-/// minus infinity elsewhere.
-fn causal_mask(start: usize, count: usize) -> candle_core::Result<Tensor> {
-    let total = start + count;
-    let mask: Vec<f32> = (0..count)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j <= start + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (count, total), &Device::Cpu)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_mask_lets_each_position_see_itself_and_the_past() {
-        let mask = causal_mask(2, 3).unwrap().to_vec2::<f32>().unwrap();
-        let visible: Vec<Vec<bool>> = mask
-            .iter()
-            .map(|row| row.iter().map(|v| *v == 0.0).collect())
-            .collect();
-        assert_eq!(
-            visible,
-            [
-                [true, true, true, false, false],
-                [true, true, true, true, false],
-                [true, true, true, true, true]
-            ]
-        );
+/// ggml's SwiGLU, `silu(gate) · up`: whole vectors of 16 with ggml's vectorised SiLU ([`kv::silu`]), any tail
+/// with libm's `expf` as ggml's scalar loop does.
+fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    let shape = gate.shape().clone();
+    let (rows, width) = gate.dims2()?;
+    let mut values = gate.flatten_all()?.to_vec1::<f32>()?;
+    let up = up.flatten_all()?.to_vec1::<f32>()?;
+    let vectorised = width - width % 16;
+    for (row, up) in values.chunks_exact_mut(width).zip(up.chunks_exact(width)) {
+        for (i, (g, u)) in row.iter_mut().zip(up).enumerate() {
+            *g = if i < vectorised {
+                kv::silu(*g) * u
+            } else {
+                *g / (1.0 + (-*g).exp()) * u
+            };
+        }
     }
+    assert_eq!(values.len(), rows * width, "one output per input");
+    Tensor::from_vec(values, shape, &Device::Cpu)
 }

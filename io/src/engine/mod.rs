@@ -26,6 +26,7 @@ pub mod llama;
 pub mod options;
 pub mod pretokenize;
 pub mod q4_1;
+pub mod q8_0;
 pub mod runner;
 pub mod sampling;
 pub mod stop;

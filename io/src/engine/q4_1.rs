@@ -7,6 +7,12 @@
 //! (`maddubs`), accumulated in f32. Work is split over output columns on candle's own thread pool, so the
 //! engine's thread count stays candle's.
 //!
+//! Several activation rows (a batch of sequences, or a prompt) share each weight block: it is unpacked once and
+//! multiplied with up to [`ROWS_PER_PASS`] rows, which is what makes a batch of four cheaper than four single
+//! rows. Each row keeps its own accumulators and exactly the operations, in the order, that it gets alone, so a
+//! row's result never depends on how many rows are multiplied with it. The activation quantization, the output
+//! buffer and the pass size are shared with the Q8_0 kernel ([`super::q8_0`]).
+//!
 //! Layout of a Q4_1 block (ggml): scale `d` (f16), minimum `m` (f16), then 16 bytes whose low nibbles are values
 //! 0..16 and high nibbles values 16..32; a weight is `d * q + m`.
 
@@ -15,9 +21,12 @@ use candle_core::{Device, Tensor};
 use half::f16;
 
 /// Values per block, for weights and activations alike.
-const BLOCK_VALUES: usize = 32;
+pub(super) const BLOCK_VALUES: usize = 32;
 /// Bytes of one Q4_1 block in a GGUF file.
 const WEIGHT_BLOCK_BYTES: usize = 20;
+/// Activation rows multiplied with each weight block while it is unpacked: one 8-lane accumulator per row, so four
+/// rows leave AVX2's sixteen vector registers room for the unpacked block, constants and temporaries.
+pub(super) const ROWS_PER_PASS: usize = 4;
 
 /// One block of 32 weights.
 #[derive(Clone, Copy, Debug)]
@@ -29,11 +38,18 @@ struct WeightBlock {
 
 /// One block of 32 quantized activations.
 #[derive(Clone, Copy, Debug, Default)]
-struct InputBlock {
-    scale: f32,
-    /// `scale * Σ values`, which meets each weight block's minimum.
-    scaled_sum: f32,
-    values: [i8; BLOCK_VALUES],
+pub(super) struct InputBlock {
+    pub(super) scale: f32,
+    /// `scale * Σ values`, which meets each Q4_1 weight block's minimum (Q8_0 weights have none).
+    pub(super) scaled_sum: f32,
+    pub(super) values: [i8; BLOCK_VALUES],
+}
+
+/// A weight matrix whose rows are dotted with quantized activation rows, several activation rows per pass.
+pub(super) trait RowDots: Sync {
+    /// The dot products of weight row `row` with each of `inputs`. Each input's result must be the same, bit for
+    /// bit, whatever `N` is and whatever the other inputs are.
+    fn dots<const N: usize>(&self, row: usize, inputs: [&[InputBlock]; N]) -> [f32; N];
 }
 
 /// A `[rows, columns]` Q4_1 weight matrix; `forward` computes `x · Wᵀ` like candle's `QMatMul`.
@@ -50,7 +66,7 @@ impl Q4_1Matrix {
             return None;
         }
         let (rows, columns) = tensor.shape().dims2().ok()?;
-        if !columns.is_multiple_of(BLOCK_VALUES) {
+        if columns == 0 || !columns.is_multiple_of(BLOCK_VALUES) {
             return None;
         }
         let data = tensor.data().ok()?;
@@ -74,55 +90,95 @@ impl Q4_1Matrix {
 
     /// `x · Wᵀ` for `x` of shape `[..., columns]`: the result has shape `[..., rows]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut shape = x.dims().to_vec();
-        if shape.last() != Some(&self.columns) {
-            candle_core::bail!(
-                "q4_1 matmul: input {:?} does not end in {}",
-                x.shape(),
-                self.columns
-            );
-        }
-        let inputs = x.flatten_all()?.to_vec1::<f32>()?;
-        let count = inputs.len() / self.columns;
-        let quantized = quantize_rows(&inputs, self.columns);
-        let mut output = vec![0f32; count * self.rows];
-        self.matmul(&quantized, count, &mut output);
-        *shape.last_mut().expect("checked above") = self.rows;
-        Tensor::from_vec(output, shape, &Device::Cpu)
+        forward(self, self.rows, self.columns, x)
     }
+}
 
-    /// `output[r * rows + c] = input row r · weight row c`, columns split over candle's thread pool.
-    fn matmul(&self, input: &[InputBlock], count: usize, output: &mut [f32]) {
+impl RowDots for Q4_1Matrix {
+    fn dots<const N: usize>(&self, row: usize, inputs: [&[InputBlock]; N]) -> [f32; N] {
         let blocks_per_row = self.columns / BLOCK_VALUES;
-        assert_eq!(
-            input.len(),
-            count * blocks_per_row,
-            "one input block per 32 values"
+        dots(
+            &self.blocks[row * blocks_per_row..(row + 1) * blocks_per_row],
+            inputs,
+        )
+    }
+}
+
+/// `x · Wᵀ` for `x` of shape `[..., columns]` and `weights` of shape `[rows, columns]`: the result has shape
+/// `[..., rows]`. Each row of `x` is quantized on its own ([`quantize_rows`]).
+pub(super) fn forward<K: RowDots>(
+    weights: &K,
+    rows: usize,
+    columns: usize,
+    x: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let mut shape = x.dims().to_vec();
+    if shape.last() != Some(&columns) {
+        candle_core::bail!(
+            "quantized matmul: input {:?} does not end in {columns}",
+            x.shape()
         );
-        assert_eq!(
-            output.len(),
-            count * self.rows,
-            "one output per input row and weight row"
-        );
-        let target = OutputPointer(output.as_mut_ptr());
-        let rows = self.rows;
-        candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-            for column in range {
-                let weights = &self.blocks[column * blocks_per_row..(column + 1) * blocks_per_row];
-                for (row, activations) in input.chunks_exact(blocks_per_row).enumerate() {
-                    // SAFETY: each (row, column) is written once, by the only work item holding `column`, and
-                    // `row * rows + column < count * rows == output.len()`.
-                    unsafe { target.write(row * rows + column, dot(weights, activations)) };
+    }
+    let inputs = x.flatten_all()?.to_vec1::<f32>()?;
+    let count = inputs.len() / columns;
+    let quantized = quantize_rows(&inputs, columns);
+    let mut output = vec![0f32; count * rows];
+    matmul(weights, rows, &quantized, count, &mut output);
+    *shape.last_mut().expect("checked above") = rows;
+    Tensor::from_vec(output, shape, &Device::Cpu)
+}
+
+/// `output[i * rows + r] = input row i · weight row r` for `count` input rows: weight rows are split over candle's
+/// thread pool, and each weight row meets the input rows [`ROWS_PER_PASS`] at a time, the last pass taking the
+/// remainder.
+fn matmul<K: RowDots>(
+    weights: &K,
+    rows: usize,
+    input: &[InputBlock],
+    count: usize,
+    output: &mut [f32],
+) {
+    assert_eq!(
+        output.len(),
+        count * rows,
+        "one output per input row and weight row"
+    );
+    if count == 0 {
+        return;
+    }
+    assert!(
+        input.len().is_multiple_of(count),
+        "input rows of equal length"
+    );
+    let inputs: Vec<&[InputBlock]> = input.chunks_exact(input.len() / count).collect();
+    let target = OutputPointer(output.as_mut_ptr());
+    // The match below names every pass size.
+    const _: () = assert!(ROWS_PER_PASS == 4);
+    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+        for row in range {
+            for (pass, group) in inputs.chunks(ROWS_PER_PASS).enumerate() {
+                let results: &[f32] = match *group {
+                    [a, b, c, d] => &weights.dots(row, [a, b, c, d]),
+                    [a, b, c] => &weights.dots(row, [a, b, c]),
+                    [a, b] => &weights.dots(row, [a, b]),
+                    [a] => &weights.dots(row, [a]),
+                    _ => unreachable!("chunks hold 1 to ROWS_PER_PASS rows"),
+                };
+                for (offset, &value) in results.iter().enumerate() {
+                    let input_row = pass * ROWS_PER_PASS + offset;
+                    // SAFETY: each (input row, weight row) is written once, by the only work item holding `row`,
+                    // and `input_row * rows + row < count * rows == output.len()`.
+                    unsafe { target.write(input_row * rows + row, value) };
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 /// The output buffer, shared by the pool's workers, each writing disjoint elements.
 struct OutputPointer(*mut f32);
 
-// SAFETY: workers write disjoint elements (see `Q4_1Matrix::matmul`) and the buffer outlives the pool call.
+// SAFETY: workers write disjoint elements (see `matmul`) and the buffer outlives the pool call.
 unsafe impl Sync for OutputPointer {}
 
 impl OutputPointer {
@@ -136,7 +192,8 @@ impl OutputPointer {
 
 /// Quantizes each row of `inputs` (rows of `columns` values) to 8-bit blocks as ggml's `quantize_row_q8_1` does
 /// on AVX2 CPUs: scale `max|x| / 127`, values rounded half to even, scale and scaled sum rounded through f16.
-fn quantize_rows(inputs: &[f32], columns: usize) -> Vec<InputBlock> {
+/// The scale and values are also what ggml's `quantize_row_q8_0` gives.
+pub(super) fn quantize_rows(inputs: &[f32], columns: usize) -> Vec<InputBlock> {
     assert!(
         columns.is_multiple_of(BLOCK_VALUES),
         "rows are whole blocks"
@@ -170,6 +227,7 @@ fn quantize_rows(inputs: &[f32], columns: usize) -> Vec<InputBlock> {
     allow(dead_code)
 )]
 fn dot_reference(weights: &[WeightBlock], input: &[InputBlock]) -> f32 {
+    assert_eq!(weights.len(), input.len(), "rows of equal length");
     let mut total = 0.0f32;
     for (weight, activation) in weights.iter().zip(input) {
         let mut products = 0i32;
@@ -188,8 +246,8 @@ fn dot_reference(weights: &[WeightBlock], input: &[InputBlock]) -> f32 {
     target_feature = "avx2",
     target_feature = "fma"
 )))]
-fn dot(weights: &[WeightBlock], input: &[InputBlock]) -> f32 {
-    dot_reference(weights, input)
+fn dots<const N: usize>(weights: &[WeightBlock], inputs: [&[InputBlock]; N]) -> [f32; N] {
+    inputs.map(|input| dot_reference(weights, input))
 }
 
 #[cfg(all(
@@ -197,49 +255,67 @@ fn dot(weights: &[WeightBlock], input: &[InputBlock]) -> f32 {
     target_feature = "avx2",
     target_feature = "fma"
 ))]
-fn dot(weights: &[WeightBlock], input: &[InputBlock]) -> f32 {
+fn dots<const N: usize>(weights: &[WeightBlock], inputs: [&[InputBlock]; N]) -> [f32; N] {
     // SAFETY: this build only runs on CPUs with AVX2 and FMA (both are compile-time target features).
-    unsafe { dot_avx2(weights, input) }
+    unsafe { dots_avx2(weights, inputs) }
 }
 
-/// The dot product of one weight row and one activation row, 32 values per step in AVX2 registers.
+/// The dot products of one weight row with `N` activation rows, 32 values per step in AVX2 registers. Each weight
+/// block is unpacked once for all rows; each row has its own accumulators and sees the same operations in the
+/// same order for any `N`.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 ))]
 #[target_feature(enable = "avx2,fma")]
-fn dot_avx2(weights: &[WeightBlock], input: &[InputBlock]) -> f32 {
+fn dots_avx2<const N: usize>(weights: &[WeightBlock], inputs: [&[InputBlock]; N]) -> [f32; N] {
     use std::arch::x86_64::*;
-    assert_eq!(weights.len(), input.len(), "rows of equal length");
+    for input in inputs {
+        assert_eq!(weights.len(), input.len(), "rows of equal length");
+    }
     let low_nibbles = _mm_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    let mut scaled_products = _mm256_setzero_ps();
-    let mut minimums = 0.0f32;
-    for (weight, activation) in weights.iter().zip(input) {
-        // SAFETY: unaligned loads of exactly 16 and 32 bytes from arrays of that size.
-        let (packed, values) = unsafe {
-            (
-                _mm_loadu_si128(weight.nibbles.as_ptr().cast()),
-                _mm256_loadu_si256(activation.values.as_ptr().cast()),
-            )
-        };
+    let mut scaled_products = [_mm256_setzero_ps(); N];
+    let mut minimums = [0.0f32; N];
+    for (index, weight) in weights.iter().enumerate() {
+        // SAFETY: an unaligned load of exactly 16 bytes from an array of that size.
+        let packed = unsafe { _mm_loadu_si128(weight.nibbles.as_ptr().cast()) };
         let low = _mm_and_si128(packed, low_nibbles);
         let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
         let quantized = _mm256_set_m128i(high, low);
-        // u8 × i8 pairs summed to i16 (at most 2 · 15 · 128, no overflow), then pairs of those to i32.
-        let products = _mm256_madd_epi16(_mm256_maddubs_epi16(quantized, values), ones);
-        let scale = _mm256_set1_ps(weight.scale.to_f32() * activation.scale);
-        scaled_products = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), scaled_products);
-        minimums += weight.min.to_f32() * activation.scaled_sum;
+        let (scale, min) = (weight.scale.to_f32(), weight.min.to_f32());
+        for row in 0..N {
+            let activation = &inputs[row][index];
+            // SAFETY: an unaligned load of exactly 32 bytes from an array of that size.
+            let values = unsafe { _mm256_loadu_si256(activation.values.as_ptr().cast()) };
+            // u8 × i8 pairs summed to i16 (at most 2 · 15 · 128, no overflow), then pairs of those to i32.
+            let products = _mm256_madd_epi16(_mm256_maddubs_epi16(quantized, values), ones);
+            let scales = _mm256_set1_ps(scale * activation.scale);
+            scaled_products[row] =
+                _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(products), scaled_products[row]);
+            minimums[row] += min * activation.scaled_sum;
+        }
     }
+    std::array::from_fn(|row| horizontal_sum(scaled_products[row]) + minimums[row])
+}
+
+/// The sum of a register's eight lanes, in a fixed order.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn horizontal_sum(lanes: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
     let half = _mm_add_ps(
-        _mm256_castps256_ps128(scaled_products),
-        _mm256_extractf128_ps(scaled_products, 1),
+        _mm256_castps256_ps128(lanes),
+        _mm256_extractf128_ps(lanes, 1),
     );
     let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
     let single = _mm_add_ss(quarter, _mm_movehdup_ps(quarter));
-    _mm_cvtss_f32(single) + minimums
+    _mm_cvtss_f32(single)
 }
 
 #[cfg(test)]
@@ -266,7 +342,7 @@ mod tests {
 
     #[test]
     fn matches_candle_and_the_reference() {
-        for (rows, columns, count) in [(8, 64, 1), (12, 576, 3), (5, 1536, 17)] {
+        for (rows, columns, count) in [(8, 64, 1), (12, 576, 3), (7, 576, 4), (5, 1536, 17)] {
             let weights = QTensor::quantize(&random((rows, columns), 1), GgmlDType::Q4_1).unwrap();
             let ours = Q4_1Matrix::from_qtensor(&weights).expect("a Q4_1 matrix");
             let input = random((count, columns), 2);
@@ -296,6 +372,29 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_rows_result_does_not_depend_on_the_other_rows() {
+        let weights = QTensor::quantize(&random((9, 576), 4), GgmlDType::Q4_1).unwrap();
+        let ours = Q4_1Matrix::from_qtensor(&weights).expect("a Q4_1 matrix");
+        let input = random((9, 576), 5);
+        let bits = |x: &Tensor| -> Vec<Vec<u32>> {
+            let output = ours.forward(x).unwrap().to_vec2::<f32>().unwrap();
+            output
+                .iter()
+                .map(|row| row.iter().map(|v| v.to_bits()).collect())
+                .collect()
+        };
+        let all = bits(&input);
+        for (row, expected) in all.iter().enumerate() {
+            let alone = bits(&input.narrow(0, row, 1).unwrap());
+            assert_eq!(&alone[0], expected, "row {row} alone");
+        }
+        for count in 1..=8 {
+            let some = bits(&input.narrow(0, 9 - count, count).unwrap());
+            assert_eq!(some[..], all[9 - count..], "the last {count} rows");
         }
     }
 
