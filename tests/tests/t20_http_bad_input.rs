@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Barrier};
 
-use common::{Reply, Server, model_path, raw_exchange, sha256_digest};
+use common::{Reply, Server, model_bytes, model_path, raw_exchange, sha256_digest};
 use serde_json::{Value, json};
 
 const HEX64: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -852,5 +852,58 @@ fn pull_of_a_blob_whose_hash_differs_keeps_nothing() {
     );
     let tags = server.get("/api/tags").json();
     assert_eq!(tags["models"], json!([]), "a failed pull left a model");
+    server.check_after();
+}
+
+#[test]
+fn quantizing_an_already_quantized_model_or_to_an_unknown_type_is_400() {
+    let Some(path) =
+        model_path("quantizing_an_already_quantized_model_or_to_an_unknown_type_is_400")
+    else {
+        return;
+    };
+    let mut server = Server::start();
+    let (bytes, digest) = model_bytes(&path);
+    assert_eq!(
+        server
+            .post_bytes(&format!("/api/blobs/{digest}"), bytes)
+            .status,
+        201
+    );
+    let cases = [
+        (
+            "q8_0",
+            "quantization is only supported for F16, BF16 and F32 models",
+        ),
+        ("q3_k_xl", "unsupported quantization type"),
+    ];
+    for (quantize, message) in cases {
+        let body = |stream: bool| {
+            json!({
+                "model": "requantized",
+                "files": { "model.gguf": digest },
+                "quantize": quantize,
+                "stream": stream,
+            })
+        };
+        let text = server
+            .post_json("/api/create", &body(false))
+            .expect_error(400, &format!("quantize {quantize}"));
+        assert!(text.starts_with(message), "{text}");
+        // Streamed, the error is the last line (after "parsing GGUF" when the file had to be read first).
+        let reply = server.post_json("/api/create", &body(true));
+        let text = if reply.status == 200 {
+            let lines = reply.ndjson();
+            let last = lines.last().expect("a streamed create answers");
+            last["error"]
+                .as_str()
+                .expect("the last line is the error")
+                .to_string()
+        } else {
+            reply.expect_error(400, &format!("quantize {quantize} streamed"))
+        };
+        assert!(text.starts_with(message), "{text}");
+    }
+    assert_eq!(server.get("/api/tags").json()["models"], json!([]));
     server.check_after();
 }

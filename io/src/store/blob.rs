@@ -101,6 +101,12 @@ impl BlobWriter {
         self.written_bytes
     }
 
+    /// Moves the bytes to the address of whatever they hash to (for blobs this server makes itself).
+    pub(crate) fn finish_computed(self) -> Result<BlobStored, StoreError> {
+        let digest = Digest::from_bytes(self.hasher.clone().finalize().into());
+        self.finish(&digest)
+    }
+
     /// Checks the bytes against `expected` and, if they match, moves them to `blobs/sha256-<hex>` atomically.
     /// On a mismatch nothing is kept.
     pub fn finish(mut self, expected: &Digest) -> Result<BlobStored, StoreError> {
@@ -126,6 +132,7 @@ impl BlobWriter {
                 created: false,
             });
         }
+        set_blob_permissions(file.as_file())?;
         file.persist(&path)
             .map_err(|error| StoreError::io("store blob")(error.error))?;
         Ok(BlobStored {
@@ -135,6 +142,24 @@ impl BlobWriter {
         })
     }
 }
+
+/// Blobs are world-readable like Ollama's (0644), not the temporary file's 0600: a models directory shared with
+/// Ollama or read by another service user keeps working.
+fn set_blob_permissions(file: &std::fs::File) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(BLOB_MODE))
+            .map_err(StoreError::io("store blob"))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
+/// The mode of a stored blob.
+#[cfg(unix)]
+const BLOB_MODE: u32 = 0o644;
 
 impl Write for BlobWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {

@@ -10,11 +10,14 @@
 //! 4. every layer's status in manifest order, "writing manifest", the manifest, then the replaced manifest's
 //!    now-unused blobs are removed, and "success".
 //!
-//! Not supported (clear errors): quantization to another type, adapters, safetensors import.
+//! `quantize` converts an F16/BF16/F32 model layer after step 1 (see [`super::quantize`]).
+//!
+//! Not supported (clear errors): adapters, safetensors import.
 
 use super::gguf_info::{self, GgufInfo, human_number};
 use super::manifest::{media_type, sha256};
 use super::params::validate_parameters;
+use super::quantize::Target;
 use super::{
     BlobPins, CONFIG_MEDIA_TYPE, LAYER_TEXT_FIELD_BYTES_MAX, Layer, Manifest, ModelConfig,
     Progress, Store, StoreError, TEXT_LAYER_BYTES_MAX, go_json,
@@ -49,7 +52,7 @@ pub struct CreateRequest {
     pub parameters: BTreeMap<String, Value>,
     /// A seeded conversation.
     pub messages: Vec<CreateMessage>,
-    /// A quantization type: only the model's own type is accepted (nothing to do).
+    /// A quantization type: F32, F16, Q8_0, Q4_K_S or Q4_K_M, from an F16, BF16 or F32 model.
     #[serde(alias = "quantization")]
     pub quantize: Option<String>,
 }
@@ -126,6 +129,7 @@ impl CreateRequest {
 
     /// Checks that need no disk: adapters, messages, template syntax, sizes.
     fn check(&self) -> Result<(), StoreError> {
+        quantize_target(self.quantize.as_deref())?;
         if !self.adapters.is_empty() {
             return Err(StoreError::Unsupported(
                 "adapters are not supported by this server".to_string(),
@@ -217,7 +221,9 @@ impl Store {
                 ));
             }
         };
-        check_quantize(request.quantize.as_deref(), &layers)?;
+        if let Some(target) = quantize_target(request.quantize.as_deref())? {
+            self.quantize_layers(target, &mut layers, &mut pins, progress)?;
+        }
         describe_model(&layers, &mut config);
         self.add_text_layers(request, parameters, &mut layers, &mut pins)?;
         if layers.len() > LAYERS_PER_MODEL_MAX as usize {
@@ -360,6 +366,44 @@ impl Store {
         Ok(layers)
     }
 
+    /// Converts every GGUF model layer not already of `target`'s type (see [`super::quantize`]).
+    fn quantize_layers(
+        &self,
+        target: Target,
+        layers: &mut [PendingLayer],
+        pins: &mut BlobPins,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), StoreError> {
+        for pending in layers.iter_mut() {
+            let Some(info) = pending
+                .gguf
+                .as_ref()
+                .filter(|_| pending.layer.media_type == media_type::MODEL)
+            else {
+                continue;
+            };
+            if info.file_type == target.name() {
+                continue;
+            }
+            let stored = self.quantize_blob(&pending.layer.digest, target, progress)?;
+            pins.add(stored.digest);
+            let gguf = gguf_info::read(&self.blob_path(&stored.digest))?;
+            let mut layer = Layer::new(media_type::MODEL, stored.digest, stored.size);
+            layer.name = pending.layer.name.clone();
+            let verb = if stored.created {
+                "creating new"
+            } else {
+                "using existing"
+            };
+            *pending = PendingLayer {
+                status: format!("{verb} layer {}", stored.digest),
+                layer,
+                gguf: Some(gguf),
+            };
+        }
+        Ok(())
+    }
+
     /// Template, system, licenses, parameters and messages, in Ollama's order and replacement rules.
     fn add_text_layers(
         &self,
@@ -450,44 +494,17 @@ fn check_file_name(file_name: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Quantization: a type Ollama knows, and the model already of that type; anything else needs a quantizer
-/// this server does not have.
-fn check_quantize(quantize: Option<&str>, layers: &[PendingLayer]) -> Result<(), StoreError> {
-    let Some(quantize) = quantize.filter(|text| !text.is_empty()) else {
-        return Ok(());
-    };
-    let upper = quantize.to_ascii_uppercase();
-    let want = match upper.as_str() {
-        "F32" | "F16" | "Q8_0" | "Q4_K_S" | "BF16" => upper.as_str(),
-        "Q4_K_M" | "Q4_K" => "Q4_K_M",
-        _ => {
-            return Err(StoreError::Invalid(
+/// The requested quantization target, if any: one of Ollama's names, else its error.
+fn quantize_target(quantize: Option<&str>) -> Result<Option<Target>, StoreError> {
+    match quantize.filter(|text| !text.is_empty()) {
+        None => Ok(None),
+        Some(name) => Target::parse(name).map(Some).ok_or_else(|| {
+            StoreError::Invalid(
                 "unsupported quantization type - supported types are F32, F16, Q4_K_S, Q4_K_M, Q8_0"
                     .to_string(),
-            ));
-        }
-    };
-    for pending in layers {
-        let Some(info) = pending
-            .gguf
-            .as_ref()
-            .filter(|_| pending.layer.media_type == media_type::MODEL)
-        else {
-            continue;
-        };
-        if info.file_type == want {
-            continue;
-        }
-        if !["F16", "BF16", "F32"].contains(&info.file_type.as_str()) {
-            return Err(StoreError::Invalid(
-                "quantization is only supported for F16, BF16 and F32 models".to_string(),
-            ));
-        }
-        return Err(StoreError::Unsupported(
-            "quantization is not supported by this server".to_string(),
-        ));
+            )
+        }),
     }
-    Ok(())
 }
 
 /// Fills the config from the model layers' GGUF headers, keeping values the base config already set.

@@ -31,6 +31,7 @@ mod manifest;
 mod params;
 mod partial;
 mod progress;
+mod quantize;
 mod resolve;
 
 pub use blob::{BlobStored, BlobWriter};

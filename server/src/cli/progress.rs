@@ -26,10 +26,11 @@ pub async fn follow(mut lines: impl Stream<Item = Result<Value>> + Unpin) -> Res
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        // A transfer's bar is keyed by its blob; a quantization's (no digest) by its status line.
         let digest = line
             .get("digest")
             .and_then(Value::as_str)
-            .map(str::to_string);
+            .map_or_else(|| status.clone(), str::to_string);
         let total = line.get("total").and_then(Value::as_u64);
         let completed = line.get("completed").and_then(Value::as_u64).unwrap_or(0);
         if !terminal {
@@ -39,8 +40,8 @@ pub async fn follow(mut lines: impl Stream<Item = Result<Value>> + Unpin) -> Res
             }
             continue;
         }
-        match (digest, total) {
-            (Some(digest), Some(total)) if total > 0 => {
+        match total {
+            Some(total) if total > 0 => {
                 if let Some(spinner) = spinner.take() {
                     spinner.finish();
                 }
