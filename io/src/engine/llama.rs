@@ -33,9 +33,10 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use super::ggml_math;
 use super::gguf::{GgufError, GgufFile, ModelConfig};
+use super::kv::AttentionShape;
 pub use super::kv::KvCache;
-use super::kv::{self, AttentionShape};
 use super::q4_1::Q4_1Matrix;
 use super::q8_0::Q8_0Matrix;
 
@@ -440,12 +441,12 @@ impl Llama {
         for row in 0..rows {
             let angles = row * pairs..(row + 1) * pairs;
             let (cos, sin) = (&cos[angles.clone()], &sin[angles]);
-            kv::rotate(
+            ggml_math::rotate(
                 &mut query[row * heads * head_dimension..(row + 1) * heads * head_dimension],
                 cos,
                 sin,
             );
-            kv::rotate(
+            ggml_math::rotate(
                 &mut key[row * kv_heads * head_dimension..(row + 1) * kv_heads * head_dimension],
                 cos,
                 sin,
@@ -497,7 +498,7 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<Tensor
     Tensor::from_vec(values, (rows, width), &Device::Cpu)
 }
 
-/// ggml's SwiGLU, `silu(gate) · up`: whole vectors of 16 with ggml's vectorised SiLU ([`kv::silu`]), any tail
+/// ggml's SwiGLU, `silu(gate) · up`: whole vectors of 16 with ggml's vectorised SiLU ([`ggml_math::silu`]), any tail
 /// with libm's `expf` as ggml's scalar loop does.
 fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     let shape = gate.shape().clone();
@@ -508,7 +509,7 @@ fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     for (row, up) in values.chunks_exact_mut(width).zip(up.chunks_exact(width)) {
         for (i, (g, u)) in row.iter_mut().zip(up).enumerate() {
             *g = if i < vectorised {
-                kv::silu(*g) * u
+                ggml_math::silu(*g) * u
             } else {
                 *g / (1.0 + (-*g).exp()) * u
             };

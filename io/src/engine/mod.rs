@@ -19,6 +19,7 @@ pub mod constraint;
 pub mod detokenize;
 pub mod embed;
 pub mod generate;
+mod ggml_math;
 pub mod gguf;
 pub mod grammar;
 pub mod kv;

@@ -126,6 +126,16 @@ fn the_earliest_of_several_stops_wins() {
 }
 
 #[test]
+fn a_stop_completed_first_wins_over_a_longer_one_still_arriving() {
+    // "é" completes with the first piece; "😀éc" started earlier but needs the next one (found by proptest).
+    let (steps, _) = run(&["😀éc", "é"], &["a😀é", "caaaaa"]);
+    assert_eq!(steps, [released("a😀", true)]);
+    // Arriving in one piece, both are complete and the earlier start wins.
+    let (steps, _) = run(&["😀éc", "é"], &["a😀écaaaaa"]);
+    assert_eq!(steps, [released("a", true)]);
+}
+
+#[test]
 fn unicode_stops_and_text() {
     let (steps, _) = run(&["世界"], &["你好世", "界!"]);
     assert_eq!(steps, [released("你好", false), released("", true)]);
@@ -229,7 +239,15 @@ proptest! {
             prop_assert!(matcher.held.is_empty() || stops.iter().any(|stop| stop.starts_with(&matcher.held)));
         }
         output.push_str(&matcher.finish());
-        let (expected, expected_stop) = expected_output(&stops, &text);
+        // A stream can only stop on what has arrived: the first piece that completes a stop ends it, at the
+        // earliest stop complete by then (a longer stop that started earlier but would only complete later loses,
+        // as in Ollama, which checks each new piece).
+        let arrived = points[1..]
+            .iter()
+            .find(|&&point| expected_output(&stops, &text[..point]).1)
+            .copied()
+            .unwrap_or(text.len());
+        let (expected, expected_stop) = expected_output(&stops, &text[..arrived]);
         prop_assert_eq!(output, expected);
         prop_assert_eq!(stopped, expected_stop);
         if !stopped {

@@ -1,0 +1,385 @@
+//! The arithmetic of ggml's CPU backend that attention and the block's element-wise operations must match bit for
+//! bit (see [`super::kv`] for why): f16 rounding, `ggml_vec_dot_f16` and tinyBLAS dot products (AVX-512 lane
+//! counts, run as AVX2 halves or portable code), softmax with f64 partial sums, FMA rotary rotation, and ggml's
+//! vectorised `expf` and SiLU.
+
+use half::f16;
+
+/// f32 lanes of one AVX-512 vector: ggml's and tinyBLAS's vector width in the build the goldens came from.
+pub(super) const LANES: usize = 16;
+/// Values `ggml_vec_dot_f16` consumes per iteration: four vectors.
+pub(super) const DOT_STEP: usize = 4 * LANES;
+
+pub(super) fn round_through_f16(source: &[f32], target: &mut [f32]) {
+    for (t, s) in target.iter_mut().zip(source) {
+        *t = f16::from_f32(*s).to_f32();
+    }
+}
+
+/// `_mm512_reduce_add_ps`: halves added pairwise, 16 → 8 → 4 → 2 → 1.
+fn reduce_lanes(lanes: &[f32; LANES]) -> f32 {
+    let eight: [f32; 8] = std::array::from_fn(|i| lanes[i] + lanes[i + 8]);
+    let four: [f32; 4] = std::array::from_fn(|i| eight[i] + eight[i + 4]);
+    (four[0] + four[2]) + (four[1] + four[3])
+}
+
+/// ggml's `ggml_vec_dot_f16` on AVX-512 for inputs already rounded to f16: four accumulators of 16 lanes over
+/// steps of 64 values, reduced `(0 + 2) + (1 + 3)`, then across lanes; any tail in f64. Inputs shorter than a
+/// step count as zero-padded.
+fn dot_vec_portable(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "a dot product of equal lengths");
+    let whole = x.len() - x.len() % DOT_STEP;
+    let mut sums = [[0f32; LANES]; 4];
+    for (xs, ys) in x[..whole]
+        .chunks_exact(DOT_STEP)
+        .zip(y[..whole].chunks_exact(DOT_STEP))
+    {
+        let (xs, ys): (&[f32; DOT_STEP], &[f32; DOT_STEP]) =
+            (xs.try_into().unwrap(), ys.try_into().unwrap());
+        for (j, sum) in sums.iter_mut().enumerate() {
+            let part = j * LANES..(j + 1) * LANES;
+            for ((s, a), b) in sum.iter_mut().zip(&xs[part.clone()]).zip(&ys[part]) {
+                *s = a.mul_add(*b, *s);
+            }
+        }
+    }
+    let lanes: [f32; LANES] = std::array::from_fn(|lane| {
+        (sums[0][lane] + sums[2][lane]) + (sums[1][lane] + sums[3][lane])
+    });
+    let mut total = f64::from(reduce_lanes(&lanes));
+    for (a, b) in x[whole..].iter().zip(&y[whole..]) {
+        total += f64::from(a * b);
+    }
+    total as f32
+}
+
+/// llamafile's `tinyBLAS` dot product on AVX-512: one accumulator of 16 lanes over steps of 16 values, then
+/// across lanes. The length is a multiple of 16 (the caller checks, as tinyBLAS does).
+fn dot_tiled_portable(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "a dot product of equal lengths");
+    assert!(
+        x.len().is_multiple_of(LANES),
+        "tinyBLAS takes whole vectors"
+    );
+    let mut sum = [0f32; LANES];
+    for (xs, ys) in x.chunks_exact(LANES).zip(y.chunks_exact(LANES)) {
+        for ((s, a), b) in sum.iter_mut().zip(xs).zip(ys) {
+            *s = a.mul_add(*b, *s);
+        }
+    }
+    reduce_lanes(&sum)
+}
+
+/// [`dot_vec_portable`], with AVX2 where the build has it (the same lanes and order, so the same bits).
+pub(super) fn dot_vec(x: &[f32], y: &[f32]) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if x.len().is_multiple_of(DOT_STEP) {
+        return simd::dot_vec(x, y);
+    }
+    dot_vec_portable(x, y)
+}
+
+/// [`dot_tiled_portable`], with AVX2 where the build has it (the same lanes and order, so the same bits).
+pub(super) fn dot_tiled(x: &[f32], y: &[f32]) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    return simd::dot_tiled(x, y);
+    #[allow(unreachable_code)]
+    dot_tiled_portable(x, y)
+}
+
+/// The dot products on AVX2: each 16-lane AVX-512 vector of ggml's is two 8-lane halves, lanes `0..8` and
+/// `8..16`, and the first step of `_mm512_reduce_add_ps` (lane `i` plus lane `i + 8`) adds the halves.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::{DOT_STEP, LANES};
+
+    /// A 16-lane vector as two halves.
+    #[derive(Clone, Copy)]
+    struct Vector(__m256, __m256);
+
+    impl Vector {
+        fn zero() -> Self {
+            // SAFETY: AVX2 is enabled at compile time (the module's cfg).
+            unsafe { Self(_mm256_setzero_ps(), _mm256_setzero_ps()) }
+        }
+
+        /// `x[..16] · y[..16] + self`, one rounding per lane.
+        fn fma(self, x: &[f32; LANES], y: &[f32; LANES]) -> Self {
+            // SAFETY: AVX2 and FMA are enabled at compile time; each load reads 8 values inside a 16-value array.
+            unsafe {
+                let (x, y) = (x.as_ptr(), y.as_ptr());
+                Self(
+                    _mm256_fmadd_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(y), self.0),
+                    _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8)), _mm256_loadu_ps(y.add(8)), self.1),
+                )
+            }
+        }
+
+        fn add(self, other: Self) -> Self {
+            // SAFETY: AVX2 is enabled at compile time.
+            unsafe {
+                Self(
+                    _mm256_add_ps(self.0, other.0),
+                    _mm256_add_ps(self.1, other.1),
+                )
+            }
+        }
+
+        /// `_mm512_reduce_add_ps` (see [`super::reduce_lanes`]).
+        fn reduce(self) -> f32 {
+            // SAFETY: AVX2 is enabled at compile time.
+            unsafe {
+                let eight = _mm256_add_ps(self.0, self.1);
+                let four = _mm_add_ps(
+                    _mm256_castps256_ps128(eight),
+                    _mm256_extractf128_ps(eight, 1),
+                );
+                // (four[0] + four[2], four[1] + four[3]), then their sum.
+                let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+                _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)))
+            }
+        }
+    }
+
+    fn lanes(values: &[f32]) -> &[f32; LANES] {
+        values.try_into().expect("16 values")
+    }
+
+    pub(super) fn dot_vec(x: &[f32], y: &[f32]) -> f32 {
+        assert_eq!(x.len(), y.len(), "a dot product of equal lengths");
+        assert!(
+            x.len().is_multiple_of(DOT_STEP),
+            "whole steps; the caller handles tails"
+        );
+        let mut sums = [Vector::zero(); 4];
+        for (xs, ys) in x.chunks_exact(DOT_STEP).zip(y.chunks_exact(DOT_STEP)) {
+            for (j, sum) in sums.iter_mut().enumerate() {
+                let part = j * LANES..(j + 1) * LANES;
+                *sum = sum.fma(lanes(&xs[part.clone()]), lanes(&ys[part]));
+            }
+        }
+        sums[0].add(sums[2]).add(sums[1].add(sums[3])).reduce()
+    }
+
+    pub(super) fn dot_tiled(x: &[f32], y: &[f32]) -> f32 {
+        assert_eq!(x.len(), y.len(), "a dot product of equal lengths");
+        assert!(
+            x.len().is_multiple_of(LANES),
+            "tinyBLAS takes whole vectors"
+        );
+        let mut sum = Vector::zero();
+        for (xs, ys) in x.chunks_exact(LANES).zip(y.chunks_exact(LANES)) {
+            sum = sum.fma(lanes(xs), lanes(ys));
+        }
+        sum.reduce()
+    }
+}
+
+/// ggml's `soft_max_ext` of one row whose first `visible` scores count (the rest are masked): scaled, the
+/// maximum subtracted, exponentiated with ggml's approximation, normalised by the reciprocal of a sum of 16-value
+/// partial sums taken in f64. `row` is a whole number of vectors; masked entries come out as exact zeros.
+pub(super) fn softmax(row: &mut [f32], visible: usize, scale: f32) {
+    assert!(row.len().is_multiple_of(LANES), "whole vectors");
+    assert!(
+        visible > 0 && visible <= row.len(),
+        "at least one visible position"
+    );
+    let mut max = f32::NEG_INFINITY;
+    for score in row[..visible].iter_mut() {
+        *score *= scale;
+        max = max.max(*score);
+    }
+    let mut sum = 0f64;
+    for (index, chunk) in row.chunks_exact_mut(LANES).enumerate() {
+        let mut lanes = [0f32; LANES];
+        for (lane, value) in chunk.iter_mut().enumerate() {
+            *value = if index * LANES + lane < visible {
+                expf(*value - max)
+            } else {
+                0.0
+            };
+            lanes[lane] = *value;
+        }
+        sum += f64::from(reduce_lanes(&lanes));
+    }
+    let inverse = (1.0 / sum) as f32;
+    for value in row.iter_mut() {
+        *value *= inverse;
+    }
+}
+
+/// ggml's rotary embedding of adjacent pairs (`GGML_ROPE_TYPE_NORMAL`) of `values` (`[heads][2 · pairs]`) at one
+/// position, given its angles' cosines and sines. ggml's C is compiled with FMA contraction, which makes each
+/// output one fused multiply-add over the other product: `fma(x0, cos, -(x1 · sin))` and `fma(x0, sin, x1 · cos)`.
+pub(super) fn rotate(values: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let pairs = cos.len();
+    assert_eq!(sin.len(), pairs, "a sine per cosine");
+    assert!(values.len().is_multiple_of(2 * pairs), "whole heads");
+    for head in values.chunks_exact_mut(2 * pairs) {
+        for (pair, (c, s)) in head.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+            let (x0, x1) = (pair[0], pair[1]);
+            pair[0] = x0.mul_add(*c, -(x1 * s));
+            pair[1] = x0.mul_add(*s, x1 * c);
+        }
+    }
+}
+
+/// ggml's vectorised `expf` (`ggml_v_expf`, AVX-512), one lane at a time: the same operations, so the same
+/// bits. Within 1.5 ulp of `exp`; infinity above about 88.4, zero below about -104.
+pub(super) fn expf(x: f32) -> f32 {
+    // Constants by bit pattern (Rust has no hexadecimal float literals): 0x1.8p23, 0x1.715476p+0 (log2 e),
+    // 0x1.7f7d1cp-20 and 0x1.62e4p-1 (ln 2 in two parts), then the polynomial's coefficients.
+    let shift = f32::from_bits(0x4b40_0000);
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), shift);
+    let n = z - shift;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // `_mm512_scalef_ps(j, n)`: j · 2ⁿ rounded once; exact in f64 (2ⁿ built from its exponent bits, |n| <= 192),
+    // then one rounding to f32.
+    let power = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (f64::from(j) * power) as f32
+}
+
+/// ggml's vectorised SiLU (`ggml_v_silu`): `x / (1 + expf(0 - x))` with [`expf`].
+pub(super) fn silu(x: f32) -> f32 {
+    x / (1.0 + expf(0.0 - x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(count: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..count)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1u32 << 22) as f32 - 2.0
+            })
+            .collect()
+    }
+
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn expf_is_within_two_ulps_of_exp_and_saturates() {
+        let mut x = -100.0f32;
+        while x < 88.0 {
+            let exact = (f64::from(x)).exp() as f32;
+            assert!(
+                ulps(expf(x), exact) <= 2,
+                "expf({x}) = {} vs {exact}",
+                expf(x)
+            );
+            x += 0.0137;
+        }
+        assert_eq!(expf(0.0), 1.0);
+        assert_eq!(expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(expf(-500.0), 0.0);
+        assert_eq!(expf(500.0), f32::INFINITY);
+        assert!((silu(1.5) - 1.5 / (1.0 + (-1.5f32).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn zero_padding_changes_no_dot_product() {
+        for length in [16, 48, 64, 100] {
+            let (x, y) = (values(length, 1), values(length, 2));
+            let padded = |v: &[f32], to: usize| {
+                let mut v = v.to_vec();
+                v.resize(to, 0.0);
+                v
+            };
+            let to = length.next_multiple_of(DOT_STEP) + DOT_STEP;
+            assert_eq!(
+                dot_vec(&padded(&x, to), &padded(&y, to)).to_bits(),
+                dot_vec(
+                    &padded(&x, length.next_multiple_of(DOT_STEP)),
+                    &padded(&y, length.next_multiple_of(DOT_STEP))
+                )
+                .to_bits(),
+            );
+            let to = length.next_multiple_of(LANES);
+            assert_eq!(
+                dot_tiled(&padded(&x, to + LANES), &padded(&y, to + LANES)).to_bits(),
+                dot_tiled(&padded(&x, to), &padded(&y, to)).to_bits()
+            );
+            let exact: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            assert!((f64::from(dot_tiled(&padded(&x, to), &padded(&y, to))) - exact).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn vector_dots_equal_the_portable_ones_bit_for_bit() {
+        for length in [64, 128, 320, 4096] {
+            let (x, y) = (values(length, 3), values(length, 4));
+            assert_eq!(
+                dot_vec(&x, &y).to_bits(),
+                dot_vec_portable(&x, &y).to_bits()
+            );
+            assert_eq!(
+                dot_tiled(&x, &y).to_bits(),
+                dot_tiled_portable(&x, &y).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn the_lane_reduction_is_avx512s_tree() {
+        // Large and small values whose sum depends on the order of additions.
+        let mut lanes = [1.0f32; LANES];
+        lanes[0] = 1e8;
+        lanes[8] = -1e8;
+        // Lanes 0 and 8 cancel first, so every 1 survives: 14. Left to right would lose the ones added to 1e8.
+        assert_eq!(reduce_lanes(&lanes), 14.0);
+    }
+
+    #[test]
+    fn softmax_normalises_visible_positions_and_zeroes_the_rest() {
+        let mut row = values(32, 5);
+        softmax(&mut row, 20, 0.125);
+        assert!(row[20..].iter().all(|v| *v == 0.0));
+        let sum: f32 = row[..20].iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5 && row[..20].iter().all(|v| *v > 0.0));
+    }
+
+    #[test]
+    fn rotation_at_position_zero_changes_nothing() {
+        let mut head = values(8, 6);
+        let before = head.clone();
+        rotate(&mut head, &[1.0; 4], &[0.0; 4]);
+        assert_eq!(head, before);
+    }
+}
