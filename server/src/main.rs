@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod config;
 mod duration;
+mod metrics;
 mod node;
 mod serve;
 

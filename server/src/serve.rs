@@ -40,6 +40,7 @@ pub async fn serve() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = ServerConfig::from_env()?;
+    crate::metrics::install();
     let store = Store::open(&config.models_dir).with_context(|| {
         format!(
             "cannot open the models directory {}",

@@ -55,5 +55,15 @@ fn a_disconnected_stream_is_cancelled_and_frees_its_slot() {
     );
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["done"], json!(true));
+    // The metrics saw the cancelled generation and the finished one.
+    let metrics = server.get("/metrics").body;
+    for outcome in ["cancelled", "length"] {
+        let series =
+            format!("ollamamax_generations_total{{model=\"tiny:latest\",outcome=\"{outcome}\"}} 1");
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "no {series} in:\n{metrics}"
+        );
+    }
     server.check_after();
 }

@@ -187,27 +187,81 @@ pub fn generate(
         })
         .map_err(|error| ApiError::bad_request(error.to_string()))?;
     let load_duration_ns = slot.load_duration_ns;
+    let model = slot.lease.model().recipe.name.clone();
     Ok(async_stream::stream! {
         let _slot = slot;
+        // Reports "cancelled" unless the generation reached its end (a client that left drops the stream).
+        let mut report = GenerationReport::new(model, started);
         while let Some(event) = events.recv().await {
             match event {
-                Event::Text(text) => yield Piece::Text(text),
+                Event::Text(text) => {
+                    report.text();
+                    yield Piece::Text(text);
+                }
                 Event::Done(output) => {
+                    let metrics = metrics(&output.stats, output.tokens.len(), load_duration_ns, started);
+                    report.done(output.done_reason.as_str(), &metrics);
                     yield Piece::Done(Finished {
                         done_reason: output.done_reason.as_str(),
-                        metrics: metrics(&output.stats, output.tokens.len(), load_duration_ns, started),
+                        metrics,
                         tokens: output.tokens,
                     });
                     return;
                 }
                 Event::Error(error) => {
+                    report.failed();
                     yield Piece::Failed(error.to_string());
                     return;
                 }
             }
         }
+        report.failed();
         yield Piece::Failed("the generation ended unexpectedly".into());
     })
+}
+
+/// A generation's metrics: time to first text, time between texts, tokens, and how it ended.
+struct GenerationReport {
+    model: String,
+    started: Instant,
+    last_text: Option<Instant>,
+    outcome: Option<&'static str>,
+}
+
+impl GenerationReport {
+    fn new(model: String, started: Instant) -> Self {
+        GenerationReport {
+            model,
+            started,
+            last_text: None,
+            outcome: None,
+        }
+    }
+
+    fn text(&mut self) {
+        let now = Instant::now();
+        match self.last_text {
+            None => crate::metrics::time_to_first_token(&self.model, now - self.started),
+            Some(last) => crate::metrics::inter_token(&self.model, now - last),
+        }
+        self.last_text = Some(now);
+    }
+
+    fn done(&mut self, reason: &'static str, metrics: &Metrics) {
+        crate::metrics::tokens(&self.model, metrics.prompt_eval_count, metrics.eval_count);
+        self.outcome = Some(reason);
+    }
+
+    fn failed(&mut self) {
+        self.outcome = Some("error");
+    }
+}
+
+impl Drop for GenerationReport {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or("cancelled");
+        crate::metrics::generation_finished(&self.model, outcome, self.started.elapsed());
+    }
 }
 
 /// How a request's prompt is made.

@@ -52,6 +52,34 @@ async fn version() -> Response {
     axum::Json(serde_json::json!({ "version": OLLAMA_VERSION })).into_response()
 }
 
+/// `GET /metrics`: Prometheus's text exposition format.
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// Counts every routed request by its route template and status, with its duration and the number in flight.
+/// The duration of a streamed answer is to its headers; the generation metrics time the stream itself.
+async fn track(
+    path: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let endpoint = path.as_str().to_string();
+    let started = std::time::Instant::now();
+    let in_flight = crate::metrics::InFlight::start(endpoint.clone());
+    let response = next.run(request).await;
+    drop(in_flight);
+    crate::metrics::http_request_finished(endpoint, response.status().as_u16(), started.elapsed());
+    response
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "404 page not found")
 }
@@ -150,8 +178,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings::embeddings))
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*model}", get(openai::models::retrieve))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .merge(uploads)
+        .route_layer(axum::middleware::from_fn(track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors(&config))

@@ -117,6 +117,7 @@ impl Node {
             pending: BTreeMap::new(),
             recipes: BTreeMap::new(),
             loaded: BTreeMap::new(),
+            loading: BTreeMap::new(),
             commands: commands.clone(),
         };
         tokio::spawn(task.run(receiver));
@@ -186,7 +187,17 @@ struct Task {
     /// What to load for each model name residency knows.
     recipes: BTreeMap<String, Arc<Recipe>>,
     loaded: BTreeMap<String, Arc<LoadedModel>>,
+    /// When each load in progress started (for the load-time metric).
+    loading: BTreeMap<String, Instant>,
     commands: mpsc::Sender<Command>,
+}
+
+/// How long the load of `model` took (zero if its start was not recorded).
+fn loaded_after(loading: &mut BTreeMap<String, Instant>, model: &str) -> std::time::Duration {
+    loading
+        .remove(model)
+        .map(|started| started.elapsed())
+        .unwrap_or_default()
 }
 
 impl Task {
@@ -241,10 +252,22 @@ impl Task {
             Command::Unload { model } => self.handle(Input::UnloadRequested { model }),
             Command::Loaded { model, result } => match result {
                 Ok(loaded) => {
+                    crate::metrics::model_loaded(
+                        &model,
+                        true,
+                        loaded_after(&mut self.loading, &model),
+                        loaded.recipe.memory_bytes(self.config.num_parallel),
+                    );
                     self.loaded.insert(model.clone(), loaded);
                     self.handle(Input::LoadFinished { model });
                 }
                 Err(problem) => {
+                    crate::metrics::model_loaded(
+                        &model,
+                        false,
+                        loaded_after(&mut self.loading, &model),
+                        0,
+                    );
                     tracing::warn!(%model, %problem, "load failed");
                     self.recipes.remove(&model);
                     self.handle(Input::LoadFailed { model });
@@ -262,6 +285,7 @@ impl Task {
         while let Some(action) = self.residency.poll_action() {
             self.act(action);
         }
+        crate::metrics::requests_queued(self.pending.len());
     }
 
     fn act(&mut self, action: Action) {
@@ -274,6 +298,7 @@ impl Task {
                     });
                     return;
                 };
+                self.loading.insert(model.clone(), Instant::now());
                 let commands = self.commands.clone();
                 let num_parallel = self.config.num_parallel;
                 tokio::spawn(async move {
@@ -287,7 +312,9 @@ impl Task {
             }
             Action::Unload { model } => {
                 tracing::info!(%model, "unloading");
-                self.loaded.remove(&model);
+                if self.loaded.remove(&model).is_some() {
+                    crate::metrics::model_unloaded(&model);
+                }
             }
             Action::Start { request, model } => {
                 let Some(reply) = self.pending.remove(&request) else {
@@ -307,6 +334,11 @@ impl Task {
                 let Some(reply) = self.pending.remove(&request) else {
                     return;
                 };
+                crate::metrics::request_rejected(match reason {
+                    RejectReason::QueueFull => "queue_full",
+                    RejectReason::TooLarge => "too_large",
+                    RejectReason::LoadFailed => "load_failed",
+                });
                 let error = match reason {
                     RejectReason::QueueFull => ApiError::queue_full(),
                     RejectReason::TooLarge => {

@@ -1,0 +1,152 @@
+//! `GET /metrics` in Prometheus's text format (Ollama has none). Every metric name lives here, each written by
+//! one function, so the set of series is easy to read and to keep bounded: labels are route templates, status
+//! codes, and names of models this node actually loaded (never raw client input).
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `ollamamax_http_requests_total` | counter | `endpoint`, `status` |
+//! | `ollamamax_http_requests_in_flight` | gauge | `endpoint` |
+//! | `ollamamax_http_request_duration_seconds` | histogram | `endpoint` |
+//! | `ollamamax_requests_queued` | gauge | |
+//! | `ollamamax_requests_rejected_total` | counter | `reason` (`queue_full`, `too_large`, `load_failed`) |
+//! | `ollamamax_generations_total` | counter | `model`, `outcome` (`stop`, `length`, `error`, `cancelled`) |
+//! | `ollamamax_time_to_first_token_seconds` | histogram | `model` |
+//! | `ollamamax_inter_token_seconds` | histogram | `model` |
+//! | `ollamamax_generation_duration_seconds` | histogram | `model` |
+//! | `ollamamax_prompt_tokens_total`, `ollamamax_generated_tokens_total` | counter | `model` |
+//! | `ollamamax_model_loads_total` | counter | `model`, `result` (`ok`, `error`) |
+//! | `ollamamax_model_load_duration_seconds` | histogram | `model` |
+//! | `ollamamax_model_unloads_total` | counter | `model` |
+//! | `ollamamax_model_memory_bytes` | gauge | `model` |
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Histogram buckets for latencies, in seconds: 1 ms to 5 minutes.
+const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// How often the recorder drains its histogram samples when nobody scrapes.
+const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls are no-ops) and starts its upkeep task.
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let built = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECONDS)
+            .and_then(PrometheusBuilder::install_recorder);
+        match built {
+            Ok(handle) => {
+                let upkeep = handle.clone();
+                tokio::spawn(async move {
+                    let mut ticks = tokio::time::interval(UPKEEP_PERIOD);
+                    loop {
+                        ticks.tick().await;
+                        upkeep.run_upkeep();
+                    }
+                });
+                Some(handle)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "metrics are disabled");
+                None
+            }
+        }
+    });
+}
+
+/// The current metrics in Prometheus's text format (empty if the recorder could not be installed).
+pub fn render() -> String {
+    HANDLE
+        .get()
+        .and_then(Option::as_ref)
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
+}
+
+/// An HTTP request to `endpoint` (a route template) finished with `status` after `elapsed`.
+pub fn http_request_finished(endpoint: String, status: u16, elapsed: Duration) {
+    counter!("ollamamax_http_requests_total", "endpoint" => endpoint.clone(), "status" => status.to_string())
+        .increment(1);
+    histogram!("ollamamax_http_request_duration_seconds", "endpoint" => endpoint)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Counts a request as in flight on `endpoint` until dropped.
+pub struct InFlight(String);
+
+impl InFlight {
+    /// Starts counting.
+    pub fn start(endpoint: String) -> Self {
+        gauge!("ollamamax_http_requests_in_flight", "endpoint" => endpoint.clone()).increment(1.0);
+        InFlight(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!("ollamamax_http_requests_in_flight", "endpoint" => self.0.clone()).decrement(1.0);
+    }
+}
+
+/// Requests waiting for a slot on this node.
+pub fn requests_queued(count: usize) {
+    gauge!("ollamamax_requests_queued").set(count as f64);
+}
+
+/// A request was refused before it started (`queue_full` is the 503).
+pub fn request_rejected(reason: &'static str) {
+    counter!("ollamamax_requests_rejected_total", "reason" => reason).increment(1);
+}
+
+/// A generation on `model` ended: `stop`, `length`, `error` or `cancelled` (the client left).
+pub fn generation_finished(model: &str, outcome: &'static str, elapsed: Duration) {
+    counter!("ollamamax_generations_total", "model" => model.to_string(), "outcome" => outcome)
+        .increment(1);
+    histogram!("ollamamax_generation_duration_seconds", "model" => model.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// The first text of a generation on `model` left the engine `elapsed` after the request arrived.
+pub fn time_to_first_token(model: &str, elapsed: Duration) {
+    histogram!("ollamamax_time_to_first_token_seconds", "model" => model.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Time between two consecutive pieces of text of one generation on `model`.
+pub fn inter_token(model: &str, elapsed: Duration) {
+    histogram!("ollamamax_inter_token_seconds", "model" => model.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Tokens a finished generation on `model` read and wrote.
+pub fn tokens(model: &str, prompt: u32, generated: u32) {
+    counter!("ollamamax_prompt_tokens_total", "model" => model.to_string())
+        .increment(u64::from(prompt));
+    counter!("ollamamax_generated_tokens_total", "model" => model.to_string())
+        .increment(u64::from(generated));
+}
+
+/// A load of `model` finished (`ok` or `error`) after `elapsed`.
+pub fn model_loaded(model: &str, ok: bool, elapsed: Duration, memory_bytes: u64) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("ollamamax_model_loads_total", "model" => model.to_string(), "result" => result)
+        .increment(1);
+    histogram!("ollamamax_model_load_duration_seconds", "model" => model.to_string())
+        .record(elapsed.as_secs_f64());
+    if ok {
+        gauge!("ollamamax_model_memory_bytes", "model" => model.to_string())
+            .set(memory_bytes as f64);
+    }
+}
+
+/// `model` left memory.
+pub fn model_unloaded(model: &str) {
+    counter!("ollamamax_model_unloads_total", "model" => model.to_string()).increment(1);
+    gauge!("ollamamax_model_memory_bytes", "model" => model.to_string()).set(0.0);
+}
