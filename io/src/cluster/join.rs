@@ -256,16 +256,27 @@ pub async fn join_cluster_on(
         };
         // Only now, with the server proven to hold a certificate from the token's CA, does the secret go out.
         let (key, csr_der) = pki::new_key_and_csr()?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        let request = JoinRequest {
-            secret: token.secret.clone(),
-            csr_der,
+        let answer = async {
+            let (mut send, mut recv) = connection.open_bi().await?;
+            let request = JoinRequest {
+                secret: token.secret.clone(),
+                csr_der,
+            };
+            write_frame(&mut send, &request, JOIN_FRAME_BYTES_MAX).await?;
+            let _ = send.finish();
+            Ok::<JoinAnswer, JoinError>(read_frame(&mut recv, JOIN_FRAME_BYTES_MAX).await?)
         };
-        write_frame(&mut send, &request, JOIN_FRAME_BYTES_MAX).await?;
-        let _ = send.finish();
-        let answer = read_frame(&mut recv, JOIN_FRAME_BYTES_MAX).await;
+        let answer = match answer.await {
+            Ok(answer) => answer,
+            // The server closed the connection (no join service there, or it gave up): its reason says more.
+            Err(error) => {
+                return Err(connection
+                    .close_reason()
+                    .map_or(error, JoinError::Connection));
+            }
+        };
         connection.close(close::JOIN_DONE.into(), b"done");
-        match answer? {
+        match answer {
             JoinAnswer::Refused(refusal) => Err(JoinError::Refused(refusal)),
             JoinAnswer::Admitted {
                 node,

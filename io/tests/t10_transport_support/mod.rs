@@ -41,7 +41,9 @@ pub struct Members(pub Arc<Mutex<BTreeSet<NodeId>>>);
 
 impl Members {
     pub fn of(nodes: &[u64]) -> Self {
-        Self(Arc::new(Mutex::new(nodes.iter().copied().map(NodeId).collect())))
+        Self(Arc::new(Mutex::new(
+            nodes.iter().copied().map(NodeId).collect(),
+        )))
     }
 
     pub fn remove(&self, node: u64) {
@@ -75,11 +77,19 @@ pub fn start(
     join: Option<Arc<JoinService>>,
 ) -> Node {
     let handler = Arc::new(Echo::default());
-    let services =
-        Services { handler: handler.clone(), blobs, membership: members.predicate(), join };
+    let services = Services {
+        handler: handler.clone(),
+        blobs,
+        membership: members.predicate(),
+        join,
+    };
     let transport = Transport::bind("127.0.0.1:0".parse().unwrap(), identity, services).unwrap();
     let address = transport.local_addr().unwrap();
-    Node { transport, handler, address }
+    Node {
+        transport,
+        handler,
+        address,
+    }
 }
 
 /// Start a node that serves no blobs and admits no joins.
@@ -95,9 +105,13 @@ pub fn introduce(from: &Node, to: &Node) {
 /// A client-only QUIC endpoint on loopback.
 pub fn client_endpoint() -> quinn::Endpoint {
     let runtime = quinn::default_runtime().unwrap();
-    let socket =
-        config::wrap_udp(&runtime, config::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
-    quinn::Endpoint::new_with_abstract_socket(config::endpoint_config(None), None, socket, runtime).unwrap()
+    let socket = config::wrap_udp(
+        &runtime,
+        config::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap(),
+    )
+    .unwrap();
+    quinn::Endpoint::new_with_abstract_socket(config::endpoint_config(None), None, socket, runtime)
+        .unwrap()
 }
 
 /// A member-protocol client config that trusts `ca` and presents `client` (or no certificate).
@@ -109,7 +123,9 @@ pub fn raw_client_config(ca: &ClusterCa, client: Option<&NodeIdentity>) -> quinn
         .unwrap()
         .with_root_certificates(roots);
     let mut tls = match client {
-        Some(identity) => builder.with_client_auth_cert(identity.chain(), identity.private_key()).unwrap(),
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain(), identity.private_key())
+            .unwrap(),
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![CLUSTER_ALPN.to_vec()];
@@ -122,7 +138,10 @@ pub async fn raw_connect(
     config: quinn::ClientConfig,
     server: &Node,
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
-    endpoint.connect_with(config, server.address, &node_dns_name(server.id())).unwrap().await
+    endpoint
+        .connect_with(config, server.address, &node_dns_name(server.id()))
+        .unwrap()
+        .await
 }
 
 /// Bytes from a seeded xorshift generator (incompressible enough for transfer tests).
