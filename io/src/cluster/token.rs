@@ -238,7 +238,8 @@ impl TokenStore {
                 .policy
                 .expires_at_unix_s
                 .is_some_and(|expiry| now_unix_s >= expiry);
-            !expired && !(token.policy.single_use && token.used)
+            let used_up = token.policy.single_use && token.used;
+            !(expired || used_up)
         });
     }
 }
