@@ -3,8 +3,10 @@
 //! Prints every run and the medians; no assertions (timings live in benches, never in tests).
 //!
 //! ```text
-//! cargo run --release -p ollamamax-io --example bench_transfer -- [--runs N] [--file PATH] [--peers 1,4]
+//! cargo run --release -p ollamamax-io --example bench_transfer -- [--runs N] [--file PATH] [--peers 1,4] [--dir D]
 //! ```
+//! Received files are written under `--dir` (default /dev/shm when present, so disk writeback does not blur the
+//! transport's figure; pass a disk folder to include it).
 //! Without `--file`, it uses the SmolLM2 model cached by `scripts/fetch-model.sh` when present, else a generated
 //! 98 MB file of pseudo-random bytes. Targets: median >= 450 MB/s to 1 peer, >= 650 MB/s aggregate to 4.
 
@@ -37,6 +39,7 @@ struct Options {
     runs: usize,
     file: Option<PathBuf>,
     peers: Vec<u64>,
+    directory: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -44,6 +47,7 @@ fn options() -> Options {
         runs: 7,
         file: None,
         peers: vec![1, 4],
+        directory: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -51,6 +55,7 @@ fn options() -> Options {
         match flag.as_str() {
             "--runs" => options.runs = value.parse().expect("--runs takes a number"),
             "--file" => options.file = Some(PathBuf::from(value)),
+            "--dir" => options.directory = Some(PathBuf::from(value)),
             "--peers" => {
                 options.peers = value
                     .split(',')
@@ -128,7 +133,18 @@ fn start(
 }
 
 async fn run(options: Options) {
-    let scratch = tempfile::tempdir().expect("temporary directory");
+    // Files go to the given folder, else to /dev/shm when there is one: the figure is the transport's (network,
+    // crypto, hashing), not the disk's writeback.
+    let parent = options.directory.clone().unwrap_or_else(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    });
+    let scratch = tempfile::tempdir_in(&parent).expect("temporary directory");
+    println!("files in {}", parent.display());
     let store = Store::open(scratch.path().join("models")).expect("store");
     let (digest, blob_bytes) = prepare_blob(&options, &store, scratch.path());
     // Read the blob once so every run starts from the page cache.
