@@ -112,6 +112,28 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::message::{Request, StreamHead};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a peer sends, reading a frame returns a value or an error, never a panic or an allocation
+        /// beyond the limit.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _ = runtime.block_on(read_frame::<StreamHead, _>(&mut bytes.as_slice(), 1024));
+        }
+
+        #[test]
+        fn requests_round_trip(nonce in any::<u64>(), payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            for request in [Request::Ping { nonce }, Request::Raft(payload.clone())] {
+                let frame = encode(&StreamHead::Call(request.clone()), FRAME_BYTES_MAX).unwrap();
+                let back: StreamHead = runtime.block_on(read_frame(&mut frame.as_slice(), FRAME_BYTES_MAX)).unwrap();
+                prop_assert_eq!(back, StreamHead::Call(request));
+            }
+        }
+    }
 
     #[tokio::test]
     async fn round_trip_and_limits() {
