@@ -5,7 +5,9 @@ mod t10_transport_support;
 
 use ollamamax_core::ids::NodeId;
 use ollamamax_io::cluster::{ClusterCa, close};
-use ollamamax_io::transport::{Request, RequestError, Response, request_on};
+use ollamamax_io::transport::{
+    FRAME_BYTES_MAX, FrameError, Request, RequestError, Response, request_on,
+};
 use std::sync::atomic::Ordering;
 use t10_transport_support::{
     Members, client_endpoint, introduce, raw_client_config, raw_connect, start_plain,
@@ -191,4 +193,25 @@ async fn t10_a_server_whose_certificate_names_another_node_is_refused() {
         .unwrap_err();
     assert!(matches!(error, RequestError::Connection(_)), "{error:?}");
     assert_eq!(five.handler.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_an_oversized_request_is_refused_before_it_is_sent() {
+    let ca = ClusterCa::create().unwrap();
+    let members = Members::of(&[1, 2]);
+    let one = start_plain(&ca.issue_identity(NodeId(1)).unwrap(), &members);
+    let two = start_plain(&ca.issue_identity(NodeId(2)).unwrap(), &members);
+    introduce(&one, &two);
+    let huge = Request::Raft(vec![0; FRAME_BYTES_MAX as usize]);
+    let error = one.transport.request(two.id(), huge).await.unwrap_err();
+    assert!(
+        matches!(error, RequestError::Frame(FrameError::TooLarge { .. })),
+        "{error:?}"
+    );
+    // The connection is still good for requests that fit.
+    let fits = Request::Raft(vec![1; 1 << 20]);
+    assert!(
+        matches!(one.transport.request(two.id(), fits).await, Ok(Response::Raft(bytes)) if bytes.len() == 1 << 20)
+    );
+    assert_eq!(two.handler.calls.load(Ordering::SeqCst), 1);
 }
