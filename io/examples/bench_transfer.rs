@@ -203,6 +203,15 @@ async fn run(options: Options) {
             );
             rates.push(rate);
         }
+        if let Some(stats) = clients[0].connection_stats(NodeId(1)) {
+            // The receiving side's view: its path MTU and RTT (the sender's congestion window is not visible here).
+            println!(
+                "{peers} peer(s): path MTU {} bytes, RTT {} us, lost packets {}",
+                stats.path.current_mtu,
+                stats.path.rtt.as_micros(),
+                stats.path.lost_packets
+            );
+        }
         let median = median(&mut rates);
         println!(
             "{peers} peer(s): median {median:.0} MB/s aggregate over {} runs (hash verified)",

@@ -285,6 +285,15 @@ impl Transport {
         request_on(&connection, request).await
     }
 
+    /// Statistics of the pooled connection to `peer` (path MTU, RTT, congestion window, bytes), if one is up.
+    pub fn connection_stats(&self, peer: NodeId) -> Option<quinn::ConnectionStats> {
+        let peers = lock(&self.inner.peers);
+        peers
+            .get(&peer)
+            .and_then(PeerSlot::live_connection)
+            .map(|connection| connection.stats())
+    }
+
     /// Close all connections and stop serving; waits up to [`SHUTDOWN_DRAIN_MS`] for peers to be told.
     pub async fn shutdown(&self) {
         self.inner.endpoint.close(close::NORMAL.into(), b"shutdown");
