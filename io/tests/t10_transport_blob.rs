@@ -245,6 +245,16 @@ async fn t10_a_download_whose_bytes_do_not_match_the_digest_fails_and_is_removed
     );
     assert!(!target.exists());
 
+    // A blob whose size differs from what the caller expects is not retried either.
+    let result = client
+        .transport
+        .download_blob(server.id(), digest, bytes.len() as u64 - 1, &target)
+        .await;
+    assert!(
+        matches!(result, Err(DownloadError::Fetch(FetchError::SizeMismatch { actual_bytes, .. })) if actual_bytes == bytes.len() as u64),
+        "{result:?}"
+    );
+
     // A blob the server does not hold is not retried.
     let missing = Digest::from_bytes([3; 32]);
     let result = client

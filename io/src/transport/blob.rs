@@ -103,6 +103,15 @@ pub enum FetchError {
         /// Bytes of the range not received.
         missing_bytes: u64,
     },
+    /// The serving node's blob has another size than the caller expects (a different blob under one digest
+    /// cannot be, so one side's file is damaged).
+    #[error("the node's blob has {actual_bytes} bytes, {expected_bytes} were expected")]
+    SizeMismatch {
+        /// The size the caller expected.
+        expected_bytes: u64,
+        /// The size the serving node reported.
+        actual_bytes: u64,
+    },
     /// No bytes for [`STALL_TIMEOUT_MS`].
     #[error("blob stream stalled")]
     Stalled,
@@ -113,7 +122,9 @@ impl FetchError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            Self::Refused(_) | Self::Request(RequestError::NoAddress(_))
+            Self::Refused(_)
+                | Self::SizeMismatch { .. }
+                | Self::Request(RequestError::NoAddress(_))
         )
     }
 }
@@ -336,6 +347,12 @@ impl Transport {
             .fetch_blob(peer, digest, *position, blob_bytes - *position)
             .await
             .map_err(TryError::Fetch)?;
+        if stream.blob_bytes() != blob_bytes {
+            return Err(TryError::Fetch(FetchError::SizeMismatch {
+                expected_bytes: blob_bytes,
+                actual_bytes: stream.blob_bytes(),
+            }));
+        }
         let mut batch = Vec::new();
         let mut batch_bytes = 0u64;
         loop {

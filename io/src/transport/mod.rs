@@ -129,7 +129,8 @@ pub enum PoolError {
     Full,
 }
 
-/// A node's QUIC endpoint, connection pool and serving tasks. Cheap to clone.
+/// A node's QUIC endpoint, connection pool and serving tasks. Cheap to clone. The serving task keeps the endpoint
+/// alive: stop a node with [`Transport::shutdown`], not by dropping its handles.
 #[derive(Clone)]
 pub struct Transport {
     inner: Arc<Inner>,
