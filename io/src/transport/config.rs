@@ -10,7 +10,8 @@
 //! ends raise `EndpointConfig::max_udp_payload_size`. Bigger packets cut per-packet crypto and syscall costs, so
 //! nodes allow [`UDP_PAYLOAD_BYTES_MAX`] and let MTU discovery find what the path carries (1472 on plain Ethernet,
 //! more on jumbo frames and loopback). It stays below ~6500 bytes: with GSO on, quinn-udp batches of larger
-//! datagrams can be dropped silently by the kernel.
+//! datagrams can be dropped silently by the kernel. Measured here (2 cores, loopback, 98 MB blob, same load): 6000
+//! gives about 1.6x the throughput of 1472 (360 vs 225 MB/s to one peer, 370 vs 230 MB/s to four).
 
 use quinn::{EndpointConfig, MtuDiscoveryConfig, TransportConfig, VarInt};
 use std::net::SocketAddr;
