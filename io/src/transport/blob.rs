@@ -17,7 +17,7 @@ use ollamamax_core::digest::Digest;
 use ollamamax_core::ids::NodeId;
 use sha2::{Digest as _, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, IoSlice, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +30,10 @@ pub const READ_AHEAD_CHUNKS: u32 = 4;
 pub const WRITE_BATCH_BYTES: u32 = 256 << 10;
 /// Batches queued to the writer thread.
 pub const WRITE_QUEUE_BATCHES: u32 = 16;
-/// The writer thread's buffer (received chunks are a datagram or so each).
+/// The writer thread's read buffer while it hashes the bytes a file already holds.
 pub const WRITE_BUFFER_BYTES: u32 = 1 << 20;
+/// Most chunks in one `writev` call (Linux's `IOV_MAX` is 1024).
+const IO_SLICES_MAX: usize = 512;
 /// Tries of one download, the first included.
 pub const DOWNLOAD_ATTEMPTS_MAX: u32 = 5;
 /// Pause before try `n` is `n` times this.
@@ -431,15 +433,48 @@ fn write_and_hash(
         left -= size as u64;
     }
     drop(buffer);
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES as usize, file);
     while let Some(batch) = batches.blocking_recv() {
-        for chunk in batch {
-            out.write_all(&chunk)?;
-            hasher.update(&chunk);
+        for chunk in &batch {
+            hasher.update(chunk);
         }
+        write_all_vectored(&mut file, &batch)?;
     }
-    out.flush()?;
     Ok(hasher.finalize().into())
+}
+
+/// Write every chunk, in order, with as few `writev` calls as the kernel allows: received chunks are a datagram
+/// each, and copying them into one buffer first would cost a pass over every byte.
+fn write_all_vectored(file: &mut File, chunks: &[Bytes]) -> std::io::Result<()> {
+    let mut index = 0;
+    let mut skip = 0;
+    loop {
+        while index < chunks.len() && chunks[index].len() == skip {
+            index += 1;
+            skip = 0;
+        }
+        if index == chunks.len() {
+            return Ok(());
+        }
+        let end = chunks.len().min(index + IO_SLICES_MAX);
+        let mut slices = Vec::with_capacity(end - index);
+        slices.push(IoSlice::new(&chunks[index][skip..]));
+        slices.extend(
+            chunks[index + 1..end]
+                .iter()
+                .map(|chunk| IoSlice::new(chunk)),
+        );
+        let mut written = file.write_vectored(&slices)?;
+        if written == 0 {
+            return Err(ErrorKind::WriteZero.into());
+        }
+        // Advance past what was written: whole chunks, then into the next one.
+        while index < chunks.len() && written >= chunks[index].len() - skip {
+            written -= chunks[index].len() - skip;
+            index += 1;
+            skip = 0;
+        }
+        skip += written;
+    }
 }
 
 /// Serve one blob range on `send`: a header frame, then exactly the range's bytes.
@@ -533,5 +568,37 @@ fn read_chunks(
             return;
         }
         left -= size;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectored_writes_keep_order_across_empty_and_uneven_chunks() {
+        let mut file = tempfile::tempfile().unwrap();
+        let sizes = [0usize, 1, 6000, 0, 5999, 1 << 16, 3, 0];
+        let mut expected = Vec::new();
+        let mut chunks = Vec::new();
+        for (index, size) in sizes.iter().enumerate() {
+            let chunk: Vec<u8> = (0..*size).map(|byte| (byte + index) as u8).collect();
+            expected.extend_from_slice(&chunk);
+            chunks.push(Bytes::from(chunk));
+        }
+        // More chunks than one writev takes.
+        let many: Vec<Bytes> = (0..(IO_SLICES_MAX * 2 + 3))
+            .map(|n| Bytes::from(vec![n as u8; 7]))
+            .collect();
+        for chunk in &many {
+            expected.extend_from_slice(chunk);
+        }
+        write_all_vectored(&mut file, &chunks).unwrap();
+        write_all_vectored(&mut file, &many).unwrap();
+        write_all_vectored(&mut file, &[]).unwrap();
+        let mut written = Vec::new();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_to_end(&mut written).unwrap();
+        assert_eq!(written, expected);
     }
 }
