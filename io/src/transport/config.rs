@@ -3,8 +3,9 @@
 //! Flow-control windows follow window >= rate x RTT: a window smaller than what the link carries in one round
 //! trip caps a stream at window / RTT. The targets are a 10 Gbit/s LAN (1.25 GB/s) with up to 10 ms of RTT under
 //! load: 12.5 MB per round trip, so a blob stream gets a 16 MiB window and a connection (a few blob streams plus
-//! Raft traffic) 64 MiB. On loopback (RTT ~100 us) these are far above what is needed; they are ceilings on
-//! buffered bytes per connection, not allocations.
+//! Raft traffic) 64 MiB. The link itself holds at most one round trip's worth, so a sender keeps up to 32 MiB
+//! unacknowledged per connection (twice the round trip: room for loss recovery). On loopback (RTT ~100 us) these
+//! are far above what is needed; they are ceilings on buffered bytes per connection, not allocations.
 //!
 //! Datagram size: quinn's default 1472-byte payload limit (1500-byte Ethernet) also caps MTU discovery, unless both
 //! ends raise `EndpointConfig::max_udp_payload_size`. Bigger packets cut per-packet crypto and syscall costs, so
@@ -23,7 +24,7 @@ pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 /// Receive window of one connection, all streams together.
 pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 /// Bytes a connection may have sent but not yet acknowledged.
-pub const SEND_WINDOW_BYTES: u32 = 64 << 20;
+pub const SEND_WINDOW_BYTES: u32 = 32 << 20;
 /// Largest UDP payload this node sends or accepts (see the module docs).
 pub const UDP_PAYLOAD_BYTES_MAX: u16 = 6000;
 /// Requested kernel socket buffer size, each direction. The kernel may cap it (`net.core.rmem_max`).
@@ -36,6 +37,7 @@ pub const IDLE_TIMEOUT_MS: u32 = 30_000;
 pub const KEEP_ALIVE_MS: u32 = 5_000;
 
 const _: () = assert!(STREAM_WINDOW_BYTES <= CONNECTION_WINDOW_BYTES);
+const _: () = assert!(SEND_WINDOW_BYTES >= STREAM_WINDOW_BYTES);
 const _: () = assert!(KEEP_ALIVE_MS < IDLE_TIMEOUT_MS);
 const _: () = assert!(UDP_PAYLOAD_BYTES_MAX >= 1472);
 const _: () = assert!(UDP_PAYLOAD_BYTES_MAX < 6500);
