@@ -4,6 +4,8 @@
 //! Only the inference engine ([`engine`]) exists so far; the transport, Raft storage and blob store arrive with
 //! their own issues (single node, cluster).
 
+pub mod cluster;
 pub mod engine;
 pub mod registry;
 pub mod store;
+pub mod transport;

@@ -1,0 +1,122 @@
+//! The messages nodes exchange. Every stream starts with one [`StreamHead`] frame that says what the stream is
+//! for: a request answered by one [`Response`] frame, or a blob range answered by a [`BlobHeader`] frame and then
+//! the raw bytes.
+//!
+//! [`Request::Raft`] carries the Raft module's own encoded RPCs (vote, append entries, snapshot chunks) as opaque
+//! bytes: the Raft adapter defines and versions those types, and plugs in through [`Handler`](super::Handler)
+//! without any change here.
+
+use ollamamax_core::digest::Digest;
+use serde::{Deserialize, Serialize};
+
+/// Longest error text a node sends back (longer texts are cut).
+pub const ERROR_TEXT_BYTES_MAX: u32 = 1024;
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Are you there? Answered with [`Response::Pong`] carrying the same nonce.
+    Ping {
+        /// Echoed back, so a caller can match answers.
+        nonce: u64,
+    },
+    /// An encoded Raft RPC.
+    Raft(Vec<u8>),
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The answer to [`Request::Ping`].
+    Pong {
+        /// The request's nonce.
+        nonce: u64,
+    },
+    /// An encoded Raft RPC reply.
+    Raft(Vec<u8>),
+    /// The request could not be served.
+    Error(RemoteError),
+}
+
+/// Why a remote node could not serve a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct RemoteError {
+    /// What went wrong, for code.
+    pub kind: RemoteErrorKind,
+    /// What went wrong, for people; at most [`ERROR_TEXT_BYTES_MAX`] bytes, never a path or secret.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// An error, its text cut to [`ERROR_TEXT_BYTES_MAX`] bytes on a character boundary.
+    pub fn new(kind: RemoteErrorKind, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        let mut end = message.len().min(ERROR_TEXT_BYTES_MAX as usize);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        Self { kind, message }
+    }
+}
+
+/// Kinds of [`RemoteError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteErrorKind {
+    /// The request is malformed or not allowed.
+    BadRequest,
+    /// This node cannot serve it now (not ready, shutting down, overloaded); another try may succeed.
+    Unavailable,
+    /// The handler failed.
+    Internal,
+}
+
+/// The first frame of every stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum StreamHead {
+    /// A request; one [`Response`] frame follows on the way back.
+    Call(Request),
+    /// A byte range of a blob; a [`BlobHeader`] frame and the bytes follow on the way back.
+    FetchBlob(BlobRange),
+}
+
+/// Bytes `offset .. offset + length` of a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRange {
+    /// The blob.
+    pub digest: Digest,
+    /// First byte.
+    pub offset: u64,
+    /// Number of bytes.
+    pub length: u64,
+}
+
+/// The answer to a blob range, before its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum BlobHeader {
+    /// Exactly the requested `length` bytes follow, then the stream ends.
+    Sending {
+        /// The whole blob's size.
+        blob_bytes: u64,
+    },
+    /// Nothing follows.
+    Refused(BlobRefusal),
+}
+
+/// Why a node does not send a blob range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum BlobRefusal {
+    /// The node does not hold the blob.
+    #[error("blob not found on the node")]
+    NotFound,
+    /// The range does not lie within the blob.
+    #[error("range is outside the blob of {blob_bytes} bytes")]
+    OutOfRange {
+        /// The blob's size.
+        blob_bytes: u64,
+    },
+    /// The node could not read the blob.
+    #[error("the node cannot read the blob")]
+    Unreadable,
+}
