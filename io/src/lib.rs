@@ -5,5 +5,6 @@
 //! their own issues (single node, cluster).
 
 pub mod engine;
+pub mod raft;
 pub mod registry;
 pub mod store;
