@@ -104,7 +104,13 @@ impl Cluster {
             .initialize(BTreeMap::from([(NodeId(1), address(1))]))
             .await
             .unwrap();
-        self.wait_leader(&[]).await;
+        // Only node 1 is a member yet; the others wait to be added.
+        self.node(1)
+            .raft()
+            .wait(Some(WAIT_LIMIT))
+            .state(ServerState::Leader, "node 1 leads")
+            .await
+            .unwrap();
         for id in 2..=count {
             self.node(1)
                 .add_learner(NodeId(id), address(id))
@@ -338,10 +344,16 @@ async fn lagging_learner_catches_up_by_snapshot() {
         .add_learner(NodeId(2), address(2))
         .await
         .unwrap();
+    // The leader's applied index may not cover the membership entry yet when `add_learner` returns; wait for
+    // the learner to see itself, then for the two to agree.
+    poll("the learner's membership", || {
+        let learner = cluster.node(2).status();
+        learner.learners.contains(&NodeId(2)).then_some(())
+    })
+    .await;
     let fingerprint = cluster.wait_converged(1).await;
     let learner = cluster.node(2).status();
     assert!(learner.snapshot_index >= Some(applied), "{learner:?}");
-    assert!(learner.learners.contains(&NodeId(2)));
     assert_eq!(
         cluster.node(2).applied().borrow().state.fingerprint(),
         fingerprint
