@@ -89,7 +89,7 @@ impl MemoryNetwork {
         }
         if inner.drop_one_in > 0 {
             let draw = splitmix64(&mut inner.rng);
-            if draw % u64::from(inner.drop_one_in) == 0 {
+            if draw.is_multiple_of(u64::from(inner.drop_one_in)) {
                 return Err(TransportError::Failed {
                     target,
                     reason: "dropped by fault injection".into(),

@@ -62,7 +62,7 @@ impl Default for RaftOptions {
 }
 
 impl RaftOptions {
-    fn config(&self) -> Result<Config, ConfigError> {
+    fn config(&self) -> Result<Config, Box<ConfigError>> {
         let config = Config {
             cluster_name: "ollamamax".into(),
             heartbeat_interval: self.heartbeat_interval_ms,
@@ -74,7 +74,7 @@ impl RaftOptions {
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             ..Config::default()
         };
-        config.validate()
+        config.validate().map_err(Box::new)
     }
 }
 
@@ -108,10 +108,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     /// The options are inconsistent.
     #[error("raft options: {0}")]
-    Options(#[from] ConfigError),
+    Options(Box<ConfigError>),
     /// openraft refused to start.
     #[error("raft: {0}")]
-    Fatal(#[from] Fatal<u64>),
+    Fatal(Box<Fatal<u64>>),
 }
 
 /// Why [`RaftNode::initialize`] failed.
@@ -125,7 +125,7 @@ pub enum InitError {
     NotAVoter,
     /// The node is stopping or its storage failed.
     #[error("raft: {0}")]
-    Fatal(#[from] Fatal<u64>),
+    Fatal(Box<Fatal<u64>>),
 }
 
 /// Why a write was not applied. A command the state refused is not an error here: it is the `Ok(Err(_))` of
@@ -143,7 +143,7 @@ pub enum WriteError {
     },
     /// The node is stopping or its storage failed.
     #[error("raft: {0}")]
-    Fatal(#[from] Fatal<u64>),
+    Fatal(Box<Fatal<u64>>),
 }
 
 /// Why a linearizable read failed.
@@ -157,7 +157,7 @@ pub enum ReadError {
     NoQuorum(String),
     /// The node is stopping or its storage failed.
     #[error("raft: {0}")]
-    Fatal(#[from] Fatal<u64>),
+    Fatal(Box<Fatal<u64>>),
 }
 
 /// Why a membership change failed.
@@ -177,8 +177,27 @@ pub enum MembershipError {
     Refused(#[from] ChangeMembershipError<u64>),
     /// The node is stopping or its storage failed.
     #[error("raft: {0}")]
-    Fatal(#[from] Fatal<u64>),
+    Fatal(Box<Fatal<u64>>),
 }
+
+/// openraft's fatal errors are large; the error enums box them.
+macro_rules! from_fatal {
+    ($($error:ident),*) => {
+        $(impl From<Fatal<u64>> for $error {
+            fn from(fatal: Fatal<u64>) -> Self {
+                Self::Fatal(Box::new(fatal))
+            }
+        })*
+    };
+}
+
+from_fatal!(
+    StartError,
+    InitError,
+    WriteError,
+    ReadError,
+    MembershipError
+);
 
 fn membership_error(error: RaftError<u64, ClientWriteError<u64, NodeAddr>>) -> MembershipError {
     match error {
@@ -240,7 +259,7 @@ impl RaftNode {
         transport: Arc<T>,
     ) -> Result<Self, StartError> {
         std::fs::create_dir_all(dir).map_err(StartError::Directory)?;
-        let config = Arc::new(options.config()?);
+        let config = Arc::new(options.config().map_err(StartError::Options)?);
         let database = open_database(dir)?;
         let log_store = LogStore::new(database.clone());
         let state_machine = StateMachine::open(database)?;
@@ -337,7 +356,7 @@ impl RaftNode {
             }
             // Only membership changes can be refused as membership changes; a plain write never is.
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_))) => {
-                Err(WriteError::Fatal(Fatal::Stopped))
+                Err(Fatal::Stopped.into())
             }
             Err(RaftError::Fatal(fatal)) => Err(fatal.into()),
         }
@@ -361,7 +380,7 @@ impl RaftNode {
         let current = applied
             .wait_for(|applied| applied.last_applied.map(|log_id| log_id.index) >= wanted)
             .await
-            .map_err(|_| ReadError::Fatal(Fatal::Stopped))?;
+            .map_err(|_| ReadError::from(Fatal::Stopped))?;
         Ok(current.state.clone())
     }
 
