@@ -3,7 +3,7 @@
 //! An append is one durable transaction: openraft's flush callback fires only after redb has fsynced, so a
 //! vote or an entry this node acknowledged is never lost in a crash. Reads for replication are bounded by
 //! [`LOG_READ_ENTRIES_MAX`] and [`LOG_READ_BYTES_MAX`]; openraft bounds appends by `max_payload_entries`
-//! (see [`super::node::APPEND_ENTRIES_MAX`]).
+//! (see [`super::network::APPEND_ENTRIES_MAX`]).
 //!
 //! The store is synchronous under an async interface: every call is one short redb transaction, run on the
 //! calling task. That blocks a runtime worker for an fsync, which is what every durable Raft log must wait

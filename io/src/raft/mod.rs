@@ -15,6 +15,7 @@ pub mod memory;
 pub mod network;
 mod node;
 pub mod runtime;
+mod snapshot;
 mod state_machine;
 mod store;
 pub mod types;
@@ -26,6 +27,7 @@ pub use node::{
     ForwardToLeader, InitError, MembershipError, RaftNode, RaftOptions, RaftStatus, ReadError,
     StartError, WriteError,
 };
-pub use state_machine::{AppliedState, SNAPSHOT_BYTES_MAX, SnapshotBuilder, StateMachine};
+pub use snapshot::{SNAPSHOT_BYTES_MAX, SnapshotBuffer, SnapshotTooLarge};
+pub use state_machine::{AppliedState, SnapshotBuilder, StateMachine};
 pub use store::{DATABASE_FILE_NAME, StoreError, open_database};
 pub use types::{NodeAddr, Raft, Request, Response, TypeConfig};

@@ -10,6 +10,7 @@
 //! state without going through Raft; [`super::RaftNode::read_current`] adds the read-index check for reads that
 //! must be linearizable.
 
+use super::snapshot::{SNAPSHOT_BYTES_MAX, SnapshotBuffer, SnapshotTooLarge};
 use super::store::{KEY_SNAPSHOT, StoreError, decode, encode, read_meta, write_meta};
 use super::types::{
     Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -19,14 +20,8 @@ use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, SnapshotId, StorageIOError};
 use redb::Database;
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 use std::sync::Arc;
 use tokio::sync::watch;
-
-/// Largest snapshot this node installs or loads, in bytes. The state is bounded by the core's limits (members,
-/// models, layers); this is a generous ceiling over them that keeps a hostile or corrupt snapshot from
-/// exhausting memory when decoded.
-pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
 
 /// The state as of a log position: what readers see.
 #[derive(Debug, Clone, Default)]
@@ -140,6 +135,9 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let data = encode(&self.state).map_err(|error| snapshot_error(None, &error))?;
+        if data.len() as u64 > SNAPSHOT_BYTES_MAX {
+            return Err(snapshot_error(None, &SnapshotTooLarge));
+        }
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
@@ -150,7 +148,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|error| snapshot_error(Some(&stored.meta), &error))?;
         Ok(Snapshot {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(SnapshotBuffer::new(stored.data)),
         })
     }
 }
@@ -184,16 +182,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBuffer>, StorageError> {
+        Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotBuffer>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let data = snapshot.into_bytes();
         if data.len() as u64 > SNAPSHOT_BYTES_MAX {
             return Err(snapshot_error(Some(meta), &SnapshotTooLarge));
         }
@@ -218,12 +216,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })?;
         Ok(stored.map(|stored| Snapshot {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(SnapshotBuffer::new(stored.data)),
         }))
     }
 }
-
-/// A received snapshot over [`SNAPSHOT_BYTES_MAX`].
-#[derive(Debug, thiserror::Error)]
-#[error("snapshot larger than {SNAPSHOT_BYTES_MAX} bytes")]
-struct SnapshotTooLarge;

@@ -1,18 +1,17 @@
 //! openraft's type configuration for OllamaMax: what the log carries, what applying it answers, and how nodes
 //! are named and addressed.
 
-use ollamamax_core::NodeId;
 use ollamamax_core::cluster_state::{Command, CommandError, Reply};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::Cursor;
 
 use super::runtime::SeededRuntime;
+use super::snapshot::SnapshotBuffer;
 
 openraft::declare_raft_types!(
     /// The Raft type configuration: ids are the core's `NodeId` numbers, log entries carry a [`Request`], and
-    /// applying one answers a [`Response`]. Snapshots are byte buffers (the postcard encoding of the state, see
-    /// `state_machine.rs`) so openraft can send them in bounded chunks. Time and the election-timeout RNG come
+    /// applying one answers a [`Response`]. Snapshots are bounded byte buffers ([`SnapshotBuffer`], holding the
+    /// postcard encoding of the state) so openraft can send them in bounded chunks. Time and the election-timeout RNG come
     /// from [`SeededRuntime`].
     pub TypeConfig:
         D = Request,
@@ -20,7 +19,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotBuffer,
         AsyncRuntime = SeededRuntime,
 );
 
@@ -87,14 +86,4 @@ impl fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (api {})", self.cluster_address, self.api_address)
     }
-}
-
-/// The Raft id of a core node id (the same number).
-pub fn raft_id(node: NodeId) -> u64 {
-    node.0
-}
-
-/// The core node id of a Raft id.
-pub fn core_id(id: u64) -> NodeId {
-    NodeId(id)
 }
