@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod engine;
+pub mod raft;
 pub mod registry;
 pub mod store;
 pub mod transport;

@@ -1,0 +1,33 @@
+//! Raft for the cluster state, on openraft 0.9 (storage v2).
+//!
+//! - [`types`]: the type configuration (ids are the core's `NodeId` numbers; entries carry a core `Command`;
+//!   applying answers `Result<Reply, CommandError>`).
+//! - [`LogStore`] and [`StateMachine`]: the log, vote and snapshot in one fsync'd redb database per node; the
+//!   state machine is the core's `ClusterState` and its snapshot is the state's postcard encoding.
+//! - [`network`]: the RPCs as serde messages over any [`RaftTransport`]; [`memory`] is an in-memory transport
+//!   with fault injection for tests.
+//! - [`RaftNode`]: start, initialize, membership, writes, linearizable reads, status, shutdown.
+//! - [`runtime`]: tokio with a per-node seeded election-timeout RNG, so elections replay under simulation.
+
+mod log_store;
+pub mod membership;
+pub mod memory;
+pub mod network;
+mod node;
+pub mod runtime;
+mod snapshot;
+mod state_machine;
+mod store;
+pub mod types;
+
+pub use log_store::{LOG_READ_BYTES_MAX, LOG_READ_ENTRIES_MAX, LogStore};
+pub use membership::run_membership_action;
+pub use network::{RaftRpc, RaftRpcReply, RaftTransport, TransportError, handle_rpc};
+pub use node::{
+    ForwardToLeader, InitError, MembershipError, RaftNode, RaftOptions, RaftStatus, ReadError,
+    StartError, WriteError,
+};
+pub use snapshot::{SNAPSHOT_BYTES_MAX, SnapshotBuffer, SnapshotTooLarge};
+pub use state_machine::{AppliedState, SnapshotBuilder, StateMachine};
+pub use store::{DATABASE_FILE_NAME, StoreError, open_database};
+pub use types::{NodeAddr, Raft, Request, Response, TypeConfig};
