@@ -31,6 +31,7 @@ impl Handler for Pong {
         match request {
             Request::Ping { nonce } => Response::Pong { nonce },
             Request::Raft(bytes) => Response::Raft(bytes),
+            Request::Control(bytes) => Response::Control(bytes),
         }
     }
 }

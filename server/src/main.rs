@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod cluster;
 mod config;
 mod duration;
 mod metrics;
@@ -15,7 +16,7 @@ use cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve) {
+    if matches!(cli.command, Command::Serve(_)) {
         // The engine's compute threads: OLLAMAMAX_THREADS, else RAYON_NUM_THREADS, else the physical cores. Set
         // before any other thread exists (it writes the environment candle reads once).
         let threads = std::env::var("OLLAMAMAX_THREADS")
@@ -39,7 +40,7 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve => serve::serve().await,
+            Command::Serve(args) => serve::serve(args).await,
             command => cli::run_client(command).await,
         }
     });

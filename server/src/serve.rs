@@ -32,7 +32,7 @@ async fn shutdown_signal() {
 }
 
 /// Runs the server until a shutdown signal.
-pub async fn serve() -> Result<()> {
+pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("OLLAMAMAX_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -72,15 +72,63 @@ pub async fn serve() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(address = %listener.local_addr()?, models = %config.models_dir.display(), version = env!("CARGO_PKG_VERSION"), "Listening");
+    let api_address = listener.local_addr()?;
+    tracing::info!(address = %api_address, models = %config.models_dir.display(), version = env!("CARGO_PKG_VERSION"), "Listening");
+    let cluster = crate::cluster::Cluster::start(cluster_settings(&args, api_address)?)
+        .await?
+        .map(Arc::new);
     let state = AppState {
         config: Arc::new(config),
         node,
         store: Arc::new(store),
+        cluster: cluster.clone(),
     };
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the server failed")?;
+    if let Some(cluster) = cluster {
+        // Close the QUIC connections politely, so peers see the node leave instead of timing out.
+        cluster.transport.shutdown().await;
+    }
     Ok(())
+}
+
+/// The cluster endpoint's port when `--cluster-listen` is not given.
+const CLUSTER_PORT_DEFAULT: u16 = 11435;
+
+fn cluster_settings(
+    args: &crate::cli::ServeArgs,
+    api_address: std::net::SocketAddr,
+) -> Result<crate::cluster::ClusterSettings> {
+    use crate::cluster::paths::DataPaths;
+    let listen = match &args.cluster_listen {
+        Some(text) => crate::cluster::resolve(text)
+            .with_context(|| format!("invalid --cluster-listen {text:?}"))?,
+        None => std::net::SocketAddr::new(api_address.ip(), CLUSTER_PORT_DEFAULT),
+    };
+    let advertise = args
+        .cluster_advertise
+        .clone()
+        .unwrap_or_else(|| listen.to_string());
+    let join = match (&args.join, &args.token) {
+        (Some(address), Some(token)) => Some((
+            address.clone(),
+            token
+                .parse()
+                .map_err(|error| anyhow::anyhow!("invalid --token: {error}"))?,
+        )),
+        _ => None,
+    };
+    Ok(crate::cluster::ClusterSettings {
+        paths: DataPaths::new(
+            args.data_dir
+                .clone()
+                .unwrap_or_else(DataPaths::default_root),
+        ),
+        listen,
+        advertise,
+        api_address: api_address.to_string(),
+        join,
+    })
 }

@@ -176,6 +176,8 @@ async fn answer(service: &JoinService, request: JoinRequest, remote: SocketAddr)
 pub struct Joined {
     /// The new node's identity (its id, key, certificate and the CA).
     pub identity: NodeIdentity,
+    /// The node that admitted it, as its certificate names it (the node to register with).
+    pub admitted_by: Option<NodeId>,
 }
 
 /// Why joining failed.
@@ -275,6 +277,14 @@ pub async fn join_cluster_on(
                     .map_or(error, JoinError::Connection));
             }
         };
+        let admitted_by = connection
+            .peer_identity()
+            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|chain| {
+                chain
+                    .first()
+                    .and_then(|leaf| pki::node_id_of_certificate(leaf).ok())
+            });
         connection.close(close::JOIN_DONE.into(), b"done");
         match answer {
             JoinAnswer::Refused(refusal) => Err(JoinError::Refused(refusal)),
@@ -292,7 +302,10 @@ pub async fn join_cluster_on(
                 if identity.node() != node {
                     return Err(JoinError::Answer(PkiError::NoNodeName));
                 }
-                Ok(Joined { identity })
+                Ok(Joined {
+                    identity,
+                    admitted_by,
+                })
             }
         }
     };

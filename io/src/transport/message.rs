@@ -22,6 +22,9 @@ pub enum Request {
     },
     /// An encoded Raft RPC.
     Raft(Vec<u8>),
+    /// An encoded cluster-control message of the server's (registration after a join, forwarded writes); the
+    /// server defines and versions its types.
+    Control(Vec<u8>),
 }
 
 /// The answer to a [`Request`].
@@ -34,6 +37,8 @@ pub enum Response {
     },
     /// An encoded Raft RPC reply.
     Raft(Vec<u8>),
+    /// An encoded cluster-control reply.
+    Control(Vec<u8>),
     /// The request could not be served.
     Error(RemoteError),
 }

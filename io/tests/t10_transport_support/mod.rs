@@ -31,6 +31,7 @@ impl Handler for Echo {
                 bytes.reverse();
                 Response::Raft(bytes)
             }
+            Request::Control(bytes) => Response::Control(bytes),
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub node: Node,
     /// The models directory.
     pub store: Arc<Store>,
+    /// This node's cluster part; `None` on a single server.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Ollama's version string we report: clients check it for features, so we claim a recent Ollama.
@@ -50,6 +52,18 @@ async fn root() -> &'static str {
 
 async fn version() -> Response {
     axum::Json(serde_json::json!({ "version": OLLAMA_VERSION })).into_response()
+}
+
+/// `GET /api/cluster`: this node's view of the cluster; 404 on a single server.
+async fn cluster_status(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match &state.cluster {
+        Some(cluster) => axum::Json(crate::cluster::status::status(cluster)).into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server is not part of a cluster (see `ollamamax cluster init`)",
+        )
+        .into_response(),
+    }
 }
 
 /// `GET /metrics`: Prometheus's text exposition format.
@@ -179,6 +193,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*model}", get(openai::models::retrieve))
         .route("/metrics", get(metrics))
+        .route("/api/cluster", get(cluster_status))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .merge(uploads)
         .route_layer(axum::middleware::from_fn(track))

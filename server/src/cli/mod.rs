@@ -25,7 +25,10 @@ pub struct Cli {
 pub enum Command {
     /// Start the server.
     #[command(alias = "start")]
-    Serve,
+    Serve(ServeArgs),
+    /// Manage the cluster this node belongs to.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Create a model from a Modelfile.
     Create {
         /// Name of the new model.
@@ -119,11 +122,67 @@ pub enum Command {
     },
 }
 
+/// `serve`'s cluster flags (a node with no cluster identity and no `--join` is a single server).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Join the cluster of the node whose cluster endpoint is HOST:PORT (needs --token).
+    #[arg(long, requires = "token")]
+    pub join: Option<String>,
+    /// The join token `ollamamax cluster init` printed.
+    #[arg(long, env = "OLLAMAMAX_TOKEN")]
+    pub token: Option<String>,
+    /// The data directory (cluster identity, Raft log); default $OLLAMAMAX_DATA or ~/.ollamamax.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where the cluster endpoint (QUIC) listens; default the API's host with port 11435.
+    #[arg(long, env = "OLLAMAMAX_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+    /// The address other nodes dial for this node's cluster endpoint; default the listen address.
+    #[arg(long, env = "OLLAMAMAX_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+}
+
+/// `cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create a new cluster on this node: its CA, this node's identity, and a join token.
+    Init {
+        /// The data directory; default $OLLAMAMAX_DATA or ~/.ollamamax.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// How long the token admits joiners (Go duration, e.g. 24h; 0 = never expires).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// The token admits one node only.
+        #[arg(long)]
+        single_use: bool,
+    },
+    /// Print a new join token (on the node that ran `cluster init`; the server rereads tokens at start).
+    Token {
+        /// The data directory; default $OLLAMAMAX_DATA or ~/.ollamamax.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// How long the token admits joiners (Go duration; 0 = never expires).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// The token admits one node only.
+        #[arg(long)]
+        single_use: bool,
+    },
+    /// Members, roles, leader, term and models of the cluster, from the server at OLLAMA_HOST.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Runs a client command.
 pub async fn run_client(command: Command) -> anyhow::Result<()> {
     let client = client::Client::from_env()?;
     match command {
-        Command::Serve => unreachable!("serve is handled by main"),
+        Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Cluster(command) => cluster(&client, command).await,
         Command::Create {
             model,
             file,
@@ -183,6 +242,51 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
                 },
             )
             .await
+        }
+    }
+}
+
+async fn cluster(client: &client::Client, command: ClusterCommand) -> anyhow::Result<()> {
+    use crate::cluster::{init, paths::DataPaths, status};
+    let paths = |dir: Option<PathBuf>| DataPaths::new(dir.unwrap_or_else(DataPaths::default_root));
+    let ttl = |text: &str| -> anyhow::Result<Option<std::time::Duration>> {
+        let ms = crate::duration::parse_go_duration_ms(text)
+            .map_err(|problem| anyhow::anyhow!("invalid --ttl {text:?}: {problem}"))?;
+        if ms < 0.0 {
+            anyhow::bail!("invalid --ttl {text:?}: negative");
+        }
+        let duration = std::time::Duration::from_millis(ms as u64);
+        Ok((!duration.is_zero()).then_some(duration))
+    };
+    match command {
+        ClusterCommand::Init {
+            data_dir,
+            ttl: text,
+            single_use,
+        } => {
+            let token = init::init(&paths(data_dir), ttl(&text)?, single_use)?;
+            println!("Cluster created. Start this node with `ollamamax serve`; join others with:");
+            println!("  ollamamax serve --join <this node's cluster address> --token {token}");
+            Ok(())
+        }
+        ClusterCommand::Token {
+            data_dir,
+            ttl: text,
+            single_use,
+        } => {
+            let token = init::create_token(&paths(data_dir), ttl(&text)?, single_use)?;
+            println!("{token}");
+            Ok(())
+        }
+        ClusterCommand::Status { json } => {
+            let value = client.get("/api/cluster").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let parsed: status::ClusterStatus = serde_json::from_value(value)?;
+                print!("{}", status::render(&parsed));
+            }
+            Ok(())
         }
     }
 }

@@ -1,0 +1,177 @@
+//! Admitting nodes: the join handshake's authority (token check, node id) and the registration that follows,
+//! which adds the node to Raft as a learner and to the cluster state as a member; the leader's membership loop
+//! (see [`super::membership`]) then decides whether it votes.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use ollamamax_core::NodeId;
+use ollamamax_core::cluster_state::{Capacity, Command, Member, MemberStatus};
+use ollamamax_io::cluster::{JoinAuthority, JoinRefusal, JoinSecret, TokenStore};
+use ollamamax_io::raft::{NodeAddr, RaftNode, WriteError};
+use ollamamax_io::transport::{Request, Response, Transport};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::rpc::{Control, ControlReply, decode, encode};
+
+/// Seconds since the Unix epoch (join tokens expire by wall-clock time).
+pub fn now_unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// A random node id (never 0): ids are permanent and must not collide across joins on different nodes.
+pub fn random_node_id() -> Option<NodeId> {
+    let mut bytes = [0u8; 8];
+    SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(NodeId(u64::from_le_bytes(bytes).max(1)))
+}
+
+/// The join authority of a node holding the CA: it checks tokens against `tokens.json` (saving each use) and
+/// remembers whom it admitted until they register.
+pub struct TokenAuthority {
+    tokens: Mutex<TokenStore>,
+    tokens_file: PathBuf,
+    admitted: Arc<Mutex<BTreeSet<NodeId>>>,
+}
+
+impl TokenAuthority {
+    /// An authority over `tokens`, saved to `tokens_file` after every use.
+    pub fn new(
+        tokens: TokenStore,
+        tokens_file: PathBuf,
+        admitted: Arc<Mutex<BTreeSet<NodeId>>>,
+    ) -> Self {
+        Self {
+            tokens: Mutex::new(tokens),
+            tokens_file,
+            admitted,
+        }
+    }
+}
+
+impl JoinAuthority for TokenAuthority {
+    fn admit(
+        &self,
+        secret: JoinSecret,
+        remote: SocketAddr,
+    ) -> BoxFuture<'_, Result<NodeId, JoinRefusal>> {
+        let result = (|| {
+            let mut tokens = self
+                .tokens
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tokens.redeem(&secret, now_unix_s())?;
+            if let Err(error) = super::init::save_tokens(&self.tokens_file, &tokens) {
+                tracing::warn!(%error, "cannot save the join tokens");
+            }
+            let node = random_node_id().ok_or(JoinRefusal::Unavailable)?;
+            self.admitted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(node);
+            tracing::info!(node = node.0, %remote, "admitted a joining node");
+            Ok(node)
+        })();
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// Answers a control message from `peer`.
+pub async fn handle_control(
+    raft: &Arc<RaftNode>,
+    transport: &Transport,
+    peer: NodeId,
+    control: Control,
+) -> ControlReply {
+    match control {
+        Control::Register {
+            cluster_address,
+            api_address,
+        } => register(raft, transport, peer, cluster_address, api_address).await,
+    }
+}
+
+/// On the leader: add `node` as a learner and as a member. Elsewhere: pass the registration to the leader.
+async fn register(
+    raft: &Arc<RaftNode>,
+    transport: &Transport,
+    node: NodeId,
+    cluster_address: String,
+    api_address: String,
+) -> ControlReply {
+    let status = raft.status();
+    if status.leader != Some(raft.id()) {
+        return forward_to_leader(raft, transport, node, cluster_address, api_address).await;
+    }
+    let address = NodeAddr {
+        cluster_address: cluster_address.clone(),
+        api_address: api_address.clone(),
+    };
+    if !status.voters.contains(&node)
+        && let Err(error) = raft.add_learner(node, address).await
+    {
+        return ControlReply::Refused(format!("cannot add the node to raft: {error}"));
+    }
+    let member = Member {
+        id: node,
+        api_address,
+        cluster_address,
+        capacity: Capacity {
+            memory_bytes: 0,
+            disk_bytes: 0,
+        },
+        status: MemberStatus::Active,
+    };
+    match raft.write(Command::AddNode { member }).await {
+        Ok(Ok(_)) => ControlReply::Done,
+        Ok(Err(refused)) => ControlReply::Refused(refused.to_string()),
+        Err(WriteError::ForwardToLeader(_)) => {
+            ControlReply::Refused("leadership changed; retry".into())
+        }
+        Err(error) => ControlReply::Refused(error.to_string()),
+    }
+}
+
+/// A registration this node cannot perform, sent on to the leader on the registering node's behalf. The leader
+/// sees this node as the sender, so the node id travels in the message (not implemented yet: the leader uses
+/// the sender's id), so for now the registering node is told to retry at the leader itself.
+async fn forward_to_leader(
+    raft: &Arc<RaftNode>,
+    _transport: &Transport,
+    _node: NodeId,
+    _cluster_address: String,
+    _api_address: String,
+) -> ControlReply {
+    let leader = raft.status().leader;
+    ControlReply::Refused(match leader {
+        Some(leader) => format!("not the leader; the leader is node {}", leader.0),
+        None => "no leader yet; retry".to_string(),
+    })
+}
+
+/// Sends this node's registration to `target` until it is accepted or `attempts` run out.
+pub async fn register_with(
+    transport: &Transport,
+    target: NodeId,
+    cluster_address: &str,
+    api_address: &str,
+) -> Result<(), String> {
+    let message = encode(Control::Register {
+        cluster_address: cluster_address.to_string(),
+        api_address: api_address.to_string(),
+    });
+    match transport.request(target, Request::Control(message)).await {
+        Ok(Response::Control(bytes)) => match decode::<ControlReply>(&bytes)? {
+            ControlReply::Done => Ok(()),
+            ControlReply::Refused(why) => Err(why),
+        },
+        Ok(Response::Error(error)) => Err(error.to_string()),
+        Ok(_) => Err("unexpected answer".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}

@@ -1,0 +1,251 @@
+//! This node's part in a cluster: its identity, its QUIC transport, its Raft, and the loops that keep Raft's
+//! membership and the cluster state in step. A node runs in cluster mode once it has an identity (after
+//! `ollamamax cluster init`, or `serve --join HOST:PORT --token TOKEN`); without one it is a single server.
+//!
+//! Start-up: load (or obtain by joining) the identity; bind the transport with a handler that answers Raft
+//! RPCs and control messages, the membership predicate (members of the applied state, Raft's configuration,
+//! and nodes this node just admitted), and the join service when this node holds the CA key; start Raft on
+//! the data directory's store; the `cluster init` node initializes a one-voter cluster and adds itself as a
+//! member; a joined node registers with the node that admitted it until that succeeds. On the leader, the
+//! core's [`Membership`](ollamamax_core::membership::Membership) decides the voters.
+
+pub mod admit;
+pub mod init;
+mod membership;
+pub mod paths;
+pub mod rpc;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ollamamax_core::NodeId;
+use ollamamax_core::cluster_state::{Capacity, Command, Member, MemberStatus};
+use ollamamax_io::cluster::{ClusterCa, JoinService, JoinToken, NodeIdentity, join_cluster};
+use ollamamax_io::raft::{InitError, NodeAddr, RaftNode, RaftOptions};
+use ollamamax_io::transport::{NoBlobs, Services, Transport};
+use serde::{Deserialize, Serialize};
+
+use paths::DataPaths;
+use rpc::{ClusterHandler, QuicRaft};
+
+/// How often a joined node retries its registration.
+const REGISTER_RETRY: Duration = Duration::from_millis(500);
+/// The file a joined node keeps until its registration is accepted.
+const PENDING_REGISTRATION_FILE: &str = "register.json";
+
+/// How this node takes part in a cluster, from `serve`'s flags.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The data directory.
+    pub paths: DataPaths,
+    /// Where the QUIC endpoint listens.
+    pub listen: SocketAddr,
+    /// The address other nodes dial (`--cluster-advertise`, else the listen address).
+    pub advertise: String,
+    /// Where this node's HTTP API listens, as other nodes should reach it.
+    pub api_address: String,
+    /// `--join HOST:PORT` with `--token`, for a node without an identity.
+    pub join: Option<(String, JoinToken)>,
+}
+
+/// A running cluster node.
+pub struct Cluster {
+    /// This node.
+    pub node: NodeId,
+    /// Its Raft.
+    pub raft: Arc<RaftNode>,
+    /// Its transport.
+    pub transport: Transport,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PendingRegistration {
+    admitted_by: u64,
+    address: String,
+}
+
+/// Resolves `host:port` to the first socket address.
+pub fn resolve(address: &str) -> Option<SocketAddr> {
+    address.to_socket_addrs().ok()?.next()
+}
+
+impl Cluster {
+    /// Starts this node's cluster part, or returns `None` when it has no identity and is not joining.
+    pub async fn start(settings: ClusterSettings) -> Result<Option<Self>> {
+        let paths = &settings.paths;
+        let dir = paths.cluster();
+        let identity = if paths.has_identity() {
+            if settings.join.is_some() {
+                tracing::warn!("this node already belongs to a cluster; --join is ignored");
+            }
+            NodeIdentity::load(&dir).context("cannot read this node's cluster identity")?
+        } else if let Some((address, token)) = &settings.join {
+            join(paths, address, token).await?
+        } else {
+            return Ok(None);
+        };
+        let node = identity.node();
+        let handler = Arc::new(ClusterHandler::new());
+        let join_service = if paths.has_ca_key() {
+            let ca = ClusterCa::load(&dir).context("cannot read the cluster CA")?;
+            let tokens = init::load_tokens(&paths.tokens())?;
+            let authority =
+                admit::TokenAuthority::new(tokens, paths.tokens(), handler.admitted.clone());
+            Some(Arc::new(JoinService::new(ca, Arc::new(authority))))
+        } else {
+            None
+        };
+        let members: Arc<Mutex<BTreeSet<NodeId>>> = Arc::new(Mutex::new(BTreeSet::new()));
+        let admitted = handler.admitted.clone();
+        let allowed = members.clone();
+        // `members` is empty until this node has applied a state with members: a node that just joined must let
+        // the leader (any node the cluster CA certified) in to receive its first entries.
+        let membership = Arc::new(move |peer: NodeId| {
+            let members = lock(&allowed);
+            members.is_empty() || members.contains(&peer) || lock(&admitted).contains(&peer)
+        });
+        let transport = Transport::bind(
+            settings.listen,
+            &identity,
+            Services {
+                handler: handler.clone(),
+                blobs: Arc::new(NoBlobs),
+                membership,
+                join: join_service,
+            },
+        )
+        .with_context(|| format!("cannot listen for cluster traffic on {}", settings.listen))?;
+        let raft = RaftNode::start(
+            node,
+            &paths.raft(),
+            &RaftOptions::default(),
+            Arc::new(QuicRaft::new(transport.clone())),
+        )
+        .await
+        .context("cannot start raft")?;
+        let raft = Arc::new(raft);
+        handler.attach(raft.clone(), transport.clone());
+        tokio::spawn(membership::track_members(raft.clone(), members));
+        tokio::spawn(membership::run_voters(raft.clone()));
+
+        let me = NodeAddr {
+            cluster_address: settings.advertise.clone(),
+            api_address: settings.api_address.clone(),
+        };
+        if paths.has_ca_key() {
+            bootstrap(&raft, node, &me).await?;
+        }
+        let pending = dir.join(PENDING_REGISTRATION_FILE);
+        if pending.is_file() {
+            tokio::spawn(register(transport.clone(), pending, me));
+        }
+        tracing::info!(node = node.0, listen = %settings.listen, "cluster node started");
+        Ok(Some(Cluster {
+            node,
+            raft,
+            transport,
+        }))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Joins through `address` with `token`, saving the identity and what to register.
+async fn join(paths: &DataPaths, address: &str, token: &JoinToken) -> Result<NodeIdentity> {
+    let socket =
+        resolve(address).with_context(|| format!("cannot resolve the join address {address}"))?;
+    let joined = join_cluster(socket, token)
+        .await
+        .with_context(|| format!("cannot join the cluster at {address}"))?;
+    let Some(admitted_by) = joined.admitted_by else {
+        bail!("the admitting node's certificate names no node");
+    };
+    let dir = paths.cluster();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    joined
+        .identity
+        .save(&dir)
+        .context("cannot save this node's identity")?;
+    let pending = PendingRegistration {
+        admitted_by: admitted_by.0,
+        address: address.to_string(),
+    };
+    std::fs::write(
+        dir.join(PENDING_REGISTRATION_FILE),
+        serde_json::to_vec(&pending)?,
+    )
+    .context("cannot save the pending registration")?;
+    tracing::info!(node = joined.identity.node().0, "joined the cluster");
+    Ok(joined.identity)
+}
+
+/// On the node that ran `cluster init`: a one-voter Raft with this node as the first member (once).
+async fn bootstrap(raft: &RaftNode, node: NodeId, me: &NodeAddr) -> Result<()> {
+    match raft.initialize(BTreeMap::from([(node, me.clone())])).await {
+        Ok(()) => {}
+        Err(InitError::AlreadyInitialized) => return Ok(()),
+        Err(error) => return Err(error).context("cannot initialize raft"),
+    }
+    let member = Member {
+        id: node,
+        api_address: me.api_address.clone(),
+        cluster_address: me.cluster_address.clone(),
+        capacity: Capacity {
+            memory_bytes: 0,
+            disk_bytes: 0,
+        },
+        status: MemberStatus::Active,
+    };
+    for _ in 0..100 {
+        match raft
+            .write(Command::AddNode {
+                member: member.clone(),
+            })
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    bail!("the new cluster did not elect this node")
+}
+
+/// Registers with the admitting node until it accepts, then forgets the pending registration.
+async fn register(transport: Transport, pending: std::path::PathBuf, me: NodeAddr) {
+    let Ok(text) = std::fs::read(&pending) else {
+        return;
+    };
+    let Ok(registration) = serde_json::from_slice::<PendingRegistration>(&text) else {
+        tracing::warn!("the pending registration file is corrupt");
+        return;
+    };
+    let target = NodeId(registration.admitted_by);
+    let Some(socket) = resolve(&registration.address) else {
+        tracing::warn!(address = %registration.address, "cannot resolve the admitting node");
+        return;
+    };
+    if transport.set_address(target, socket).is_err() {
+        return;
+    }
+    loop {
+        match admit::register_with(&transport, target, &me.cluster_address, &me.api_address).await {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&pending);
+                tracing::info!("registered with the cluster");
+                return;
+            }
+            Err(why) => {
+                tracing::debug!(%why, "registration not accepted yet");
+                tokio::time::sleep(REGISTER_RETRY).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! What one node asks another: Raft's RPCs (carried for the Raft adapter as `Request::Raft`) and the server's
+//! own control messages (`Request::Control`): today, a freshly joined node registering its addresses so the
+//! leader can add it to Raft and to the cluster state.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ollamamax_core::NodeId;
+use ollamamax_io::raft::{
+    NodeAddr, RaftNode, RaftRpc, RaftRpcReply, RaftTransport, TransportError, handle_rpc,
+};
+use ollamamax_io::transport::{
+    Handler, RemoteError, RemoteErrorKind, Request, Response, Transport,
+};
+use serde::{Deserialize, Serialize};
+
+use super::admit;
+
+/// Version of [`Control`] and [`ControlReply`]; a node refuses messages of another version.
+pub const CONTROL_VERSION: u16 = 1;
+/// Largest encoded control message.
+const CONTROL_BYTES_MAX: usize = 64 << 10;
+
+/// A control message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Control {
+    /// "I joined with a token; add me": sent by the new node to the node that admitted it, forwarded to the
+    /// leader if that is another node.
+    Register {
+        /// Where the node's QUIC endpoint listens.
+        cluster_address: String,
+        /// Where its HTTP API listens.
+        api_address: String,
+    },
+}
+
+/// The answer to a [`Control`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControlReply {
+    /// Done.
+    Done,
+    /// Refused; the text says why.
+    Refused(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    version: u16,
+    body: T,
+}
+
+/// Encodes a control message or reply with its version.
+pub fn encode<T: Serialize>(body: T) -> Vec<u8> {
+    postcard::to_allocvec(&Envelope {
+        version: CONTROL_VERSION,
+        body,
+    })
+    .expect("control messages always encode")
+}
+
+/// Decodes a control message or reply, checking size and version.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.len() > CONTROL_BYTES_MAX {
+        return Err(format!(
+            "control message of {} bytes is too large",
+            bytes.len()
+        ));
+    }
+    let envelope: Envelope<T> = postcard::from_bytes(bytes)
+        .map_err(|error| format!("malformed control message: {error}"))?;
+    if envelope.version != CONTROL_VERSION {
+        return Err(format!(
+            "control protocol version {} (this node speaks {CONTROL_VERSION})",
+            envelope.version
+        ));
+    }
+    Ok(envelope.body)
+}
+
+/// Answers other nodes: Raft RPCs go to the local Raft, control messages to [`admit`].
+pub struct ClusterHandler {
+    raft: OnceLock<Arc<RaftNode>>,
+    transport: OnceLock<Transport>,
+    /// Nodes admitted by a join on this node that have not registered yet: they may connect meanwhile.
+    pub admitted: Arc<Mutex<BTreeSet<NodeId>>>,
+}
+
+impl ClusterHandler {
+    /// A handler that answers "unavailable" until [`Self::attach`] gives it the Raft node and transport.
+    pub fn new() -> Self {
+        Self {
+            raft: OnceLock::new(),
+            transport: OnceLock::new(),
+            admitted: Arc::new(Mutex::new(BTreeSet::new())),
+        }
+    }
+
+    /// Connects the handler to this node's Raft and transport (they need the handler to start).
+    pub fn attach(&self, raft: Arc<RaftNode>, transport: Transport) {
+        let _ = self.raft.set(raft);
+        let _ = self.transport.set(transport);
+    }
+}
+
+fn unavailable() -> Response {
+    Response::Error(RemoteError::new(
+        RemoteErrorKind::Unavailable,
+        "this node is starting",
+    ))
+}
+
+impl Handler for ClusterHandler {
+    async fn handle(&self, peer: NodeId, request: Request) -> Response {
+        match request {
+            Request::Ping { nonce } => Response::Pong { nonce },
+            Request::Raft(bytes) => {
+                let Some(raft) = self.raft.get() else {
+                    return unavailable();
+                };
+                let rpc: RaftRpc = match postcard::from_bytes(&bytes) {
+                    Ok(rpc) => rpc,
+                    Err(error) => {
+                        return Response::Error(RemoteError::new(
+                            RemoteErrorKind::BadRequest,
+                            format!("malformed raft rpc: {error}"),
+                        ));
+                    }
+                };
+                let reply = handle_rpc(raft.raft(), rpc).await;
+                match postcard::to_allocvec(&reply) {
+                    Ok(bytes) => Response::Raft(bytes),
+                    Err(error) => Response::Error(RemoteError::new(
+                        RemoteErrorKind::Internal,
+                        format!("cannot encode the raft reply: {error}"),
+                    )),
+                }
+            }
+            Request::Control(bytes) => {
+                let (Some(raft), Some(transport)) = (self.raft.get(), self.transport.get()) else {
+                    return unavailable();
+                };
+                let reply = match decode::<Control>(&bytes) {
+                    Ok(control) => admit::handle_control(raft, transport, peer, control).await,
+                    Err(problem) => ControlReply::Refused(problem),
+                };
+                Response::Control(encode(reply))
+            }
+        }
+    }
+}
+
+/// Raft's RPCs over the QUIC transport.
+pub struct QuicRaft {
+    /// The node's transport.
+    pub transport: Transport,
+    /// Peers whose last call was abandoned (openraft gave up waiting): their pooled connection may be dead (a
+    /// restarted node), so the next call dials afresh instead of waiting for QUIC's idle timeout.
+    pub suspect: Mutex<BTreeSet<NodeId>>,
+}
+
+impl QuicRaft {
+    /// Raft over `transport`.
+    pub fn new(transport: Transport) -> Self {
+        Self {
+            transport,
+            suspect: Mutex::new(BTreeSet::new()),
+        }
+    }
+}
+
+/// Marks a peer suspect unless the call it guards completes.
+struct Abandoned<'a> {
+    suspect: &'a Mutex<BTreeSet<NodeId>>,
+    peer: NodeId,
+    completed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.suspect
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(self.peer);
+        }
+    }
+}
+
+impl RaftTransport for QuicRaft {
+    async fn call(
+        &self,
+        target: u64,
+        address: &NodeAddr,
+        rpc: RaftRpc,
+    ) -> Result<RaftRpcReply, TransportError> {
+        let failed = |reason: String| TransportError::Failed { target, reason };
+        let peer = NodeId(target);
+        let socket = super::resolve(&address.cluster_address)
+            .ok_or_else(|| failed(format!("bad address {}", address.cluster_address)))?;
+        self.transport
+            .set_address(peer, socket)
+            .map_err(|error| failed(error.to_string()))?;
+        let bytes = postcard::to_allocvec(&rpc).map_err(|error| failed(error.to_string()))?;
+        let was_suspect = self
+            .suspect
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&peer);
+        if was_suspect {
+            self.transport.disconnect(peer);
+        }
+        let mut guard = Abandoned {
+            suspect: &self.suspect,
+            peer,
+            completed: false,
+        };
+        let answer = self.transport.request(peer, Request::Raft(bytes)).await;
+        guard.completed = true;
+        if answer.is_err() {
+            self.transport.disconnect(peer);
+        }
+        match answer {
+            Ok(Response::Raft(bytes)) => {
+                postcard::from_bytes(&bytes).map_err(|error| failed(error.to_string()))
+            }
+            Ok(Response::Error(error)) => Err(failed(error.to_string())),
+            Ok(_) => Err(failed("unexpected answer".into())),
+            Err(_) => Err(TransportError::Unreachable(target)),
+        }
+    }
+}
