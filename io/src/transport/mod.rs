@@ -21,7 +21,9 @@ pub mod frame;
 pub mod message;
 mod serve;
 
-pub use blob::{BlobSource, DownloadError, Downloaded, FetchError, NoBlobs, OpenedBlob};
+pub use blob::{
+    BlobReader, BlobSource, BlobStream, DownloadError, Downloaded, FetchError, NoBlobs, OpenedBlob,
+};
 pub use frame::{FRAME_BYTES_MAX, FrameError, PROTOCOL_VERSION};
 pub use message::{BlobRange, BlobRefusal, RemoteError, RemoteErrorKind, Request, Response};
 
