@@ -468,3 +468,42 @@ async fn the_core_picks_at_most_five_voters_and_the_rest_learn() {
     let six: BTreeSet<NodeId> = (1..=6).map(NodeId).collect();
     assert!(cluster.node(leader).change_voters(&six).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_rebuilds_from_its_snapshot_and_log() {
+    let mut cluster = Cluster::new(options(5));
+    cluster.start(1).await;
+    let voters = BTreeMap::from([(NodeId(1), address(1))]);
+    cluster.node(1).initialize(voters.clone()).await.unwrap();
+    cluster.wait_leader(&[]).await;
+    for id in 1..=5 {
+        let write = Command::AddNode { member: member(id) };
+        assert_eq!(
+            cluster.node(1).write(write).await.unwrap(),
+            Ok(Reply::Changed)
+        );
+    }
+    cluster.node(1).raft().trigger().snapshot().await.unwrap();
+    let applied = cluster.node(1).status().last_applied_index;
+    poll("the snapshot", || {
+        (cluster.node(1).status().snapshot_index >= applied).then_some(())
+    })
+    .await;
+    for id in 6..=8 {
+        let write = Command::AddNode { member: member(id) };
+        assert_eq!(
+            cluster.node(1).write(write).await.unwrap(),
+            Ok(Reply::Changed)
+        );
+    }
+    let before = cluster.node(1).read_current().await.unwrap().fingerprint();
+
+    cluster.kill(1).await;
+    cluster.start(1).await;
+    // The store remembers the cluster: initializing again is refused.
+    assert!(cluster.node(1).initialize(voters).await.is_err());
+    cluster.wait_leader(&[]).await;
+    let after = cluster.node(1).read_current().await.unwrap();
+    assert_eq!(after.fingerprint(), before);
+    assert_eq!(after.members().len(), 8);
+}

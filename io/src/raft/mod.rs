@@ -25,7 +25,7 @@ pub use membership::run_membership_action;
 pub use network::{RaftRpc, RaftRpcReply, RaftTransport, TransportError, handle_rpc};
 pub use node::{
     ForwardToLeader, InitError, MembershipError, RaftNode, RaftOptions, RaftStatus, ReadError,
-    StartError, WriteError,
+    ShutdownError, StartError, WriteError,
 };
 pub use snapshot::{SNAPSHOT_BYTES_MAX, SnapshotBuffer, SnapshotTooLarge};
 pub use state_machine::{AppliedState, SnapshotBuilder, StateMachine};

@@ -23,10 +23,19 @@ use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError,
 };
 use openraft::{ChangeMembers, Config, ConfigError, ServerState, SnapshotPolicy};
+use redb::Database;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+
+/// Longest [`RaftNode::shutdown`] waits for openraft's tasks to release the store.
+const STORE_RELEASE_WAIT_MS: u64 = 10_000;
+/// How often it checks.
+const STORE_RELEASE_POLL_MS: u64 = 5;
+
+const _: () = assert!(STORE_RELEASE_POLL_MS > 0 && STORE_RELEASE_POLL_MS <= STORE_RELEASE_WAIT_MS);
 
 /// Timing and log-compaction settings. The defaults suit a LAN: heartbeats every 250 ms, and an election
 /// after 1–2 s without one, so a dead leader is replaced within about 3 s.
@@ -180,6 +189,17 @@ pub enum MembershipError {
     Fatal(Box<Fatal<u64>>),
 }
 
+/// Why [`RaftNode::shutdown`] did not finish cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    /// openraft's core task panicked or was cancelled.
+    #[error("raft core task: {0}")]
+    Join(#[source] tokio::task::JoinError),
+    /// openraft's tasks still hold the store after the wait: reopening the directory would fail.
+    #[error("the raft store is still in use after shutdown")]
+    StoreInUse,
+}
+
 /// openraft's fatal errors are large; the error enums box them.
 macro_rules! from_fatal {
     ($($error:ident),*) => {
@@ -239,6 +259,8 @@ pub struct RaftStatus {
 pub struct RaftNode {
     id: NodeId,
     raft: Raft,
+    /// Held to know when openraft's tasks have released the store (see [`RaftNode::shutdown`]).
+    database: Arc<Database>,
     applied: watch::Receiver<AppliedState>,
 }
 
@@ -262,7 +284,7 @@ impl RaftNode {
         let config = Arc::new(options.config().map_err(StartError::Options)?);
         let database = open_database(dir)?;
         let log_store = LogStore::new(database.clone());
-        let state_machine = StateMachine::open(database)?;
+        let state_machine = StateMachine::open(database.clone())?;
         let applied = state_machine.subscribe();
         let network = NetworkFactory::new(id.0, transport);
         let stream = match options.rng_seed {
@@ -273,7 +295,12 @@ impl RaftNode {
         let raft = stream
             .scope(Raft::new(id.0, config, network, log_store, state_machine))
             .await?;
-        Ok(Self { id, raft, applied })
+        Ok(Self {
+            id,
+            raft,
+            database,
+            applied,
+        })
     }
 
     /// This node's id.
@@ -407,8 +434,19 @@ impl RaftNode {
         }
     }
 
-    /// Stop Raft and release the store (a restart may reopen it once this returns).
-    pub async fn shutdown(self) -> Result<(), tokio::task::JoinError> {
-        self.raft.shutdown().await
+    /// Stop Raft and release the store: once this returns `Ok`, the directory may be opened again (a restart).
+    /// openraft joins its core task but lets the state machine and replication tasks end on their own, so this
+    /// waits, bounded, for them to drop their handles on the database.
+    pub async fn shutdown(self) -> Result<(), ShutdownError> {
+        let Self { raft, database, .. } = self;
+        raft.shutdown().await.map_err(ShutdownError::Join)?;
+        drop(raft);
+        for _ in 0..STORE_RELEASE_WAIT_MS / STORE_RELEASE_POLL_MS {
+            if Arc::strong_count(&database) == 1 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(STORE_RELEASE_POLL_MS)).await;
+        }
+        Err(ShutdownError::StoreInUse)
     }
 }
