@@ -1,7 +1,7 @@
 //! One node's Raft: the store, the state machine and openraft, behind the calls the server makes.
 //!
-//! Taxonomy: [`RaftNode::start`] opens the node's store and starts openraft; [`RaftNode::initialize`] makes a
-//! one-node cluster (first start of `cluster init`); [`RaftNode::add_learner`] and [`RaftNode::change_voters`]
+//! Taxonomy: [`RaftNode::start`] opens the node's store and starts openraft; [`RaftNode::initialize`] starts a
+//! new cluster (this node alone, for `cluster init`); [`RaftNode::add_learner`] and [`RaftNode::change_voters`]
 //! change membership (on the leader); [`RaftNode::write`] proposes a command; [`RaftNode::read_current`] reads
 //! the state linearizably; [`RaftNode::applied`] reads it cheaply (as applied here, possibly stale);
 //! [`RaftNode::status`] reports term, leader and indexes for `/metrics`; [`RaftNode::shutdown`] stops it.
@@ -35,7 +35,13 @@ const STORE_RELEASE_WAIT_MS: u64 = 10_000;
 /// How often it checks.
 const STORE_RELEASE_POLL_MS: u64 = 5;
 
-const _: () = assert!(STORE_RELEASE_POLL_MS > 0 && STORE_RELEASE_POLL_MS <= STORE_RELEASE_WAIT_MS);
+/// Longest a snapshot chunk may take to send and, for the last chunk, to install (decode the state and write
+/// it durably). openraft's 200 ms default is too short for a large state on a busy disk; a chunk that times out
+/// restarts the whole transfer.
+const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
+
+const _: () = assert!(STORE_RELEASE_POLL_MS > 0);
+const _: () = assert!(STORE_RELEASE_POLL_MS <= STORE_RELEASE_WAIT_MS);
 
 /// Timing and log-compaction settings. The defaults suit a LAN: heartbeats every 250 ms, and an election
 /// after 1–2 s without one, so a dead leader is replaced within about 3 s.
@@ -80,6 +86,7 @@ impl RaftOptions {
             max_payload_entries: APPEND_ENTRIES_MAX,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             ..Config::default()
         };
