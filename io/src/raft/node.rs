@@ -260,6 +260,9 @@ pub struct RaftStatus {
     pub voters: BTreeSet<NodeId>,
     /// Members that replicate the log without voting.
     pub learners: BTreeSet<NodeId>,
+    /// On the leader, how long ago a quorum last acknowledged it (`None` elsewhere): a growing value warns
+    /// that the leader is losing its quorum.
+    pub quorum_ack_age_ms: Option<u64>,
 }
 
 /// One node's running Raft. See the module docs.
@@ -438,6 +441,7 @@ impl RaftNode {
             purged_index: metrics.purged.map(|log_id| log_id.index),
             voters: membership.voter_ids().map(NodeId).collect(),
             learners: membership.learner_ids().map(NodeId).collect(),
+            quorum_ack_age_ms: metrics.millis_since_quorum_ack,
         }
     }
 
