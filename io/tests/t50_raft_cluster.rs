@@ -6,8 +6,11 @@
 
 use ollamamax_core::NodeId;
 use ollamamax_core::cluster_state::{Capacity, Command, CommandError, Member, MemberStatus, Reply};
+use ollamamax_core::membership::{Action, Input, Membership, MembershipConfig};
 use ollamamax_io::raft::memory::MemoryNetwork;
-use ollamamax_io::raft::{NodeAddr, RaftNode, RaftOptions, ReadError, WriteError};
+use ollamamax_io::raft::{
+    NodeAddr, RaftNode, RaftOptions, ReadError, WriteError, run_membership_action,
+};
 use openraft::ServerState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -400,4 +403,107 @@ async fn same_seed_same_elections() {
     }
     // The seed decides: over these seeds both survivors of the first kill win at least once.
     assert_eq!(first_successors, BTreeSet::from([2, 3]));
+}
+
+/// Run every action the core's membership machine has, on the leader, feeding each outcome back.
+async fn settle_membership(cluster: &Cluster, leader: u64, membership: &mut Membership) {
+    while let Some(action) = membership.poll_action() {
+        let Action::ChangeVoters { voters } = &action;
+        let proposed = voters.clone();
+        let input = run_membership_action(cluster.node(leader), action)
+            .await
+            .unwrap();
+        assert_eq!(input, Input::ChangeApplied { voters: proposed });
+        membership.handle(0, input);
+        membership.check_invariants();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_core_picks_at_most_five_voters_and_the_rest_learn() {
+    let mut cluster = Cluster::new(options(4));
+    for id in 1..=6 {
+        cluster.start(id).await;
+    }
+    cluster
+        .node(1)
+        .initialize(BTreeMap::from([(NodeId(1), address(1))]))
+        .await
+        .unwrap();
+    let leader = cluster.wait_leader(&[2, 3, 4, 5, 6]).await;
+    let mut membership = Membership::new(MembershipConfig::default(), BTreeSet::from([NodeId(1)]));
+    for id in 2..=6 {
+        cluster
+            .node(leader)
+            .add_learner(NodeId(id), address(id))
+            .await
+            .unwrap();
+        membership.handle(0, Input::MemberAdded { node: NodeId(id) });
+    }
+    settle_membership(&cluster, leader, &mut membership).await;
+    let status = cluster.node(leader).status();
+    assert_eq!(status.voters, (1..=5).map(NodeId).collect());
+    assert_eq!(status.learners, BTreeSet::from([NodeId(6)]));
+
+    // A voter dies: the core gives its seat to the learner, and the dead node stays a learner.
+    cluster.kill(3).await;
+    membership.handle(
+        0,
+        Input::Liveness {
+            node: NodeId(3),
+            alive: false,
+        },
+    );
+    settle_membership(&cluster, leader, &mut membership).await;
+    let status = cluster.node(leader).status();
+    assert_eq!(status.voters, BTreeSet::from([1, 2, 4, 5, 6].map(NodeId)));
+    assert_eq!(status.learners, BTreeSet::from([NodeId(3)]));
+    let write = Command::AddNode { member: member(6) };
+    assert_eq!(
+        cluster.node(leader).write(write).await.unwrap(),
+        Ok(Reply::Changed)
+    );
+
+    // More than five voters is refused before it reaches Raft.
+    let six: BTreeSet<NodeId> = (1..=6).map(NodeId).collect();
+    assert!(cluster.node(leader).change_voters(&six).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_rebuilds_from_its_snapshot_and_log() {
+    let mut cluster = Cluster::new(options(5));
+    cluster.start(1).await;
+    let voters = BTreeMap::from([(NodeId(1), address(1))]);
+    cluster.node(1).initialize(voters.clone()).await.unwrap();
+    cluster.wait_leader(&[]).await;
+    for id in 1..=5 {
+        let write = Command::AddNode { member: member(id) };
+        assert_eq!(
+            cluster.node(1).write(write).await.unwrap(),
+            Ok(Reply::Changed)
+        );
+    }
+    cluster.node(1).raft().trigger().snapshot().await.unwrap();
+    let applied = cluster.node(1).status().last_applied_index;
+    poll("the snapshot", || {
+        (cluster.node(1).status().snapshot_index >= applied).then_some(())
+    })
+    .await;
+    for id in 6..=8 {
+        let write = Command::AddNode { member: member(id) };
+        assert_eq!(
+            cluster.node(1).write(write).await.unwrap(),
+            Ok(Reply::Changed)
+        );
+    }
+    let before = cluster.node(1).read_current().await.unwrap().fingerprint();
+
+    cluster.kill(1).await;
+    cluster.start(1).await;
+    // The store remembers the cluster: initializing again is refused.
+    assert!(cluster.node(1).initialize(voters).await.is_err());
+    cluster.wait_leader(&[]).await;
+    let after = cluster.node(1).read_current().await.unwrap();
+    assert_eq!(after.fingerprint(), before);
+    assert_eq!(after.members().len(), 8);
 }

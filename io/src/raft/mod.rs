@@ -8,6 +8,11 @@
 //!   with fault injection for tests.
 //! - [`RaftNode`]: start, initialize, membership, writes, linearizable reads, status, shutdown.
 //! - [`runtime`]: tokio with a per-node seeded election-timeout RNG, so elections replay under simulation.
+//!
+//! Not here, by design: the QUIC implementation of [`RaftTransport`] (io/src/transport, whose server side calls
+//! [`handle_rpc`]); the driver loop that feeds the core's `Membership` on the leader and runs its actions with
+//! [`run_membership_action`]; forwarding of writes and linearizable reads to the leader named by
+//! [`ForwardToLeader`].
 
 mod log_store;
 pub mod membership;
@@ -25,7 +30,7 @@ pub use membership::run_membership_action;
 pub use network::{RaftRpc, RaftRpcReply, RaftTransport, TransportError, handle_rpc};
 pub use node::{
     ForwardToLeader, InitError, MembershipError, RaftNode, RaftOptions, RaftStatus, ReadError,
-    StartError, WriteError,
+    ShutdownError, StartError, WriteError,
 };
 pub use snapshot::{SNAPSHOT_BYTES_MAX, SnapshotBuffer, SnapshotTooLarge};
 pub use state_machine::{AppliedState, SnapshotBuilder, StateMachine};

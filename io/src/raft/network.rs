@@ -5,7 +5,10 @@
 //! a [`RaftTransport`], waits at most openraft's hard deadline for the [`RaftRpcReply`], and maps failures to
 //! openraft's error kinds: an unreachable node backs off, a failed call is retried, a remote Raft error is
 //! returned as the remote's answer. Snapshots travel as InstallSnapshot chunks of at most
-//! [`SNAPSHOT_CHUNK_BYTES`], so every message stays below [`RPC_BYTES_MAX`]. The QUIC transport implements
+//! [`SNAPSHOT_CHUNK_BYTES`], so every message stays below [`RPC_BYTES_MAX`]. (openraft 0.9 marks chunking as
+//! the older path and offers a one-message `full_snapshot` under `generic-snapshot-data`; chunks keep every
+//! message bounded without a second, streaming message kind in the transport. openraft's own `full_snapshot`
+//! default sends through these chunks.) The QUIC transport implements
 //! [`RaftTransport`] in production; [`super::memory`] implements it in memory for tests.
 
 use super::types::{NodeAddr, Raft, TypeConfig};

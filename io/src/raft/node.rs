@@ -1,7 +1,7 @@
 //! One node's Raft: the store, the state machine and openraft, behind the calls the server makes.
 //!
-//! Taxonomy: [`RaftNode::start`] opens the node's store and starts openraft; [`RaftNode::initialize`] makes a
-//! one-node cluster (first start of `cluster init`); [`RaftNode::add_learner`] and [`RaftNode::change_voters`]
+//! Taxonomy: [`RaftNode::start`] opens the node's store and starts openraft; [`RaftNode::initialize`] starts a
+//! new cluster (this node alone, for `cluster init`); [`RaftNode::add_learner`] and [`RaftNode::change_voters`]
 //! change membership (on the leader); [`RaftNode::write`] proposes a command; [`RaftNode::read_current`] reads
 //! the state linearizably; [`RaftNode::applied`] reads it cheaply (as applied here, possibly stale);
 //! [`RaftNode::status`] reports term, leader and indexes for `/metrics`; [`RaftNode::shutdown`] stops it.
@@ -23,10 +23,25 @@ use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError,
 };
 use openraft::{ChangeMembers, Config, ConfigError, ServerState, SnapshotPolicy};
+use redb::Database;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+
+/// Longest [`RaftNode::shutdown`] waits for openraft's tasks to release the store.
+const STORE_RELEASE_WAIT_MS: u64 = 10_000;
+/// How often it checks.
+const STORE_RELEASE_POLL_MS: u64 = 5;
+
+/// Longest a snapshot chunk may take to send and, for the last chunk, to install (decode the state and write
+/// it durably). openraft's 200 ms default is too short for a large state on a busy disk; a chunk that times out
+/// restarts the whole transfer.
+const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
+
+const _: () = assert!(STORE_RELEASE_POLL_MS > 0);
+const _: () = assert!(STORE_RELEASE_POLL_MS <= STORE_RELEASE_WAIT_MS);
 
 /// Timing and log-compaction settings. The defaults suit a LAN: heartbeats every 250 ms, and an election
 /// after 1–2 s without one, so a dead leader is replaced within about 3 s.
@@ -71,6 +86,7 @@ impl RaftOptions {
             max_payload_entries: APPEND_ENTRIES_MAX,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             ..Config::default()
         };
@@ -180,6 +196,17 @@ pub enum MembershipError {
     Fatal(Box<Fatal<u64>>),
 }
 
+/// Why [`RaftNode::shutdown`] did not finish cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    /// openraft's core task panicked or was cancelled.
+    #[error("raft core task: {0}")]
+    Join(#[source] tokio::task::JoinError),
+    /// openraft's tasks still hold the store after the wait: reopening the directory would fail.
+    #[error("the raft store is still in use after shutdown")]
+    StoreInUse,
+}
+
 /// openraft's fatal errors are large; the error enums box them.
 macro_rules! from_fatal {
     ($($error:ident),*) => {
@@ -233,12 +260,17 @@ pub struct RaftStatus {
     pub voters: BTreeSet<NodeId>,
     /// Members that replicate the log without voting.
     pub learners: BTreeSet<NodeId>,
+    /// On the leader, how long ago a quorum last acknowledged it (`None` elsewhere): a growing value warns
+    /// that the leader is losing its quorum.
+    pub quorum_ack_age_ms: Option<u64>,
 }
 
 /// One node's running Raft. See the module docs.
 pub struct RaftNode {
     id: NodeId,
     raft: Raft,
+    /// Held to know when openraft's tasks have released the store (see [`RaftNode::shutdown`]).
+    database: Arc<Database>,
     applied: watch::Receiver<AppliedState>,
 }
 
@@ -262,7 +294,7 @@ impl RaftNode {
         let config = Arc::new(options.config().map_err(StartError::Options)?);
         let database = open_database(dir)?;
         let log_store = LogStore::new(database.clone());
-        let state_machine = StateMachine::open(database)?;
+        let state_machine = StateMachine::open(database.clone())?;
         let applied = state_machine.subscribe();
         let network = NetworkFactory::new(id.0, transport);
         let stream = match options.rng_seed {
@@ -273,7 +305,12 @@ impl RaftNode {
         let raft = stream
             .scope(Raft::new(id.0, config, network, log_store, state_machine))
             .await?;
-        Ok(Self { id, raft, applied })
+        Ok(Self {
+            id,
+            raft,
+            database,
+            applied,
+        })
     }
 
     /// This node's id.
@@ -404,11 +441,23 @@ impl RaftNode {
             purged_index: metrics.purged.map(|log_id| log_id.index),
             voters: membership.voter_ids().map(NodeId).collect(),
             learners: membership.learner_ids().map(NodeId).collect(),
+            quorum_ack_age_ms: metrics.millis_since_quorum_ack,
         }
     }
 
-    /// Stop Raft and release the store (a restart may reopen it once this returns).
-    pub async fn shutdown(self) -> Result<(), tokio::task::JoinError> {
-        self.raft.shutdown().await
+    /// Stop Raft and release the store: once this returns `Ok`, the directory may be opened again (a restart).
+    /// openraft joins its core task but lets the state machine and replication tasks end on their own, so this
+    /// waits, bounded, for them to drop their handles on the database.
+    pub async fn shutdown(self) -> Result<(), ShutdownError> {
+        let Self { raft, database, .. } = self;
+        raft.shutdown().await.map_err(ShutdownError::Join)?;
+        drop(raft);
+        for _ in 0..STORE_RELEASE_WAIT_MS / STORE_RELEASE_POLL_MS {
+            if Arc::strong_count(&database) == 1 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(STORE_RELEASE_POLL_MS)).await;
+        }
+        Err(ShutdownError::StoreInUse)
     }
 }
