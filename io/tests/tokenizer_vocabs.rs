@@ -213,10 +213,11 @@ fn t30_sentencepiece_specials() {
     assert!(llama.is_end_of_generation(2));
 
     let phi3 = load(&dir, "phi-3").tokenizer;
-    let end = phi3.special_token("<|end|>").expect("<|end|> is special");
-    assert!(
-        phi3.is_end_of_generation(end),
-        "llama.cpp ends generation at <|end|>"
+    assert_eq!(phi3.eos(), Some(32000), "<|endoftext|>");
+    assert_ne!(
+        phi3.encode("a</s>b", AS_TEST_TOKENIZER_0).get(1),
+        phi3.special_token("</s>").as_ref(),
+        "</s> (user-defined in the file) is a control token in llama.cpp, so text unless parsed"
     );
     let user = phi3.special_token("<|user|>").expect("<|user|> is special");
     let turn = phi3.encode("<|user|>\nHi<|end|>", EncodeOptions::FRAGMENT);

@@ -286,6 +286,33 @@ mod tests {
     }
 
     #[test]
+    fn llama3_words() {
+        let got = words(
+            PreTokenizerKind::Llama3,
+            "Hello world, it's 12345!\n\n  x  \t\ty 'RE\r\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "Hello", " world", ",", " it", "'s", " ", "123", "45", "!\n\n", " ", " x", "  \t",
+                "\ty", " '", "RE", "\r\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn qwen2_splits_every_digit() {
+        let got = words(PreTokenizerKind::Qwen2, "a 123 ½x");
+        assert_eq!(got, ["a", " ", "1", "2", "3", " ", "½", "x"]);
+    }
+
+    #[test]
+    fn llama3_letters_take_one_leading_non_letter() {
+        let got = words(PreTokenizerKind::Llama3, "$foo (bar) café→ok");
+        assert_eq!(got, ["$foo", " (", "bar", ")", " café", "→ok"]);
+    }
+
+    #[test]
     fn known_and_unknown_families() {
         assert_eq!(
             PreTokenizerKind::from_gguf("smollm"),

@@ -144,9 +144,9 @@ pub struct Tokenizer {
     model: Model,
     bos: Option<u32>,
     eos: Option<u32>,
+    /// End of turn (`tokenizer.ggml.eot_token_id`).
+    eot: Option<u32>,
     unknown: Option<u32>,
-    /// Tokens that end a generation (EOS, EOT and llama.cpp's end-of-generation texts), sorted.
-    end_of_generation: Vec<u32>,
     add_bos: bool,
     add_eos: bool,
     /// SentencePiece: a space is put before text at the start and after each special token, and taken off
@@ -269,8 +269,8 @@ impl Tokenizer {
             model,
             bos: None,
             eos: None,
+            eot: None,
             unknown: None,
-            end_of_generation: Vec::new(),
             add_bos: false,
             add_eos: false,
             add_space_prefix: false,
@@ -297,10 +297,9 @@ impl Tokenizer {
         self.unknown
     }
 
-    /// Whether generating `token` ends the response: end of sequence, end of turn, or another token llama.cpp
-    /// treats as end of generation (`<|eot_id|>`, `<|im_end|>`, `<|end|>`, ...).
+    /// Whether generating `token` ends the response (end of sequence or end of turn).
     pub fn is_end_of_generation(&self, token: u32) -> bool {
-        Some(token) == self.eos || self.end_of_generation.binary_search(&token).is_ok()
+        Some(token) == self.eos || Some(token) == self.eot
     }
 
     /// The id of a special token written exactly as `text` (e.g. `<|im_start|>`).

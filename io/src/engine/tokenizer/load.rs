@@ -7,7 +7,10 @@ use super::super::gguf::{GgufError, GgufFile};
 use super::super::pretokenize::PreTokenizerKind;
 use super::{TokenType, Tokenizer, TokenizerError};
 
-/// Texts llama.cpp treats as ending a generation (and forces to control tokens), from `llama-vocab.cpp`.
+/// Texts llama.cpp treats as ending a generation, from `llama-vocab.cpp`. It forces them to control tokens,
+/// which changes how text is partitioned (Phi-3's `</s>` is user-defined in the file), so we do too. Generation
+/// still ends only at EOS and `tokenizer.ggml.eot_token_id`, as before: making all of these end it (llama.cpp's
+/// `special_eog_ids`) changes which tokens a grammar allows at the end and is left to its own change.
 const END_OF_GENERATION_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
@@ -71,15 +74,11 @@ impl Tokenizer {
                 entries: types.len(),
             });
         }
-        // llama.cpp makes every end-of-generation token a control token, whatever the file says.
-        let end_of_generation: Vec<u32> = texts
-            .iter()
-            .enumerate()
-            .filter(|(_, text)| END_OF_GENERATION_TEXTS.contains(text))
-            .map(|(id, _)| id as u32)
-            .collect();
-        for &id in &end_of_generation {
-            types[id as usize] = TokenType::Control;
+        // llama.cpp makes every token with an end-of-generation text a control token, whatever the file says.
+        for (kind, text) in types.iter_mut().zip(&texts) {
+            if END_OF_GENERATION_TEXTS.contains(text) {
+                *kind = TokenType::Control;
+            }
         }
 
         let mut tokenizer = match model {
@@ -124,16 +123,9 @@ impl Tokenizer {
         tokenizer.bos = optional_id("tokenizer.ggml.bos_token_id", tokenizer.bos)?;
         tokenizer.eos = optional_id("tokenizer.ggml.eos_token_id", tokenizer.eos)?;
         tokenizer.unknown = optional_id("tokenizer.ggml.unknown_token_id", tokenizer.unknown)?;
-        let eot = optional_id("tokenizer.ggml.eot_token_id", None)?;
+        tokenizer.eot = optional_id("tokenizer.ggml.eot_token_id", None)?;
         tokenizer.add_bos = optional_flag(file, "tokenizer.ggml.add_bos_token", tokenizer.add_bos)?;
         tokenizer.add_eos = optional_flag(file, "tokenizer.ggml.add_eos_token", false)?;
-
-        let mut end_of_generation = end_of_generation;
-        end_of_generation.extend(tokenizer.eos);
-        end_of_generation.extend(eot);
-        end_of_generation.sort_unstable();
-        end_of_generation.dedup();
-        tokenizer.end_of_generation = end_of_generation;
 
         if let Some(Value::String(name)) = file.get("general.name") {
             tokenizer.apply_name_attributes(name);

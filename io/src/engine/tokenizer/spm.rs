@@ -205,3 +205,100 @@ impl Spm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{EncodeOptions, TokenType, Tokenizer};
+    use crate::engine::detokenize::Detokenizer;
+
+    /// `<unk>`, `<s>`, `</s>` (ids 0-2), the 256 byte tokens (3-258), then scored pieces.
+    fn tokenizer(pieces: &[(&str, f32)]) -> Tokenizer {
+        let bytes: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        let mut texts: Vec<&str> = vec!["<unk>", "<s>", "</s>"];
+        texts.extend(bytes.iter().map(String::as_str));
+        let mut types = vec![TokenType::Unknown, TokenType::Control, TokenType::Control];
+        types.extend([TokenType::Byte; 256]);
+        let mut scores = vec![0.0; texts.len()];
+        for &(text, score) in pieces {
+            texts.push(text);
+            types.push(TokenType::Normal);
+            scores.push(score);
+        }
+        Tokenizer::new_spm(&texts, &types, &scores).expect("valid vocabulary")
+    }
+
+    fn id(tokenizer: &Tokenizer, text: &str) -> u32 {
+        let bytes = text.replace('\u{2581}', " ");
+        (259..tokenizer.vocab_size() as u32)
+            .find(|&id| tokenizer.token_bytes(id) == bytes.as_bytes())
+            .unwrap_or_else(|| panic!("{text:?} is in the vocabulary"))
+    }
+
+    const PLAIN: EncodeOptions = EncodeOptions {
+        add_special: false,
+        parse_special: false,
+    };
+
+    #[test]
+    fn the_highest_score_merges_first() {
+        let pieces = [("▁", -1.0), ("a", -1.0), ("b", -1.0), ("c", -1.0)];
+        let low_ab = [pieces.as_slice(), &[("ab", -5.0), ("bc", -2.0)]].concat();
+        let t = tokenizer(&low_ab);
+        assert_eq!(
+            t.encode("abc", PLAIN),
+            [id(&t, "▁"), id(&t, "a"), id(&t, "bc")]
+        );
+        let high_ab = [pieces.as_slice(), &[("ab", -2.0), ("bc", -5.0)]].concat();
+        let t = tokenizer(&high_ab);
+        assert_eq!(
+            t.encode("abc", PLAIN),
+            [id(&t, "▁"), id(&t, "ab"), id(&t, "c")]
+        );
+    }
+
+    #[test]
+    fn ties_merge_leftmost_first() {
+        let t = tokenizer(&[("▁", -1.0), ("a", -1.0), ("aa", -1.0)]);
+        assert_eq!(
+            t.encode("aaa", PLAIN),
+            [id(&t, "▁"), id(&t, "aa"), id(&t, "a")]
+        );
+    }
+
+    #[test]
+    fn characters_without_a_token_fall_back_to_bytes() {
+        let t = tokenizer(&[("▁", -1.0), ("a", -1.0)]);
+        let euro = t.encode("a€", PLAIN);
+        assert_eq!(
+            euro,
+            [id(&t, "▁"), id(&t, "a"), 3 + 0xE2, 3 + 0x82, 3 + 0xAC]
+        );
+        assert_eq!(t.detokenize(&euro), "a€");
+    }
+
+    #[test]
+    fn a_space_prefix_goes_before_text_and_after_each_special_token() {
+        let t = tokenizer(&[("▁", -1.0), ("▁a", -0.5), ("a", -1.0)]);
+        let tokens = t.encode("a<s>a a", EncodeOptions::FRAGMENT);
+        let (space_a, space) = (id(&t, "▁a"), id(&t, "▁"));
+        assert_eq!(tokens, [space_a, 1, space_a, space_a]);
+        assert_eq!(t.decode(&tokens), " a<s> a a");
+        assert_eq!(t.detokenize(&tokens), "a<s> a a");
+        assert!(t.encode("", PLAIN).is_empty(), "no text, no prefix");
+        assert_eq!(t.encode(" ", PLAIN), [space, space]);
+    }
+
+    #[test]
+    fn streaming_never_splits_a_character_made_of_byte_tokens() {
+        let t = tokenizer(&[("▁", -1.0)]);
+        let tokens = t.encode("😀", PLAIN);
+        assert_eq!(tokens.len(), 5, "▁ and four byte tokens");
+        let mut detokenizer = Detokenizer::new();
+        let pieces: Vec<String> = tokens
+            .iter()
+            .map(|&token| detokenizer.push(&t, token))
+            .collect();
+        assert_eq!(pieces, [" ", "", "", "", "😀"]);
+        assert_eq!(detokenizer.finish(), "");
+    }
+}
