@@ -123,8 +123,8 @@ struct Special {
 /// The tokenization algorithm a vocabulary uses.
 #[derive(Clone, Debug)]
 enum Model {
-    /// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`).
-    Bpe(Bpe),
+    /// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`); boxed for its byte tables.
+    Bpe(Box<Bpe>),
     /// SentencePiece (`tokenizer.ggml.model = "llama"`).
     Spm(Spm),
 }
@@ -205,7 +205,7 @@ impl Tokenizer {
             types,
             texts,
             byte_tokens,
-            Model::Bpe(bpe),
+            Model::Bpe(Box::new(bpe)),
         ))
     }
 
