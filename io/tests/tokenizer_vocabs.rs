@@ -228,3 +228,48 @@ fn t30_sentencepiece_specials() {
     );
     assert_eq!(phi3.detokenize(&turn), "<|user|> Hi<|end|>");
 }
+
+/// Random mixes of words, whitespace, digits, scripts, emoji and special-token texts, with BOS and special-token
+/// parsing on and off, against llama.cpp's ids (`tests/data/vocab_goldens.json`, written by
+/// `tests/data/make_vocab_goldens.py` with llama-cpp-python 0.3.36).
+#[test]
+fn t40_random_mixes_match_llama_cpp() {
+    let Some(dir) = vocabs_dir("t40_random_mixes_match_llama_cpp") else {
+        return;
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vocab_goldens.json");
+    let goldens: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("goldens are readable"))
+            .expect("goldens are JSON");
+    let mut tokenizers = std::collections::HashMap::new();
+    let mut mismatches = Vec::new();
+    for golden in &goldens {
+        let name = golden["vocab"].as_str().expect("vocab");
+        let tokenizer = tokenizers
+            .entry(name.to_string())
+            .or_insert_with(|| load(&dir, name).tokenizer);
+        let text = golden["text"].as_str().expect("text");
+        let options = EncodeOptions {
+            add_special: golden["add_special"].as_bool().expect("add_special"),
+            parse_special: golden["parse_special"].as_bool().expect("parse_special"),
+        };
+        let expected: Vec<u32> = serde_json::from_value(golden["ids"].clone()).expect("ids");
+        let got = tokenizer.encode(text, options);
+        if got != expected {
+            mismatches.push(format!(
+                "  {name} {text:?} {options:?}\n    expected {expected:?}\n    got      {got:?}"
+            ));
+        }
+    }
+    println!(
+        "random mixes: {}/{} match llama.cpp",
+        goldens.len() - mismatches.len(),
+        goldens.len()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} differ from llama.cpp:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
