@@ -6,11 +6,15 @@
 //! The files come from `$OLLAMAMAX_VOCABS`, which `scripts/fetch-vocabs.sh` fills from the llama-cpp-python sdist
 //! on PyPI (`scripts/test.sh` sets it). Without it these tests print that they skip and pass.
 
+mod tiny;
+
 use std::path::{Path, PathBuf};
 
 use ollamamax_io::engine::detokenize::Detokenizer;
 use ollamamax_io::engine::gguf::GgufFile;
-use ollamamax_io::engine::tokenizer::{EncodeOptions, Tokenizer};
+use ollamamax_io::engine::tokenizer::{EncodeOptions, Tokenizer, TokenizerError};
+use tiny::TempDir;
+use tiny::gguf_writer::GgufWriter;
 
 /// How test-tokenizer-0 tokenizes: no BOS/EOS, special tokens are plain text.
 const AS_TEST_TOKENIZER_0: EncodeOptions = EncodeOptions {
@@ -272,4 +276,52 @@ fn t40_random_mixes_match_llama_cpp() {
         mismatches.len(),
         mismatches.join("\n")
     );
+}
+
+/// Builds a tokenizer from a vocabulary-only GGUF file written by `write` (no tensors at all).
+fn from_metadata(write: impl FnOnce(&mut GgufWriter)) -> Result<Tokenizer, TokenizerError> {
+    let mut writer = GgufWriter::new();
+    writer.string("general.architecture", "llama");
+    write(&mut writer);
+    let dir = TempDir::new();
+    let path = dir.path().join("vocab.gguf");
+    std::fs::write(&path, writer.to_bytes()).expect("write the vocabulary");
+    Tokenizer::from_gguf(&GgufFile::open(&path).expect("a valid GGUF header"))
+}
+
+/// Unknown tokenizer families and pre-tokenizers are errors naming them; a SentencePiece vocabulary without
+/// scores or ids still loads, with llama.cpp's defaults (scores 0, BOS 1, EOS 2, unknown 0, BOS added).
+#[test]
+fn t50_vocabulary_only_metadata() {
+    let texts: Vec<String> = ["<unk>", "<s>", "</s>", "\u{2581}a", "a", "\u{2581}"]
+        .map(String::from)
+        .to_vec();
+    let error = from_metadata(|w| {
+        w.string("tokenizer.ggml.model", "bert")
+            .strings("tokenizer.ggml.tokens", &texts);
+    })
+    .expect_err("bert is not supported");
+    assert!(error.to_string().contains("\"bert\""), "{error}");
+    let error = from_metadata(|w| {
+        w.string("tokenizer.ggml.model", "gpt2")
+            .string("tokenizer.ggml.pre", "tekken")
+            .strings("tokenizer.ggml.tokens", &texts)
+            .strings("tokenizer.ggml.merges", &[]);
+    })
+    .expect_err("tekken is not supported");
+    assert!(error.to_string().contains("\"tekken\""), "{error}");
+
+    let spm = from_metadata(|w| {
+        w.string("tokenizer.ggml.model", "llama")
+            .strings("tokenizer.ggml.tokens", &texts)
+            .i32s("tokenizer.ggml.token_type", &[2, 3, 3, 1, 1, 1]);
+    })
+    .expect("a SentencePiece vocabulary loads from metadata alone");
+    assert_eq!(
+        (spm.bos(), spm.eos(), spm.unknown()),
+        (Some(1), Some(2), Some(0))
+    );
+    assert_eq!(spm.encode("a a", EncodeOptions::PROMPT), [1, 3, 3]);
+    assert_eq!(spm.detokenize(&[1, 3, 3]), "<s> a a");
+    assert_eq!(spm.detokenize(&[3, 3]), "a a");
 }
