@@ -9,12 +9,13 @@
 //! bytes, so decoding is byte-exact by construction.
 //!
 //! Supported (`tokenizer.ggml.model`):
-//! - `"gpt2"`: byte-level BPE ([`bpe`]) with the pre-tokenizers of [`PreTokenizerKind`] (GPT-2, SmolLM/StarCoder,
-//!   Llama 3, Qwen2 and their llama.cpp aliases).
-//! - `"llama"`: SentencePiece ([`spm`]) as llama.cpp's `llm_tokenizer_spm` runs it (Llama 2, TinyLlama, Mistral,
-//!   Phi-3): scores-driven bigram merges over `▁`-escaped text with byte fallback.
+//! - `"gpt2"`: byte-level BPE (`tokenizer/bpe.rs`) with the pre-tokenizers of [`PreTokenizerKind`] (GPT-2,
+//!   SmolLM/StarCoder, Llama 3, Qwen2 and their llama.cpp aliases).
+//! - `"llama"`: SentencePiece (`tokenizer/spm.rs`) as llama.cpp's `llm_tokenizer_spm` runs it (Llama 2,
+//!   TinyLlama, Mistral, Phi-3): scores-driven bigram merges over `▁`-escaped text with byte fallback.
 //!
-//! Building from metadata lives in [`load`]; nothing here needs tensors, so vocabulary-only GGUF files work.
+//! Building from metadata lives in `tokenizer/load.rs`; nothing there needs tensors, so vocabulary-only GGUF
+//! files work.
 
 mod bpe;
 mod load;
