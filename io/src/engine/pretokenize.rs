@@ -7,11 +7,15 @@
 //! next word (so `"  hello"` splits as `" "`, `" hello"`). Nothing is prepended: SmolLM2's tokenizer adds no
 //! prefix space.
 //!
-//! Llama 3's pattern (`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
-//! ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`) and Qwen2's (the same with `\p{N}` for
-//! `\p{N}{1,3}`) are not run through a regex engine at all: llama.cpp itself runs them through hand-written
-//! matchers (`unicode_regex_split_custom_llama3` / `_qwen2`), and [`split_llama3`] ports those line for line, so
-//! any difference between them and the regex is llama.cpp's behaviour too.
+//! Llama 3's pattern, and Qwen2's (the same with `\p{N}` for `\p{N}{1,3}`):
+//!
+//! ```text
+//! (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//! ```
+//!
+//! are not run through a regex engine at all: llama.cpp itself runs them through hand-written matchers
+//! (`unicode_regex_split_custom_llama3` / `_qwen2`), and `next_word_end` ports those line for line, so any
+//! difference between them and the regex is llama.cpp's behaviour too.
 
 use regex::Regex;
 
