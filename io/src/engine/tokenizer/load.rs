@@ -59,27 +59,7 @@ impl Tokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
         let model = file.string("tokenizer.ggml.model")?;
         let texts = file.strings("tokenizer.ggml.tokens")?;
-        let mut types: Vec<TokenType> = match file.get("tokenizer.ggml.token_type") {
-            Some(_) => file
-                .i32s("tokenizer.ggml.token_type")?
-                .into_iter()
-                .map(TokenType::from_gguf)
-                .collect(),
-            None => vec![TokenType::Normal; texts.len()],
-        };
-        if types.len() != texts.len() {
-            return Err(TokenizerError::CountMismatch {
-                key: "tokenizer.ggml.token_type",
-                tokens: texts.len(),
-                entries: types.len(),
-            });
-        }
-        // llama.cpp makes every token with an end-of-generation text a control token, whatever the file says.
-        for (kind, text) in types.iter_mut().zip(&texts) {
-            if END_OF_GENERATION_TEXTS.contains(text) {
-                *kind = TokenType::Control;
-            }
-        }
+        let types = read_types(file, &texts)?;
 
         let mut tokenizer = match model {
             "gpt2" => {
@@ -144,6 +124,33 @@ impl Tokenizer {
             special.rstrip = !matches!(special.text.as_str(), "<unk>" | "<s>" | "<|endoftext|>");
         }
     }
+}
+
+/// `tokenizer.ggml.token_type` (all normal when absent), with llama.cpp's fix-up: every token with an
+/// end-of-generation text is a control token, whatever the file says.
+fn read_types(file: &GgufFile, texts: &[&str]) -> Result<Vec<TokenType>, TokenizerError> {
+    const KEY: &str = "tokenizer.ggml.token_type";
+    let mut types: Vec<TokenType> = match file.get(KEY) {
+        Some(_) => file
+            .i32s(KEY)?
+            .into_iter()
+            .map(TokenType::from_gguf)
+            .collect(),
+        None => vec![TokenType::Normal; texts.len()],
+    };
+    if types.len() != texts.len() {
+        return Err(TokenizerError::CountMismatch {
+            key: KEY,
+            tokens: texts.len(),
+            entries: types.len(),
+        });
+    }
+    for (kind, text) in types.iter_mut().zip(texts) {
+        if END_OF_GENERATION_TEXTS.contains(text) {
+            *kind = TokenType::Control;
+        }
+    }
+    Ok(types)
 }
 
 /// Reads a flag, or `default` when the key is absent.
