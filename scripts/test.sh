@@ -37,6 +37,11 @@ OLLAMAMAX_MODEL=$(./scripts/fetch-model.sh)
 export OLLAMAMAX_MODEL
 echo "$OLLAMAMAX_MODEL"
 
+step "llama.cpp's tokenizer test vectors (vocabulary-only GGUFs from the llama-cpp-python sdist on PyPI; cached)"
+OLLAMAMAX_VOCABS=$(./scripts/fetch-vocabs.sh)
+export OLLAMAMAX_VOCABS
+echo "$OLLAMAMAX_VOCABS"
+
 step "unit, property and integration tests"
 cargo test --release --workspace 2>&1 | tee -a "$results"
 

@@ -1,6 +1,7 @@
 //! Streaming detokenization: turning generated tokens into text pieces one token at a time without ever cutting a
 //! UTF-8 character in two. A byte-level token may end in the middle of a character (emoji usually take two or
-//! three tokens), so the bytes of an incomplete character wait until the token that completes it arrives.
+//! three tokens; SentencePiece spells a character missing from its vocabulary as one `<0xNN>` token per byte), so
+//! the bytes of an incomplete character wait until the token that completes it arrives.
 
 use super::tokenizer::Tokenizer;
 

@@ -2,8 +2,8 @@
 //!
 //! - [`gguf`] opens a file and gives typed access to its metadata; unsupported architectures and tensor types are
 //!   errors that name them.
-//! - [`tokenizer`] (with [`pretokenize`]) builds a byte-level BPE tokenizer from the metadata alone, matching
-//!   llama.cpp's token ids; [`detokenize`] streams text without splitting UTF-8 characters.
+//! - [`tokenizer`] (with [`pretokenize`]) builds a byte-level BPE or SentencePiece tokenizer from the metadata
+//!   alone, matching llama.cpp's token ids; [`detokenize`] streams text without splitting UTF-8 characters.
 //! - [`llama`] is the transformer; each sequence's state is its own [`llama::KvCache`]. Its Q4_1 matmuls run
 //!   on our AVX2 kernel ([`q4_1`]), every other weight type on candle's `QMatMul`.
 //! - [`options`] holds Ollama's generation options and defaults; [`sampling`] picks tokens with them; [`stop`]

@@ -1,20 +1,32 @@
 //! The tokenizer, built from GGUF metadata alone (`tokenizer.ggml.*`), with token ids identical to llama.cpp's.
 //!
-//! Why our own byte-level BPE rather than the `tokenizers` crate: what a GGUF describes is small (a vocabulary, a
-//! merge list, token types and a pre-tokenizer name) and the exactness rules are llama.cpp's, not Hugging Face's
-//! (special-token partitioning longest first, no prefix space, byte fallback). Configuring `tokenizers` to match
-//! needs as much code as the BPE itself (this file and `pretokenize.rs`), pulls in a large dependency tree and a
-//! second regex engine for look-ahead, and its decoder yields `String`s, where streaming needs each token's raw
-//! bytes. Here every token maps to its exact bytes, so decoding is byte-exact by construction.
+//! Why our own tokenizer rather than the `tokenizers` crate: what a GGUF describes is small (a vocabulary, scores
+//! or a merge list, token types and a pre-tokenizer name) and the exactness rules are llama.cpp's, not Hugging
+//! Face's (special-token partitioning longest first, SentencePiece's space prefix after every special token, byte
+//! fallback, whole-word lookups before merging for Llama 3). Configuring `tokenizers` to match needs as much code
+//! as the algorithms themselves, pulls in a large dependency tree and a second regex engine for look-ahead, and
+//! its decoder yields `String`s, where streaming needs each token's raw bytes. Here every token maps to its exact
+//! bytes, so decoding is byte-exact by construction.
 //!
-//! Supported today: `tokenizer.ggml.model = "gpt2"` with the pre-tokenizers of [`PreTokenizerKind`].
-//! SentencePiece (`"llama"`) vocabularies are not implemented yet and give [`TokenizerError::UnsupportedModel`].
+//! Supported (`tokenizer.ggml.model`):
+//! - `"gpt2"`: byte-level BPE (`tokenizer/bpe.rs`) with the pre-tokenizers of [`PreTokenizerKind`] (GPT-2,
+//!   SmolLM/StarCoder, Llama 3, Qwen2 and their llama.cpp aliases).
+//! - `"llama"`: SentencePiece (`tokenizer/spm.rs`) as llama.cpp's `llm_tokenizer_spm` runs it (Llama 2,
+//!   TinyLlama, Mistral, Phi-3): scores-driven bigram merges over `▁`-escaped text with byte fallback.
+//!
+//! Building from metadata lives in `tokenizer/load.rs`; nothing there needs tensors, so vocabulary-only GGUF
+//! files work.
+
+mod bpe;
+mod load;
+mod spm;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 
-use super::gguf::{GgufError, GgufFile};
-use super::pretokenize::{PreTokenizer, PreTokenizerKind};
+use super::gguf::GgufError;
+use super::pretokenize::PreTokenizerKind;
+use bpe::Bpe;
+use spm::Spm;
 
 /// Why a tokenizer could not be built from a GGUF file's metadata.
 #[derive(Debug, thiserror::Error)]
@@ -23,27 +35,29 @@ pub enum TokenizerError {
     #[error(transparent)]
     Metadata(#[from] GgufError),
     /// `tokenizer.ggml.model` names a tokenizer family we do not implement.
-    #[error("unsupported tokenizer model {0:?} (supported: gpt2)")]
+    #[error("unsupported tokenizer model {0:?} (supported: gpt2, llama)")]
     UnsupportedModel(String),
     /// `tokenizer.ggml.pre` names a pre-tokenizer we do not implement.
     #[error(
-        "unsupported pre-tokenizer {0:?} (supported: gpt2, smollm and their llama.cpp aliases)"
+        "unsupported pre-tokenizer {0:?} (supported: gpt2, smollm, llama-bpe, qwen2 and their llama.cpp aliases)"
     )]
     UnsupportedPreTokenizer(String),
-    /// The token list and the token type list differ in length.
-    #[error("tokenizer.ggml.token_type has {types} entries for {tokens} tokens")]
-    TypeCountMismatch {
+    /// A per-token list (types, scores) and the token list differ in length.
+    #[error("{key} has {entries} entries for {tokens} tokens")]
+    CountMismatch {
+        /// The per-token key.
+        key: &'static str,
         /// Entries in `tokenizer.ggml.tokens`.
         tokens: usize,
-        /// Entries in `tokenizer.ggml.token_type`.
-        types: usize,
+        /// Entries in the per-token list.
+        entries: usize,
     },
 }
 
 /// What a vocabulary entry is, from `tokenizer.ggml.token_type` (llama.cpp's numbering).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenType {
-    /// Ordinary text, stored byte-level encoded.
+    /// Ordinary text (byte-level encoded for BPE, `▁` for spaces for SentencePiece).
     Normal,
     /// The unknown token.
     Unknown,
@@ -98,27 +112,47 @@ impl EncodeOptions {
     };
 }
 
-/// A byte-level BPE tokenizer.
+/// A token recognised as a whole in text before the model's algorithm runs.
+#[derive(Clone, Debug)]
+struct Special {
+    text: String,
+    id: u32,
+    /// ASCII whitespace right after it is dropped (llama.cpp's `LLAMA_TOKEN_ATTR_RSTRIP`, set for Phi-3).
+    rstrip: bool,
+}
+
+/// The tokenization algorithm a vocabulary uses.
+#[derive(Clone, Debug)]
+enum Model {
+    /// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`); boxed for its byte tables.
+    Bpe(Box<Bpe>),
+    /// SentencePiece (`tokenizer.ggml.model = "llama"`).
+    Spm(Spm),
+}
+
+/// A GGUF vocabulary's tokenizer: byte-level BPE or SentencePiece.
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
-    /// Each token's exact bytes (byte-level decoded for normal tokens, the plain text for special ones).
+    /// Each token's exact bytes: what llama.cpp's `token_to_piece` gives with special tokens rendered.
     pieces: Vec<Vec<u8>>,
     types: Vec<TokenType>,
     /// The token of each single byte. Vocabularies may lack some (SmolLM2 has no token for six ASCII
-    /// control characters nor for bytes that never occur in UTF-8); such bytes are dropped when encoding,
-    /// as llama.cpp and Hugging Face's tokenizers drop them, so only text made of bytes with tokens
-    /// round-trips.
+    /// control characters nor for bytes that never occur in UTF-8); such bytes become the unknown token where
+    /// there is one and are dropped otherwise, so only text made of bytes with tokens round-trips.
     byte_tokens: [Option<u32>; 256],
-    /// `(left, right)` → `(rank, merged)`: lower ranks merge first.
-    merges: HashMap<(u32, u32), (u32, u32)>,
-    /// Special tokens' text and id, longest first (llama.cpp partitions in this order).
-    specials: Vec<(String, u32)>,
-    pre: PreTokenizer,
+    /// Special tokens, longest first (llama.cpp partitions in this order).
+    specials: Vec<Special>,
+    model: Model,
     bos: Option<u32>,
     eos: Option<u32>,
+    /// End of turn (`tokenizer.ggml.eot_token_id`).
     eot: Option<u32>,
+    unknown: Option<u32>,
     add_bos: bool,
     add_eos: bool,
+    /// SentencePiece: a space is put before text at the start and after each special token, and taken off
+    /// again by [`Tokenizer::detokenize`].
+    add_space_prefix: bool,
 }
 
 /// GPT-2's reversible map from bytes to printable characters: printable Latin-1 bytes stand for themselves, the
@@ -139,137 +173,109 @@ fn byte_to_char_table() -> [char; 256] {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
-    pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
-        let model = file.string("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.to_string()));
-        }
-        let pre_name = match file.get("tokenizer.ggml.pre") {
-            Some(_) => file.string("tokenizer.ggml.pre")?,
-            None => "gpt2",
-        };
-        let pre_kind = PreTokenizerKind::from_gguf(pre_name)
-            .ok_or_else(|| TokenizerError::UnsupportedPreTokenizer(pre_name.to_string()))?;
-        let texts = file.strings("tokenizer.ggml.tokens")?;
-        let types: Vec<TokenType> = match file.get("tokenizer.ggml.token_type") {
-            Some(_) => file
-                .i32s("tokenizer.ggml.token_type")?
-                .into_iter()
-                .map(TokenType::from_gguf)
-                .collect(),
-            None => vec![TokenType::Normal; texts.len()],
-        };
-        if types.len() != texts.len() {
-            return Err(TokenizerError::TypeCountMismatch {
-                tokens: texts.len(),
-                types: types.len(),
-            });
-        }
-        let merges = file.strings("tokenizer.ggml.merges")?;
-        let optional_id = |key: &str| -> Result<Option<u32>, GgufError> {
-            file.get(key)
-                .map(|_| file.u32(key))
-                .transpose()
-                .map(|id| id.filter(|&id| (id as usize) < texts.len()))
-        };
-        let optional_flag = |key: &str, default: bool| -> Result<bool, GgufError> {
-            file.get(key).map_or(Ok(default), |_| file.bool(key))
-        };
-        let mut tokenizer = Self::new(&texts, &types, &merges, pre_kind)?;
-        tokenizer.bos = optional_id("tokenizer.ggml.bos_token_id")?;
-        tokenizer.eos = optional_id("tokenizer.ggml.eos_token_id")?;
-        tokenizer.eot = optional_id("tokenizer.ggml.eot_token_id")?;
-        tokenizer.add_bos = optional_flag("tokenizer.ggml.add_bos_token", false)?;
-        tokenizer.add_eos = optional_flag("tokenizer.ggml.add_eos_token", false)?;
-        Ok(tokenizer)
-    }
-
-    /// Builds a tokenizer from a vocabulary (byte-level encoded for normal tokens), its types and its merges
-    /// (`"left right"`, highest priority first). No BOS/EOS.
+    /// Builds a byte-level BPE tokenizer from a vocabulary (byte-level encoded for normal tokens), its types and
+    /// its merges (`"left right"`, highest priority first). No BOS/EOS.
     pub fn new(
         texts: &[&str],
         types: &[TokenType],
         merges: &[&str],
         pre: PreTokenizerKind,
     ) -> Result<Self, TokenizerError> {
-        assert_eq!(texts.len(), types.len(), "one type per token");
-        let byte_to_char = byte_to_char_table();
-        let char_to_byte: HashMap<char, u8> = (0..=255u8)
-            .map(|b| (byte_to_char[usize::from(b)], b))
-            .collect();
-        let ids: HashMap<&str, u32> = texts
-            .iter()
-            .enumerate()
-            .map(|(id, text)| (*text, id as u32))
-            .collect();
+        Self::new_bpe(texts, types, merges, pre, false)
+    }
 
-        let pieces: Vec<Vec<u8>> = texts
+    /// [`Tokenizer::new`], optionally with llama.cpp's `ignore_merges` (Llama 3: a pre-tokenized word that is
+    /// itself a token is emitted whole, before any merge).
+    fn new_bpe(
+        texts: &[&str],
+        types: &[TokenType],
+        merges: &[&str],
+        pre: PreTokenizerKind,
+        ignore_merges: bool,
+    ) -> Result<Self, TokenizerError> {
+        assert_eq!(texts.len(), types.len(), "one type per token");
+        let bpe = Bpe::new(texts, merges, pre, ignore_merges);
+        let pieces = texts
             .iter()
             .zip(types)
-            .map(|(text, kind)| match kind {
-                TokenType::Normal | TokenType::Unused | TokenType::Byte => {
-                    let mut bytes = Vec::with_capacity(text.len());
-                    for ch in text.chars() {
-                        match char_to_byte.get(&ch) {
-                            Some(&byte) => bytes.push(byte),
-                            None => bytes.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
-                        }
-                    }
-                    bytes
-                }
-                TokenType::Control | TokenType::UserDefined | TokenType::Unknown => {
-                    text.as_bytes().to_vec()
-                }
-            })
+            .map(|(text, &kind)| bpe.piece(text, kind))
             .collect();
+        let byte_tokens = bpe.byte_tokens();
+        Ok(Self::assemble(
+            pieces,
+            types,
+            texts,
+            byte_tokens,
+            Model::Bpe(Box::new(bpe)),
+        ))
+    }
 
-        let byte_tokens: [Option<u32>; 256] =
-            std::array::from_fn(|byte| ids.get(byte_to_char[byte].to_string().as_str()).copied());
-
-        let mut merge_table = HashMap::with_capacity(merges.len());
-        for (rank, merge) in merges.iter().enumerate() {
-            // The separator is the first space after the first character (llama.cpp's reading).
-            let Some(split) = merge
-                .char_indices()
-                .skip(1)
-                .find(|&(_, c)| c == ' ')
-                .map(|(i, _)| i)
-            else {
-                continue;
-            };
-            let (left, right) = (&merge[..split], &merge[split + 1..]);
-            let merged = format!("{left}{right}");
-            // A merge whose parts or result are not tokens can never apply to token ids; skip it.
-            if let (Some(&l), Some(&r), Some(&m)) =
-                (ids.get(left), ids.get(right), ids.get(merged.as_str()))
-            {
-                merge_table.entry((l, r)).or_insert((rank as u32, m));
+    /// Builds a SentencePiece tokenizer from a vocabulary (`▁` for spaces, `<0xNN>` byte tokens), its types
+    /// and its scores (higher merges first). No BOS/EOS; a space prefix is added as for Llama.
+    pub fn new_spm(
+        texts: &[&str],
+        types: &[TokenType],
+        scores: &[f32],
+    ) -> Result<Self, TokenizerError> {
+        for (key, entries) in [
+            ("tokenizer.ggml.token_type", types.len()),
+            ("tokenizer.ggml.scores", scores.len()),
+        ] {
+            if entries != texts.len() {
+                return Err(TokenizerError::CountMismatch {
+                    key,
+                    tokens: texts.len(),
+                    entries,
+                });
             }
         }
+        let spm = Spm::new(texts, scores);
+        let pieces = texts
+            .iter()
+            .zip(types)
+            .map(|(text, &kind)| spm::piece(text, kind))
+            .collect();
+        let byte_tokens = spm.byte_tokens();
+        let mut tokenizer = Self::assemble(pieces, types, texts, byte_tokens, Model::Spm(spm));
+        tokenizer.add_space_prefix = true;
+        Ok(tokenizer)
+    }
 
-        let mut specials: Vec<(String, u32)> = texts
+    /// The parts every model shares: special tokens sorted longest first (ties by id, where llama.cpp's
+    /// unstable sort leaves them in no particular order).
+    fn assemble(
+        pieces: Vec<Vec<u8>>,
+        types: &[TokenType],
+        texts: &[&str],
+        byte_tokens: [Option<u32>; 256],
+        model: Model,
+    ) -> Self {
+        let mut specials: Vec<Special> = texts
             .iter()
             .zip(types)
             .enumerate()
             .filter(|(_, (text, kind))| kind.is_special() && !text.is_empty())
-            .map(|(id, (text, _))| (text.to_string(), id as u32))
+            .map(|(id, (text, _))| Special {
+                text: text.to_string(),
+                id: id as u32,
+                rstrip: false,
+            })
             .collect();
-        specials.sort_by_key(|(text, id)| (Reverse(text.len()), *id));
-
-        Ok(Self {
+        specials.sort_by_key(|special| (Reverse(special.text.len()), special.id));
+        Self {
             pieces,
             types: types.to_vec(),
             byte_tokens,
-            merges: merge_table,
             specials,
-            pre: PreTokenizer::new(pre),
+            model,
             bos: None,
             eos: None,
             eot: None,
+            unknown: None,
             add_bos: false,
             add_eos: false,
-        })
+            add_space_prefix: false,
+        }
     }
 
     /// Number of tokens in the vocabulary.
@@ -287,6 +293,11 @@ impl Tokenizer {
         self.eos
     }
 
+    /// The unknown token, if the vocabulary has one.
+    pub fn unknown(&self) -> Option<u32> {
+        self.unknown
+    }
+
     /// Whether generating `token` ends the response (end of sequence or end of turn).
     pub fn is_end_of_generation(&self, token: u32) -> bool {
         Some(token) == self.eos || Some(token) == self.eot
@@ -296,8 +307,8 @@ impl Tokenizer {
     pub fn special_token(&self, text: &str) -> Option<u32> {
         self.specials
             .iter()
-            .find(|(special, _)| special == text)
-            .map(|(_, id)| *id)
+            .find(|special| special.text == text)
+            .map(|special| special.id)
     }
 
     /// The type of a token.
@@ -319,12 +330,33 @@ impl Tokenizer {
         {
             tokens.push(bos);
         }
-        for fragment in self.partition_special(text, options.parse_special) {
-            match fragment {
-                Fragment::Token(id) => tokens.push(id),
-                Fragment::Text(text) => self
-                    .pre
-                    .split(text, |word| self.encode_word(word.as_bytes(), &mut tokens)),
+        let fragments = self.partition_special(text, options.parse_special);
+        match &self.model {
+            Model::Bpe(bpe) => {
+                for fragment in fragments {
+                    match fragment {
+                        Fragment::Token(id) => tokens.push(id),
+                        Fragment::Text(text) => bpe.encode(text, &self.byte_tokens, &mut tokens),
+                    }
+                }
+            }
+            Model::Spm(spm) => {
+                // llama.cpp puts the space prefix before the first text and before text after a special token.
+                let mut after_special = true;
+                for fragment in fragments {
+                    match fragment {
+                        Fragment::Token(id) => {
+                            tokens.push(id);
+                            after_special = true;
+                        }
+                        Fragment::Text(text) => {
+                            let prefix = self.add_space_prefix && after_special;
+                            let escaped = spm::escape_whitespace(text, prefix);
+                            spm.encode(&escaped, &self.byte_tokens, self.unknown, &mut tokens);
+                            after_special = false;
+                        }
+                    }
+                }
             }
         }
         if options.add_special
@@ -336,7 +368,8 @@ impl Tokenizer {
         tokens
     }
 
-    /// The exact bytes of a token sequence; [`Tokenizer::decode`] for text.
+    /// The exact bytes of a token sequence, token after token as a stream yields them; [`Tokenizer::decode`]
+    /// for text.
     pub fn decode_bytes(&self, tokens: &[u32]) -> Vec<u8> {
         tokens
             .iter()
@@ -344,21 +377,42 @@ impl Tokenizer {
             .collect()
     }
 
-    /// The text of a token sequence; bytes that are not valid UTF-8 (a sequence cut inside a character) become
-    /// U+FFFD. `decode(encode(s)) == s` for every string.
+    /// The text of a token sequence as streamed; bytes that are not valid UTF-8 (a sequence cut inside a
+    /// character) become U+FFFD. For byte-level BPE `decode(encode(s)) == s`; SentencePiece's encoding adds a
+    /// leading space, which [`Tokenizer::detokenize`] takes off.
     pub fn decode(&self, tokens: &[u32]) -> String {
         String::from_utf8_lossy(&self.decode_bytes(tokens)).into_owned()
     }
 
+    /// The text of a whole sequence as llama.cpp's `llama_detokenize` gives it with special tokens rendered:
+    /// where the vocabulary adds a space prefix, the first token's leading space is removed, so
+    /// `detokenize(encode(s)) == s` for SentencePiece too (bytes without tokens aside). llama.cpp's optional
+    /// clean-up of spaces before punctuation is not applied.
+    pub fn detokenize(&self, tokens: &[u32]) -> String {
+        let mut bytes = Vec::with_capacity(tokens.len() * 4);
+        for (index, &token) in tokens.iter().enumerate() {
+            let piece = self.token_bytes(token);
+            let piece = match piece.strip_prefix(b" ") {
+                Some(rest) if index == 0 && self.add_space_prefix => rest,
+                _ => piece,
+            };
+            bytes.extend_from_slice(piece);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// Splits `text` around special tokens, longest special token first, as llama.cpp does.
     fn partition_special<'t>(&self, text: &'t str, parse_control: bool) -> Vec<Fragment<'t>> {
+        if text.is_empty() {
+            return Vec::new();
+        }
         let mut fragments = vec![Fragment::Text(text)];
-        for (special, id) in &self.specials {
-            let kind = self.types[*id as usize];
+        for special in &self.specials {
+            let kind = self.types[special.id as usize];
             if !parse_control && kind != TokenType::UserDefined {
                 continue;
             }
-            if !text.contains(special.as_str()) {
+            if !text.contains(special.text.as_str()) {
                 continue;
             }
             let mut next = Vec::with_capacity(fragments.len() + 2);
@@ -367,12 +421,16 @@ impl Tokenizer {
                     next.push(fragment);
                     continue;
                 };
-                while let Some(at) = rest.find(special.as_str()) {
+                while let Some(at) = rest.find(special.text.as_str()) {
                     if at > 0 {
                         next.push(Fragment::Text(&rest[..at]));
                     }
-                    next.push(Fragment::Token(*id));
-                    rest = &rest[at + special.len()..];
+                    next.push(Fragment::Token(special.id));
+                    rest = &rest[at + special.text.len()..];
+                    if special.rstrip {
+                        // C's isspace: space, \t, \n, \v, \f, \r.
+                        rest = rest.trim_start_matches([' ', '\t', '\n', '\u{b}', '\u{c}', '\r']);
+                    }
                 }
                 if !rest.is_empty() {
                     next.push(Fragment::Text(rest));
@@ -381,59 +439,6 @@ impl Tokenizer {
             fragments = next;
         }
         fragments
-    }
-
-    /// Byte-level BPE over one pre-tokenized word: start from one token per byte (dropping bytes without
-    /// a token), then repeatedly apply the lowest-ranked merge among adjacent pairs (leftmost on ties),
-    /// using a heap over a linked list so long words stay O(n log n).
-    fn encode_word(&self, word: &[u8], out: &mut Vec<u32>) {
-        const NONE: usize = usize::MAX;
-        let mut ids: Vec<u32> = word
-            .iter()
-            .filter_map(|&b| self.byte_tokens[usize::from(b)])
-            .collect();
-        let count = ids.len();
-        let mut next: Vec<usize> = (1..=count)
-            .map(|i| if i == count { NONE } else { i })
-            .collect();
-        let mut prev: Vec<usize> = (0..count)
-            .map(|i| if i == 0 { NONE } else { i - 1 })
-            .collect();
-        let mut alive = vec![true; count];
-        // (rank, left position, left id, right id): the ids detect entries made stale by earlier merges, since a
-        // position's id only ever changes to a longer token.
-        let mut heap: BinaryHeap<Reverse<(u32, usize, u32, u32)>> = BinaryHeap::new();
-        let push_pair = |heap: &mut BinaryHeap<_>, ids: &[u32], left: usize, right: usize| {
-            if left != NONE
-                && right != NONE
-                && let Some(&(rank, _)) = self.merges.get(&(ids[left], ids[right]))
-            {
-                heap.push(Reverse((rank, left, ids[left], ids[right])));
-            }
-        };
-        for left in 0..count.saturating_sub(1) {
-            push_pair(&mut heap, &ids, left, left + 1);
-        }
-        while let Some(Reverse((_, left, left_id, right_id))) = heap.pop() {
-            let right = next[left];
-            if !alive[left] || right == NONE || ids[left] != left_id || ids[right] != right_id {
-                continue;
-            }
-            let (_, merged) = self.merges[&(left_id, right_id)];
-            ids[left] = merged;
-            alive[right] = false;
-            next[left] = next[right];
-            if next[right] != NONE {
-                prev[next[right]] = left;
-            }
-            push_pair(&mut heap, &ids, prev[left], left);
-            push_pair(&mut heap, &ids, left, next[left]);
-        }
-        let mut position = if count == 0 { NONE } else { 0 };
-        while position != NONE {
-            out.push(ids[position]);
-            position = next[position];
-        }
     }
 }
 
