@@ -1,7 +1,8 @@
 //! Three real `ollamamax serve` processes on loopback form one cluster over QUIC with mutual TLS and Raft:
 //! `cluster init` on the first, two joins with its token; every node reports the same three voters and leader;
 //! `kill -9` of the leader elects another; the killed node restarts from its data directory and follows the new
-//! leader; a token of another cluster, and a forged secret for this one, are refused with clear errors.
+//! leader; a fourth node joins through a node that is no longer the leader; a token of another cluster, and a
+//! forged secret for this one, are refused with clear errors.
 
 mod common;
 
@@ -261,6 +262,26 @@ fn three_nodes_form_a_cluster_survive_the_leaders_death_and_take_it_back() {
     wait_for(&all, "the restarted node to follow", |statuses| {
         agreed(statuses, 3) && statuses[0]["leader"].as_u64() == Some(new_leader)
     });
+
+    // A fourth node joins through the first node (the CA holder), which is no longer the leader: its
+    // registration is passed on to the leader. Four members keep three voters (an odd count); it learns.
+    let mut d = Node::new(base.path(), "d");
+    d.start(Some((&nodes[0], &token)));
+    let mut all: Vec<&Node> = nodes.iter().collect();
+    all.push(&d);
+    let statuses = wait_for(&all, "a fourth member", |statuses| {
+        agreed(statuses, 3)
+            && statuses
+                .iter()
+                .all(|status| status["members"].as_array().map_or(0, Vec::len) == 4)
+    });
+    let learners = statuses[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|member| member["role"] == "learner")
+        .count();
+    assert_eq!(learners, 1, "{}", statuses[0]);
 }
 
 #[test]

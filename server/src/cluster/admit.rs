@@ -93,6 +93,12 @@ pub async fn handle_control(
             cluster_address,
             api_address,
         } => register(raft, transport, peer, cluster_address, api_address).await,
+        // Only a member reaches this handler (the transport checks), and a member vouches for whom it admitted.
+        Control::RegisterFor {
+            node,
+            cluster_address,
+            api_address,
+        } => register(raft, transport, node, cluster_address, api_address).await,
     }
 }
 
@@ -137,24 +143,49 @@ async fn register(
     }
 }
 
-/// A registration this node cannot perform, sent on to the leader on the registering node's behalf. The leader
-/// sees this node as the sender, so the node id travels in the message (not implemented yet: the leader uses
-/// the sender's id), so for now the registering node is told to retry at the leader itself.
+/// A registration this node cannot perform, passed on to the leader as [`Control::RegisterFor`] (the leader
+/// would otherwise see this node, not the registering one, as the sender).
 async fn forward_to_leader(
     raft: &Arc<RaftNode>,
-    _transport: &Transport,
-    _node: NodeId,
-    _cluster_address: String,
-    _api_address: String,
+    transport: &Transport,
+    node: NodeId,
+    cluster_address: String,
+    api_address: String,
 ) -> ControlReply {
-    let leader = raft.status().leader;
-    ControlReply::Refused(match leader {
-        Some(leader) => format!("not the leader; the leader is node {}", leader.0),
-        None => "no leader yet; retry".to_string(),
-    })
+    let Some(leader) = raft.status().leader else {
+        return ControlReply::Refused("no leader yet; retry".to_string());
+    };
+    let address = raft
+        .applied()
+        .borrow()
+        .state
+        .member(leader)
+        .map(|member| member.cluster_address.clone());
+    let Some(socket) = address.as_deref().and_then(super::resolve) else {
+        return ControlReply::Refused(format!(
+            "the leader (node {}) has no known address; retry",
+            leader.0
+        ));
+    };
+    if let Err(error) = transport.set_address(leader, socket) {
+        return ControlReply::Refused(error.to_string());
+    }
+    let message = encode(Control::RegisterFor {
+        node,
+        cluster_address,
+        api_address,
+    });
+    match transport.request(leader, Request::Control(message)).await {
+        Ok(Response::Control(bytes)) => {
+            decode::<ControlReply>(&bytes).unwrap_or_else(ControlReply::Refused)
+        }
+        Ok(Response::Error(error)) => ControlReply::Refused(error.to_string()),
+        Ok(_) => ControlReply::Refused("unexpected answer from the leader".into()),
+        Err(error) => ControlReply::Refused(format!("cannot reach the leader: {error}")),
+    }
 }
 
-/// Sends this node's registration to `target` until it is accepted or `attempts` run out.
+/// Sends this node's registration to `target` once (the caller retries until it is accepted).
 pub async fn register_with(
     transport: &Transport,
     target: NodeId,

@@ -32,6 +32,16 @@ pub enum Control {
         /// Where its HTTP API listens.
         api_address: String,
     },
+    /// A registration passed on by the member that received it (not the leader) to the leader: `node` is the
+    /// registering node, vouched for by the sending member.
+    RegisterFor {
+        /// The registering node.
+        node: NodeId,
+        /// Where its QUIC endpoint listens.
+        cluster_address: String,
+        /// Where its HTTP API listens.
+        api_address: String,
+    },
 }
 
 /// The answer to a [`Control`].
