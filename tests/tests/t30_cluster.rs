@@ -285,7 +285,7 @@ fn three_nodes_form_a_cluster_survive_the_leaders_death_and_take_it_back() {
 }
 
 #[test]
-fn joins_with_a_foreign_or_forged_token_are_refused() {
+fn joins_with_a_foreign_forged_or_used_token_are_refused() {
     let base = tempfile::Builder::new()
         .prefix("ollamamax-cluster-")
         .tempdir()
@@ -336,4 +336,38 @@ fn joins_with_a_foreign_or_forged_token_are_refused() {
         1,
         "the refused joins added no member: {status}"
     );
+    assert_eq!(status["members"].as_array().unwrap().len(), 1, "{status}");
+
+    // A single-use token made while the server runs: it admits one node, then no other.
+    let output = a
+        .command()
+        .args(["cluster", "token", "--single-use", "--data-dir"])
+        .arg(a.data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let single = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let mut first = Node::new(base.path(), "first");
+    first.start(Some((&a, &single)));
+    let statuses = wait_for(&[&a, &first], "the second member", |statuses| {
+        statuses
+            .iter()
+            .all(|status| status["members"].as_array().map_or(0, Vec::len) == 2)
+            && agreed(statuses, 1)
+    });
+    assert_eq!(
+        voters(&statuses[0]).len(),
+        1,
+        "two members keep one voter: {}",
+        statuses[0]
+    );
+    let second = Node::new(base.path(), "second");
+    let output = second.serve_command(Some((&a, &single))).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(text.contains("join token was already used"), "{text}");
 }

@@ -142,33 +142,27 @@ pub struct ServeArgs {
     pub cluster_advertise: Option<String>,
 }
 
+/// Where the cluster files are and what the new join token allows.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The data directory; default $OLLAMAMAX_DATA or ~/.ollamamax.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// How long the token admits joiners (Go duration, e.g. 24h; 0 = never expires).
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
+    /// The token admits one node only.
+    #[arg(long)]
+    pub single_use: bool,
+}
+
 /// `cluster` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Create a new cluster on this node: its CA, this node's identity, and a join token.
-    Init {
-        /// The data directory; default $OLLAMAMAX_DATA or ~/.ollamamax.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// How long the token admits joiners (Go duration, e.g. 24h; 0 = never expires).
-        #[arg(long, default_value = "24h")]
-        ttl: String,
-        /// The token admits one node only.
-        #[arg(long)]
-        single_use: bool,
-    },
-    /// Print a new join token (on the node that ran `cluster init`; the server rereads tokens at start).
-    Token {
-        /// The data directory; default $OLLAMAMAX_DATA or ~/.ollamamax.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// How long the token admits joiners (Go duration; 0 = never expires).
-        #[arg(long, default_value = "24h")]
-        ttl: String,
-        /// The token admits one node only.
-        #[arg(long)]
-        single_use: bool,
-    },
+    Init(TokenArgs),
+    /// Print a new join token (on the node that ran `cluster init`; a running server sees it at once).
+    Token(TokenArgs),
     /// Members, roles, leader, term and models of the cluster, from the server at OLLAMA_HOST.
     Status {
         /// Print JSON for scripts.
@@ -259,22 +253,15 @@ async fn cluster(client: &client::Client, command: ClusterCommand) -> anyhow::Re
         Ok((!duration.is_zero()).then_some(duration))
     };
     match command {
-        ClusterCommand::Init {
-            data_dir,
-            ttl: text,
-            single_use,
-        } => {
-            let token = init::init(&paths(data_dir), ttl(&text)?, single_use)?;
+        ClusterCommand::Init(args) => {
+            let token = init::init(&paths(args.data_dir), ttl(&args.ttl)?, args.single_use)?;
             println!("Cluster created. Start this node with `ollamamax serve`; join others with:");
             println!("  ollamamax serve --join <this node's cluster address> --token {token}");
             Ok(())
         }
-        ClusterCommand::Token {
-            data_dir,
-            ttl: text,
-            single_use,
-        } => {
-            let token = init::create_token(&paths(data_dir), ttl(&text)?, single_use)?;
+        ClusterCommand::Token(args) => {
+            let token =
+                init::create_token(&paths(args.data_dir), ttl(&args.ttl)?, args.single_use)?;
             println!("{token}");
             Ok(())
         }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use ollamamax_core::NodeId;
 use ollamamax_core::cluster_state::{Capacity, Command, Member, MemberStatus};
-use ollamamax_io::cluster::{JoinAuthority, JoinRefusal, JoinSecret, TokenStore};
+use ollamamax_io::cluster::{JoinAuthority, JoinRefusal, JoinSecret};
 use ollamamax_io::raft::{NodeAddr, RaftNode, WriteError};
 use ollamamax_io::transport::{Request, Response, Transport};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -31,26 +31,38 @@ pub fn random_node_id() -> Option<NodeId> {
     Some(NodeId(u64::from_le_bytes(bytes).max(1)))
 }
 
-/// The join authority of a node holding the CA: it checks tokens against `tokens.json` (saving each use) and
-/// remembers whom it admitted until they register.
+/// The join authority of a node holding the CA: it checks secrets against `tokens.json`, read at every join (so
+/// a token made by `cluster token` while the server runs works at once) and saved after each use, and remembers
+/// whom it admitted until they register.
 pub struct TokenAuthority {
-    tokens: Mutex<TokenStore>,
-    tokens_file: PathBuf,
+    /// Serializes read-redeem-save, so two joiners cannot both use a single-use token.
+    tokens_file: Mutex<PathBuf>,
     admitted: Arc<Mutex<BTreeSet<NodeId>>>,
 }
 
 impl TokenAuthority {
-    /// An authority over `tokens`, saved to `tokens_file` after every use.
-    pub fn new(
-        tokens: TokenStore,
-        tokens_file: PathBuf,
-        admitted: Arc<Mutex<BTreeSet<NodeId>>>,
-    ) -> Self {
+    /// An authority over the tokens in `tokens_file`.
+    pub fn new(tokens_file: PathBuf, admitted: Arc<Mutex<BTreeSet<NodeId>>>) -> Self {
         Self {
-            tokens: Mutex::new(tokens),
-            tokens_file,
+            tokens_file: Mutex::new(tokens_file),
             admitted,
         }
+    }
+
+    fn redeem(&self, secret: &JoinSecret) -> Result<(), JoinRefusal> {
+        let file = self
+            .tokens_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tokens = super::init::load_tokens(&file).map_err(|error| {
+            tracing::warn!(error = %format!("{error:#}"), "cannot read the join tokens");
+            JoinRefusal::Unavailable
+        })?;
+        tokens.redeem(secret, now_unix_s())?;
+        super::init::save_tokens(&file, &tokens).map_err(|error| {
+            tracing::warn!(error = %format!("{error:#}"), "cannot save the join tokens");
+            JoinRefusal::Unavailable
+        })
     }
 }
 
@@ -60,15 +72,7 @@ impl JoinAuthority for TokenAuthority {
         secret: JoinSecret,
         remote: SocketAddr,
     ) -> BoxFuture<'_, Result<NodeId, JoinRefusal>> {
-        let result = (|| {
-            let mut tokens = self
-                .tokens
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            tokens.redeem(&secret, now_unix_s())?;
-            if let Err(error) = super::init::save_tokens(&self.tokens_file, &tokens) {
-                tracing::warn!(%error, "cannot save the join tokens");
-            }
+        let result = self.redeem(&secret).and_then(|()| {
             let node = random_node_id().ok_or(JoinRefusal::Unavailable)?;
             self.admitted
                 .lock()
@@ -76,7 +80,7 @@ impl JoinAuthority for TokenAuthority {
                 .insert(node);
             tracing::info!(node = node.0, %remote, "admitted a joining node");
             Ok(node)
-        })();
+        });
         Box::pin(std::future::ready(result))
     }
 }

@@ -92,9 +92,9 @@ impl Cluster {
         let handler = Arc::new(ClusterHandler::new());
         let join_service = if paths.has_ca_key() {
             let ca = ClusterCa::load(&dir).context("cannot read the cluster CA")?;
-            let tokens = init::load_tokens(&paths.tokens())?;
-            let authority =
-                admit::TokenAuthority::new(tokens, paths.tokens(), handler.admitted.clone());
+            // Read once here so a corrupt file stops the start with a clear error; joins reread it.
+            init::load_tokens(&paths.tokens())?;
+            let authority = admit::TokenAuthority::new(paths.tokens(), handler.admitted.clone());
             Some(Arc::new(JoinService::new(ca, Arc::new(authority))))
         } else {
             None
