@@ -30,6 +30,13 @@ struct Active {
     events: mpsc::Sender<Event>,
 }
 
+/// A sequence's last event, sent only after the shared slot count no longer includes it: a client that sees
+/// `Done` and then asks [`super::Runner::load`] finds the slot free.
+struct Ending {
+    events: mpsc::Sender<Event>,
+    event: Event,
+}
+
 /// What one turn of the loop takes from the inbox.
 struct Work {
     admitted: Vec<Submission>,
@@ -50,17 +57,23 @@ impl Worker {
     pub(super) fn run(mut self) {
         let _stopped = StoppedOnExit(self.shared.clone());
         while let Some(work) = self.next_work() {
-            for submission in work.admitted {
-                self.admit(submission);
-            }
+            let mut endings: Vec<Ending> = work
+                .admitted
+                .into_iter()
+                .filter_map(|submission| self.admit(submission))
+                .collect();
             if let Some(job) = work.embed {
                 let result = self.model.embed(&job.tokens);
                 // A receiver that went away no longer wants the answer.
                 let _ = job.reply.send(result);
             }
-            self.step();
+            endings.extend(self.step());
             let active = self.active.len() as u32;
             self.shared.lock().active = active;
+            for ending in endings {
+                // A fresh channel (an admission) or a stepped one (room kept for a step's events) has room.
+                let _ = send(&ending.events, ending.event);
+            }
         }
         self.shut_down();
     }
@@ -106,8 +119,8 @@ impl Worker {
         }
     }
 
-    /// Makes a submission a running sequence; one that cannot start ends here with its event.
-    fn admit(&mut self, Submission { request, events }: Submission) {
+    /// Makes a submission a running sequence; one that cannot start ends here, with its event returned.
+    fn admit(&mut self, Submission { request, events }: Submission) -> Option<Ending> {
         let SequenceRequest {
             prompt_tokens,
             options,
@@ -124,22 +137,29 @@ impl Worker {
             constraint,
             context,
         ) {
-            Err(error) => {
-                let _ = events.try_send(Event::Error(error));
+            Err(error) => Some(Ending {
+                events,
+                event: Event::Error(error),
+            }),
+            Ok(sequence) if sequence.done().is_some() => Some(Ending {
+                events,
+                event: Event::Done(sequence.into_output()),
+            }),
+            Ok(sequence) => {
+                self.active.push(Active { sequence, events });
+                None
             }
-            Ok(sequence) if sequence.done().is_some() => {
-                let _ = events.try_send(Event::Done(sequence.into_output()));
-            }
-            Ok(sequence) => self.active.push(Active { sequence, events }),
         }
     }
 
     /// One batched forward pass over every active sequence whose client has room, then each one's sampling
-    /// and events. Sequences that end leave `self.active`.
-    fn step(&mut self) {
+    /// and events. Sequences that end leave `self.active`; their last events are returned, to be sent once the
+    /// shared slot count is updated.
+    fn step(&mut self) -> Vec<Ending> {
+        let mut endings = Vec::new();
         let stepping: Vec<bool> = self.active.iter().map(Active::has_room).collect();
         if !stepping.contains(&true) {
-            return;
+            return endings;
         }
         let results = {
             let mut batch: Vec<BatchSequence<'_>> = self
@@ -162,8 +182,11 @@ impl Worker {
                     }
                     let logits = results.next().expect("one result per stepped sequence");
                     match active.sequence.handle_forward(&self.model, logits) {
-                        Ok(progress) => self.active.extend(active.deliver(progress)),
-                        Err(error) => active.fail(error),
+                        Ok(progress) => match active.deliver(progress) {
+                            Ok(going_on) => self.active.extend(going_on),
+                            Err(ending) => endings.push(ending),
+                        },
+                        Err(error) => endings.push(active.fail(error)),
                     }
                 }
                 assert!(results.next().is_none(), "no result left over");
@@ -173,15 +196,16 @@ impl Worker {
                 let message = error.to_string();
                 for (active, stepped) in previous.into_iter().zip(stepping) {
                     if stepped {
-                        active.fail(GenerateError::Compute(candle_core::Error::Msg(
+                        endings.push(active.fail(GenerateError::Compute(candle_core::Error::Msg(
                             message.clone(),
-                        )));
+                        ))));
                     } else {
                         self.active.push(active);
                     }
                 }
             }
         }
+        endings
     }
 
     /// The runner was dropped: every sequence, running or waiting, ends as cancelled.
@@ -210,21 +234,27 @@ impl Active {
         self.events.capacity() > EVENTS_PER_STEP_MAX
     }
 
-    /// Sends a step's events; returns the sequence if it goes on.
-    fn deliver(self, progress: Progress) -> Option<Self> {
+    /// Sends a step's text; returns the sequence if it goes on (`Ok(None)`: the client went away, cancelled),
+    /// or its `Done` to send once its slot is counted free.
+    fn deliver(self, progress: Progress) -> Result<Option<Self>, Ending> {
         if !progress.text.is_empty() && !self.send(Event::Text(progress.text)) {
-            return None; // The client went away: cancelled.
+            return Ok(None);
         }
         if progress.done.is_none() {
-            return Some(self);
+            return Ok(Some(self));
         }
         let Self { sequence, events } = self;
-        let _ = send(&events, Event::Done(sequence.into_output()));
-        None
+        Err(Ending {
+            events,
+            event: Event::Done(sequence.into_output()),
+        })
     }
 
-    fn fail(self, error: GenerateError) {
-        let _ = self.send(Event::Error(error));
+    fn fail(self, error: GenerateError) -> Ending {
+        Ending {
+            events: self.events,
+            event: Event::Error(error),
+        }
     }
 
     fn send(&self, event: Event) -> bool {
