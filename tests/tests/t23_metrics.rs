@@ -129,11 +129,17 @@ fn metrics_count_requests_tokens_latencies_and_model_lifecycle() {
         &json!({ "model": "tiny", "keep_alive": 0 }),
     );
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let text = server.get("/metrics").body;
-    assert_eq!(
-        expect(&text, &format!("ollamamax_model_unloads_total{{{model}}}")),
-        1.0
-    );
+    // The answer may come before the residency task has carried out the unload: poll (bounded).
+    let unloads = format!("ollamamax_model_unloads_total{{{model}}}");
+    let mut text = server.get("/metrics").body;
+    for _ in 0..200 {
+        if sample(&text, &unloads).is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        text = server.get("/metrics").body;
+    }
+    assert_eq!(expect(&text, &unloads), 1.0);
     assert_eq!(
         expect(&text, &format!("ollamamax_model_memory_bytes{{{model}}}")),
         0.0
