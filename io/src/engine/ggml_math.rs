@@ -273,10 +273,11 @@ pub(super) fn silu(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn values(count: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in about [-2, 2) (also the attention tests' inputs, in `kv.rs`).
+    pub(in crate::engine) fn values(count: usize, seed: u32) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..count)
             .map(|_| {

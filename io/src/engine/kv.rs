@@ -303,17 +303,7 @@ fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in about [-2, 2).
-    fn values(count: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..count)
-            .map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (state >> 8) as f32 / (1u32 << 22) as f32 - 2.0
-            })
-            .collect()
-    }
+    use crate::engine::ggml_math::tests::values;
 
     #[test]
     fn a_lone_position_attends_to_its_own_value_rounded_to_f16() {

@@ -50,10 +50,7 @@ impl TokenAuthority {
     }
 
     fn redeem(&self, secret: &JoinSecret) -> Result<(), JoinRefusal> {
-        let file = self
-            .tokens_file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file = super::lock(&self.tokens_file);
         let mut tokens = super::init::load_tokens(&file).map_err(|error| {
             tracing::warn!(error = %format!("{error:#}"), "cannot read the join tokens");
             JoinRefusal::Unavailable
@@ -74,10 +71,7 @@ impl JoinAuthority for TokenAuthority {
     ) -> BoxFuture<'_, Result<NodeId, JoinRefusal>> {
         let result = self.redeem(&secret).and_then(|()| {
             let node = random_node_id().ok_or(JoinRefusal::Unavailable)?;
-            self.admitted
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(node);
+            super::lock(&self.admitted).insert(node);
             tracing::info!(node = node.0, %remote, "admitted a joining node");
             Ok(node)
         });
@@ -119,24 +113,15 @@ async fn register(
         return forward_to_leader(raft, transport, node, cluster_address, api_address).await;
     }
     let address = NodeAddr {
-        cluster_address: cluster_address.clone(),
-        api_address: api_address.clone(),
+        cluster_address,
+        api_address,
     };
     if !status.voters.contains(&node)
-        && let Err(error) = raft.add_learner(node, address).await
+        && let Err(error) = raft.add_learner(node, address.clone()).await
     {
         return ControlReply::Refused(format!("cannot add the node to raft: {error}"));
     }
-    let member = Member {
-        id: node,
-        api_address,
-        cluster_address,
-        capacity: Capacity {
-            memory_bytes: 0,
-            disk_bytes: 0,
-        },
-        status: MemberStatus::Active,
-    };
+    let member = new_member(node, address);
     match raft.write(Command::AddNode { member }).await {
         Ok(Ok(_)) => ControlReply::Done,
         Ok(Err(refused)) => ControlReply::Refused(refused.to_string()),
@@ -174,19 +159,14 @@ async fn forward_to_leader(
     if let Err(error) = transport.set_address(leader, socket) {
         return ControlReply::Refused(error.to_string());
     }
-    let message = encode(Control::RegisterFor {
+    let forwarded = Control::RegisterFor {
         node,
         cluster_address,
         api_address,
-    });
-    match transport.request(leader, Request::Control(message)).await {
-        Ok(Response::Control(bytes)) => {
-            decode::<ControlReply>(&bytes).unwrap_or_else(ControlReply::Refused)
-        }
-        Ok(Response::Error(error)) => ControlReply::Refused(error.to_string()),
-        Ok(_) => ControlReply::Refused("unexpected answer from the leader".into()),
-        Err(error) => ControlReply::Refused(format!("cannot reach the leader: {error}")),
-    }
+    };
+    call_control(transport, leader, forwarded)
+        .await
+        .unwrap_or_else(|why| ControlReply::Refused(format!("the leader: {why}")))
 }
 
 /// Sends this node's registration to `target` once (the caller retries until it is accepted).
@@ -196,17 +176,43 @@ pub async fn register_with(
     cluster_address: &str,
     api_address: &str,
 ) -> Result<(), String> {
-    let message = encode(Control::Register {
+    let registration = Control::Register {
         cluster_address: cluster_address.to_string(),
         api_address: api_address.to_string(),
-    });
-    match transport.request(target, Request::Control(message)).await {
-        Ok(Response::Control(bytes)) => match decode::<ControlReply>(&bytes)? {
-            ControlReply::Done => Ok(()),
-            ControlReply::Refused(why) => Err(why),
-        },
+    };
+    match call_control(transport, target, registration).await? {
+        ControlReply::Done => Ok(()),
+        ControlReply::Refused(why) => Err(why),
+    }
+}
+
+/// Sends one control message to `target` and returns its reply (`Err`: no reply, with why).
+async fn call_control(
+    transport: &Transport,
+    target: NodeId,
+    control: Control,
+) -> Result<ControlReply, String> {
+    match transport
+        .request(target, Request::Control(encode(control)))
+        .await
+    {
+        Ok(Response::Control(bytes)) => decode::<ControlReply>(&bytes),
         Ok(Response::Error(error)) => Err(error.to_string()),
         Ok(_) => Err("unexpected answer".into()),
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(format!("cannot reach node {}: {error}", target.0)),
+    }
+}
+
+/// A new, active member with no capacity reported yet.
+pub fn new_member(node: NodeId, address: NodeAddr) -> Member {
+    Member {
+        id: node,
+        api_address: address.api_address,
+        cluster_address: address.cluster_address,
+        capacity: Capacity {
+            memory_bytes: 0,
+            disk_bytes: 0,
+        },
+        status: MemberStatus::Active,
     }
 }

@@ -27,9 +27,7 @@ pub async fn track_members(raft: Arc<RaftNode>, members: Arc<Mutex<BTreeSet<Node
             allowed.extend(status.learners);
             allowed.insert(raft.id());
         }
-        *members
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = allowed;
+        *super::lock(&members) = allowed;
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(VOTERS_CHECK_PERIOD) => {}

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ollamamax_core::NodeId;
-use ollamamax_core::cluster_state::{Capacity, Command, Member, MemberStatus};
+use ollamamax_core::cluster_state::Command;
 use ollamamax_io::cluster::{ClusterCa, JoinService, JoinToken, NodeIdentity, join_cluster};
 use ollamamax_io::raft::{InitError, NodeAddr, RaftNode, RaftOptions};
 use ollamamax_io::transport::{NoBlobs, Services, Transport};
@@ -152,7 +152,8 @@ impl Cluster {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `mutex`, taking the data of a poisoned one (every guarded value here stays valid across a panic).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -194,16 +195,7 @@ async fn bootstrap(raft: &RaftNode, node: NodeId, me: &NodeAddr) -> Result<()> {
         Err(InitError::AlreadyInitialized) => return Ok(()),
         Err(error) => return Err(error).context("cannot initialize raft"),
     }
-    let member = Member {
-        id: node,
-        api_address: me.api_address.clone(),
-        cluster_address: me.cluster_address.clone(),
-        capacity: Capacity {
-            memory_bytes: 0,
-            disk_bytes: 0,
-        },
-        status: MemberStatus::Active,
-    };
+    let member = admit::new_member(node, me.clone());
     for _ in 0..100 {
         match raft
             .write(Command::AddNode {

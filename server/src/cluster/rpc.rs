@@ -2,7 +2,7 @@
 //! own control messages (`Request::Control`): today, a freshly joined node registering its addresses so the
 //! leader can add it to Raft and to the cluster state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ollamamax_core::NodeId;
@@ -166,6 +166,9 @@ pub struct QuicRaft {
     /// Peers whose last call was abandoned (openraft gave up waiting): their pooled connection may be dead (a
     /// restarted node), so the next call dials afresh instead of waiting for QUIC's idle timeout.
     pub suspect: Mutex<BTreeSet<NodeId>>,
+    /// The address text each peer was last given to the transport under: a heartbeat resolves and registers
+    /// it only when Raft's membership names a new one.
+    addresses: Mutex<BTreeMap<NodeId, String>>,
 }
 
 impl QuicRaft {
@@ -174,7 +177,24 @@ impl QuicRaft {
         Self {
             transport,
             suspect: Mutex::new(BTreeSet::new()),
+            addresses: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Tells the transport where `peer` is, if `address` differs from what it was told last.
+    fn locate(&self, peer: NodeId, address: &str) -> Result<(), String> {
+        if super::lock(&self.addresses)
+            .get(&peer)
+            .is_some_and(|known| known == address)
+        {
+            return Ok(());
+        }
+        let socket = super::resolve(address).ok_or_else(|| format!("bad address {address}"))?;
+        self.transport
+            .set_address(peer, socket)
+            .map_err(|error| error.to_string())?;
+        super::lock(&self.addresses).insert(peer, address.to_string());
+        Ok(())
     }
 }
 
@@ -188,10 +208,7 @@ struct Abandoned<'a> {
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         if !self.completed {
-            self.suspect
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(self.peer);
+            super::lock(self.suspect).insert(self.peer);
         }
     }
 }
@@ -205,17 +222,10 @@ impl RaftTransport for QuicRaft {
     ) -> Result<RaftRpcReply, TransportError> {
         let failed = |reason: String| TransportError::Failed { target, reason };
         let peer = NodeId(target);
-        let socket = super::resolve(&address.cluster_address)
-            .ok_or_else(|| failed(format!("bad address {}", address.cluster_address)))?;
-        self.transport
-            .set_address(peer, socket)
-            .map_err(|error| failed(error.to_string()))?;
+        self.locate(peer, &address.cluster_address)
+            .map_err(failed)?;
         let bytes = postcard::to_allocvec(&rpc).map_err(|error| failed(error.to_string()))?;
-        let was_suspect = self
-            .suspect
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&peer);
+        let was_suspect = super::lock(&self.suspect).remove(&peer);
         if was_suspect {
             self.transport.disconnect(peer);
         }
