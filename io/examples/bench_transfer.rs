@@ -14,7 +14,9 @@ use ollamamax_core::digest::Digest;
 use ollamamax_core::ids::NodeId;
 use ollamamax_io::cluster::ClusterCa;
 use ollamamax_io::store::Store;
-use ollamamax_io::transport::{Handler, NoBlobs, Request, Response, Services, Transport};
+use ollamamax_io::transport::{
+    Handler, NoBlobs, NoStreams, Request, Response, Services, Transport,
+};
 use sha2::{Digest as _, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -126,6 +128,7 @@ fn start(
     let services = Services {
         handler: Arc::new(Pong),
         blobs,
+        streams: Arc::new(NoStreams),
         membership: Arc::new(|_| true),
         join: None,
     };

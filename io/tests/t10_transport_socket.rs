@@ -5,7 +5,7 @@ mod t10_transport_support;
 
 use ollamamax_core::ids::NodeId;
 use ollamamax_io::cluster::ClusterCa;
-use ollamamax_io::transport::{NoBlobs, Request, Response, Services, Transport, config};
+use ollamamax_io::transport::{NoBlobs, NoStreams, Request, Response, Services, Transport, config};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use std::io::IoSliceMut;
@@ -82,6 +82,7 @@ async fn t10_a_node_on_a_caller_supplied_socket_talks_to_the_cluster() {
     let services = Services {
         handler: Arc::new(Echo::default()),
         blobs: Arc::new(NoBlobs),
+        streams: Arc::new(NoStreams),
         membership: members.predicate(),
         join: None,
     };

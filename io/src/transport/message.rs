@@ -1,6 +1,8 @@
 //! The messages nodes exchange. Every stream starts with one [`StreamHead`] frame that says what the stream is
-//! for: a request answered by one [`Response`] frame, or a blob range answered by a [`BlobHeader`] frame and then
-//! the raw bytes.
+//! for: a request answered by one [`Response`] frame, a blob range answered by a [`BlobHeader`] frame and then
+//! the raw bytes, or a streaming call ([`StreamHead::Open`], its request body following as raw bytes) answered
+//! by an [`OpenReply`] frame and then a sequence of [`ReplyItem`]s (see [`stream`](super::stream) for the
+//! whole exchange).
 //!
 //! [`Request::Raft`] carries the Raft module's own encoded RPCs (vote, append entries, snapshot chunks) as opaque
 //! bytes: the Raft adapter defines and versions those types, and plugs in through [`Handler`](super::Handler)
@@ -56,14 +58,21 @@ pub struct RemoteError {
 impl RemoteError {
     /// An error, its text cut to [`ERROR_TEXT_BYTES_MAX`] bytes on a character boundary.
     pub fn new(kind: RemoteErrorKind, message: impl Into<String>) -> Self {
-        let mut message = message.into();
-        let mut end = message.len().min(ERROR_TEXT_BYTES_MAX as usize);
-        while !message.is_char_boundary(end) {
-            end -= 1;
+        Self {
+            kind,
+            message: cut_error_text(message.into()),
         }
-        message.truncate(end);
-        Self { kind, message }
     }
+}
+
+/// `text` cut to [`ERROR_TEXT_BYTES_MAX`] bytes on a character boundary.
+pub(crate) fn cut_error_text(mut text: String) -> String {
+    let mut end = text.len().min(ERROR_TEXT_BYTES_MAX as usize);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
 }
 
 /// Kinds of [`RemoteError`].
@@ -84,6 +93,44 @@ pub(crate) enum StreamHead {
     Call(Request),
     /// A byte range of a blob; a [`BlobHeader`] frame and the bytes follow on the way back.
     FetchBlob(BlobRange),
+    /// A streaming call: exactly `body_bytes` raw bytes follow this frame (then the caller finishes its side); an
+    /// [`OpenReply`] frame and, if opened, [`ReplyItem`]s follow on the way back.
+    Open {
+        /// What to open, encoded by the caller's layer (the transport does not look inside).
+        head: Vec<u8>,
+        /// Length of the request body, at most [`STREAM_BODY_BYTES_MAX`](super::stream::STREAM_BODY_BYTES_MAX);
+        /// announced first so the serving node can refuse a body over the limit before it reads or allocates it.
+        body_bytes: u64,
+    },
+}
+
+/// The answer to [`StreamHead::Open`], before the reply body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum OpenReply {
+    /// The handler accepted the call; [`ReplyItem`]s follow.
+    Opened {
+        /// The reply head, encoded by the serving node's layer.
+        head: Vec<u8>,
+    },
+    /// The call was refused; nothing follows.
+    Refused(RemoteError),
+}
+
+/// One item of a streaming call's reply body, after [`OpenReply::Opened`]. The body is over only after
+/// [`ReplyItem::End`]: a stream that finishes, is reset or loses its connection before it was cut short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ReplyItem {
+    /// Exactly `bytes` raw bytes of the reply body follow, at most
+    /// [`STREAM_CHUNK_BYTES_MAX`](super::stream::STREAM_CHUNK_BYTES_MAX) and never zero.
+    Chunk {
+        /// Length of the chunk.
+        bytes: u32,
+    },
+    /// The reply body is complete; the stream finishes.
+    End,
+    /// The reply body failed on the serving node (text at most [`ERROR_TEXT_BYTES_MAX`] bytes); the stream
+    /// finishes.
+    Failed(String),
 }
 
 /// Bytes `offset .. offset + length` of a blob.

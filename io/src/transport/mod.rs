@@ -2,6 +2,10 @@
 //!
 //! One [`Transport`] per node. It listens on one UDP socket and dials from the same one. What travels:
 //! - requests ([`Request`] → [`Response`]), one bidirectional stream each, answered by the caller's [`Handler`];
+//! - streaming calls ([`Transport::open_stream`]: an opaque head and a request body → an opaque reply head and a
+//!   reply body in chunks), one bidirectional stream each, answered by the node's [`StreamHandler`]; the caller
+//!   can tell a complete reply body from a broken one, and dropping its [`ReplyStream`] cancels the handler's work
+//!   (see [`stream`]);
 //! - blob ranges ([`Transport::fetch_blob`], [`Transport::download_blob`]), one stream each, read from the
 //!   caller's [`BlobSource`]; a download resumes from the bytes it has after a broken connection and checks the
 //!   SHA-256 of the whole file before it reports success;
@@ -20,12 +24,17 @@ pub mod config;
 pub mod frame;
 pub mod message;
 mod serve;
+pub mod stream;
 
 pub use blob::{
     BlobReader, BlobSource, BlobStream, DownloadError, Downloaded, FetchError, NoBlobs, OpenedBlob,
 };
 pub use frame::{FRAME_BYTES_MAX, FrameError, PROTOCOL_VERSION};
 pub use message::{BlobRange, BlobRefusal, RemoteError, RemoteErrorKind, Request, Response};
+pub use stream::{
+    NoStreams, OpenError, ReplyBody, ReplyStream, STREAM_BODY_BYTES_MAX, STREAM_CHUNK_BYTES_MAX,
+    StreamError, StreamHandler,
+};
 
 use crate::cluster::pki::{NodeIdentity, node_dns_name};
 use crate::cluster::tls::{self, TlsConfigError};
@@ -45,7 +54,8 @@ pub const PEERS_MAX: u32 = 1024;
 pub const INBOUND_PER_NODE_MAX: u32 = 4;
 /// Handshakes in progress at once (quinn's `max_incoming`).
 pub const INCOMING_MAX: u32 = 256;
-/// Longest wait for a response, and for a stream's first frame on the serving side.
+/// Longest wait for a response or a streaming call's reply head, and for a stream's first frame (and a streaming
+/// call's request body) on the serving side.
 pub const REQUEST_TIMEOUT_MS: u32 = 30_000;
 /// Longest wait for a connection to be established.
 pub const CONNECT_TIMEOUT_MS: u32 = 10_000;
@@ -68,6 +78,8 @@ pub struct Services<H> {
     pub handler: Arc<H>,
     /// Serves blob ranges.
     pub blobs: Arc<dyn BlobSource>,
+    /// Serves streaming calls.
+    pub streams: Arc<dyn StreamHandler>,
     /// Decides who may talk to this node.
     pub membership: Membership,
     /// Admits joining nodes; `None` on nodes that do not hold the CA key.

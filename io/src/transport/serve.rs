@@ -1,7 +1,10 @@
-//! The serving side: accept connections, check who is calling, dispatch streams.
+//! The serving side: accept connections, check who is calling, dispatch streams (requests here, blob ranges to
+//! [`blob`], streaming calls to [`stream`]).
 
 use super::message::{RemoteError, RemoteErrorKind, Response, StreamHead};
-use super::{FRAME_BYTES_MAX, Handler, REQUEST_TIMEOUT_MS, Services, Transport, blob, frame};
+use super::{
+    FRAME_BYTES_MAX, Handler, REQUEST_TIMEOUT_MS, Services, Transport, blob, frame, stream,
+};
 use crate::cluster::pki::node_id_of_certificate;
 use crate::cluster::{CLUSTER_ALPN, JOIN_ALPN, close, join};
 use ollamamax_core::ids::NodeId;
@@ -117,6 +120,10 @@ async fn serve_stream<H: Handler>(
         }
         StreamHead::FetchBlob(range) => {
             blob::serve_range(services.blobs.clone(), range, send).await
+        }
+        StreamHead::Open { head, body_bytes } => {
+            let streams = services.streams.clone();
+            stream::serve_open(streams, peer, head, body_bytes, send, recv).await
         }
     }
 }

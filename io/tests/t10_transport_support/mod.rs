@@ -7,7 +7,8 @@ use ollamamax_core::ids::NodeId;
 use ollamamax_io::cluster::tls::provider;
 use ollamamax_io::cluster::{CLUSTER_ALPN, ClusterCa, JoinService, NodeIdentity, node_dns_name};
 use ollamamax_io::transport::{
-    BlobSource, Handler, Membership, NoBlobs, Request, Response, Services, Transport, config,
+    BlobSource, Handler, Membership, NoBlobs, NoStreams, Request, Response, Services,
+    StreamHandler, Transport, config,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::RootCertStore;
@@ -70,17 +71,38 @@ impl Node {
     }
 }
 
-/// Start a node on 127.0.0.1 with an ephemeral port.
+/// Start a node on 127.0.0.1 with an ephemeral port, serving no streaming calls.
 pub fn start(
     identity: &NodeIdentity,
     members: &Members,
     blobs: Arc<dyn BlobSource>,
     join: Option<Arc<JoinService>>,
 ) -> Node {
+    start_with(identity, members, blobs, Arc::new(NoStreams), join)
+}
+
+/// Start a node that serves no blobs, admits no joins and serves streaming calls with `streams`.
+pub fn start_streaming(
+    identity: &NodeIdentity,
+    members: &Members,
+    streams: Arc<dyn StreamHandler>,
+) -> Node {
+    start_with(identity, members, Arc::new(NoBlobs), streams, None)
+}
+
+/// Start a node on 127.0.0.1 with an ephemeral port.
+pub fn start_with(
+    identity: &NodeIdentity,
+    members: &Members,
+    blobs: Arc<dyn BlobSource>,
+    streams: Arc<dyn StreamHandler>,
+    join: Option<Arc<JoinService>>,
+) -> Node {
     let handler = Arc::new(Echo::default());
     let services = Services {
         handler: handler.clone(),
         blobs,
+        streams,
         membership: members.predicate(),
         join,
     };

@@ -26,7 +26,7 @@ use ollamamax_core::NodeId;
 use ollamamax_core::cluster_state::Command;
 use ollamamax_io::cluster::{ClusterCa, JoinService, JoinToken, NodeIdentity, join_cluster};
 use ollamamax_io::raft::{InitError, NodeAddr, RaftNode, RaftOptions};
-use ollamamax_io::transport::{NoBlobs, Services, Transport};
+use ollamamax_io::transport::{NoBlobs, NoStreams, Services, Transport};
 use serde::{Deserialize, Serialize};
 
 use paths::DataPaths;
@@ -114,6 +114,7 @@ impl Cluster {
             Services {
                 handler: handler.clone(),
                 blobs: Arc::new(NoBlobs),
+                streams: Arc::new(NoStreams),
                 membership,
                 join: join_service,
             },
