@@ -23,8 +23,12 @@ pub const QUEUE_MAX: u32 = 1_000_000;
 pub const ATTEMPTS_MAX: u32 = 3;
 /// Most concurrent transfers a node takes part in (as source or target), by default.
 pub const TRANSFERS_PER_NODE_DEFAULT: u32 = 2;
-/// Longest chain of targets one transfer feeds.
-pub const CHAIN_TARGETS_MAX: u32 = 4;
+/// Longest chain of targets one transfer feeds: as long as the highest replication factor, so all of a blob's
+/// missing copies (at most `rf`, when its only holder is draining) go out in one pipelined chain and cost about
+/// one transfer's time. Cut shorter, the rest waits for a second round (placement runs one transfer per blob at
+/// a time), doubling the time (docs/benchmarks.md, "Chained replication"). The price of a long chain: a failed
+/// hop re-plans the whole transfer, losing the downstream targets' partial copies.
+pub const CHAIN_TARGETS_MAX: u32 = REPLICATION_FACTOR_MAX;
 /// Most requests waiting in one node's residency queue.
 pub const RESIDENCY_WAITING_MAX: u32 = 4096;
 /// Most models loaded at once on a node, whatever the configuration says.

@@ -4,7 +4,12 @@
 //! wires them, over a seeded network with loss, duplication, reordering and partitions, with crashes and
 //! restarts, clock skew and a client workload. One `u64` seed decides everything ([`options::Options`]), so a
 //! failing seed replays exactly: `cargo run -p ollamamax-sim --release -- replay SEED`.
+//!
+//! Beside it, [`bandwidth`] models transfer time over per-node upload and download capacities, and
+//! [`chain_bench`] drives the real placement through it (`cargo run -p ollamamax-sim --release -- chain-bench`).
 
+pub mod bandwidth;
+pub mod chain_bench;
 pub mod invariants;
 pub mod message;
 pub mod network;

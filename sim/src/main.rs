@@ -1,6 +1,8 @@
-//! `ollamamax-sim`: run, replay and sweep seeds of the World simulator.
+//! `ollamamax-sim`: run, replay and sweep seeds of the World simulator; `chain-bench` times chained replication
+//! in the bandwidth model.
 
 use clap::{Parser, Subcommand};
+use ollamamax_sim::chain_bench::{self, ChainBench};
 use ollamamax_sim::options::Options;
 use ollamamax_sim::world::World;
 use ollamamax_sim::{replay_command, run_seed};
@@ -38,6 +40,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         start: u64,
     },
+    /// Time placing a new blob on every member, chained against one transfer and a fan-out (simulated time,
+    /// per-node bandwidth); exit non-zero if a target is missed.
+    ChainBench {
+        /// Cluster members, the source included.
+        #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(2..=64))]
+        members: u32,
+        /// The blob's length in MiB.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+        blob_mib: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +57,44 @@ fn main() -> ExitCode {
         Command::Run { seed } => run_one(seed, false),
         Command::Replay { seed } => run_one(seed, true),
         Command::Sweep { seeds, start } => sweep(start, seeds),
+        Command::ChainBench { members, blob_mib } => chain_bench(members, blob_mib),
+    }
+}
+
+fn chain_bench(members: u32, blob_mib: u64) -> ExitCode {
+    let bench = ChainBench {
+        members,
+        blob_bytes: blob_mib << 20,
+        ..ChainBench::default()
+    };
+    let node = bench.bandwidth.node;
+    println!(
+        "chain-bench: a new {blob_mib} MiB blob on node 1 of {members}; every node {} bytes/ms up, {} down \
+         ({:.2} Gbit/s up); {} ms one-way latency per link; {} KiB chunks",
+        node.upload_bytes_per_ms,
+        node.download_bytes_per_ms,
+        node.upload_bytes_per_ms as f64 * 8.0 / 1e6,
+        bench.bandwidth.latency_ms,
+        bench.bandwidth.chunk_bytes >> 10
+    );
+    println!(
+        "placement makes rf - 1 copies, and rf is at most {} (limits::REPLICATION_FACTOR_MAX); \
+         the model-only rows copy to all {} other nodes",
+        ollamamax_core::limits::REPLICATION_FACTOR_MAX,
+        members - 1
+    );
+    let rows = match bench.rows() {
+        Ok(rows) => rows,
+        Err(error) => {
+            println!("chain-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", chain_bench::table(&rows));
+    if rows.iter().all(|row| row.passed() != Some(false)) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

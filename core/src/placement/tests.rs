@@ -91,6 +91,64 @@ fn new_blob_is_chained_through_targets_not_fanned_out() {
 }
 
 #[test]
+fn every_missing_copy_goes_in_one_chain_at_the_highest_rf() {
+    let rf = limits::REPLICATION_FACTOR_MAX;
+    let nodes = u64::from(rf) + 2;
+    let state = cluster(nodes, &[1], rf);
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(0, &state, Input::StateChanged);
+    let actions = drain(&mut placement);
+    let [Action::Transfer { source, chain, .. }] = actions.as_slice() else {
+        panic!("expected one transfer, got {actions:?}")
+    };
+    assert_eq!(*source, NodeId(1));
+    assert_eq!(chain.len(), rf as usize - 1);
+    placement.check_invariants();
+}
+
+#[test]
+fn a_draining_sole_holder_feeds_rf_targets_in_one_chain() {
+    let rf = limits::REPLICATION_FACTOR_MAX;
+    let mut state = cluster(u64::from(rf) + 2, &[1], rf);
+    state
+        .apply(&Command::SetNodeStatus {
+            node: NodeId(1),
+            status: MemberStatus::Draining,
+        })
+        .unwrap();
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(0, &state, Input::StateChanged);
+    let actions = drain(&mut placement);
+    let [Action::Transfer { source, chain, .. }] = actions.as_slice() else {
+        panic!("expected one transfer, got {actions:?}")
+    };
+    assert_eq!(*source, NodeId(1));
+    assert_eq!(chain.len(), rf as usize);
+    assert!(!chain.contains(&NodeId(1)));
+    placement.check_invariants();
+}
+
+#[test]
+fn a_shorter_chain_limit_leaves_the_rest_for_the_next_round() {
+    let state = cluster(8, &[1], 7);
+    let config = PlacementConfig {
+        chain_targets_max: 4,
+        ..PlacementConfig::default()
+    };
+    let mut placement = Placement::new(config);
+    placement.handle(0, &state, Input::StateChanged);
+    let actions = drain(&mut placement);
+    let [Action::Transfer { chain, .. }] = actions.as_slice() else {
+        panic!("expected one transfer, got {actions:?}")
+    };
+    assert_eq!(
+        chain.len(),
+        4,
+        "one transfer per blob at a time, cut at the limit"
+    );
+}
+
+#[test]
 fn transfers_per_node_are_bounded() {
     let state = cluster(3, &[1, 2, 3, 4], 2);
     let config = PlacementConfig {
