@@ -13,8 +13,9 @@ pub const LAYERS_PER_MODEL_MAX: u32 = 64;
 pub const MEDIA_TYPE_BYTES_MAX: u32 = 128;
 /// Longest node address string.
 pub const ADDRESS_BYTES_MAX: u32 = 256;
-/// Highest replication factor.
-pub const REPLICATION_FACTOR_MAX: u32 = 7;
+/// Highest replication factor: enough for a model on every node of a 9-node cluster (the chained-replication
+/// benchmark places a new blob on 8 more nodes in one chain).
+pub const REPLICATION_FACTOR_MAX: u32 = 9;
 /// Default `OLLAMA_MAX_QUEUE`.
 pub const QUEUE_DEFAULT: u32 = 512;
 /// Highest configurable scheduler queue.

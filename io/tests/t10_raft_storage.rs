@@ -69,7 +69,7 @@ async fn state_machine_applies_commands_and_refusals() {
         replies,
         vec![
             Response(Ok(Reply::Changed)),
-            Response(Err(CommandError::InvalidReplicationFactor { max: 7 })),
+            Response(Err(CommandError::InvalidReplicationFactor { max: 9 })),
             Response(Ok(Reply::Unchanged)),
         ]
     );

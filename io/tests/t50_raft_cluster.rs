@@ -205,7 +205,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
     let refused = Command::SetReplication { factor: 0 };
     assert_eq!(
         cluster.node(leader).write(refused).await.unwrap(),
-        Err(CommandError::InvalidReplicationFactor { max: 7 })
+        Err(CommandError::InvalidReplicationFactor { max: 9 })
     );
 
     // A linearizable read on the leader sees the write.

@@ -18,6 +18,12 @@
 //! | `ollamamax_model_load_duration_seconds` | histogram | `model` |
 //! | `ollamamax_model_unloads_total` | counter | `model` |
 //! | `ollamamax_model_memory_bytes` | gauge | `model` |
+//! | `ollamamax_node_liveness` | gauge | `node`, `state` (`alive`, `suspect`, `dead`; 1 for the current one) |
+//! | `ollamamax_replication_bytes_total` | counter | |
+//! | `ollamamax_replication_transfers_total` | counter | `result` (`ok`, `error`) |
+//! | `ollamamax_replication_transfers_in_flight` | gauge | |
+//! | `ollamamax_routed_requests_total` | counter | `outcome` (`local`, `forwarded`, `retried`, `failed`) |
+//! | `ollamamax_cluster_requests_queued` | gauge | |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -149,4 +155,41 @@ pub fn model_loaded(model: &str, ok: bool, elapsed: Duration, memory_bytes: u64)
 pub fn model_unloaded(model: &str) {
     counter!("ollamamax_model_unloads_total", "model" => model.to_string()).increment(1);
     gauge!("ollamamax_model_memory_bytes", "model" => model.to_string()).set(0.0);
+}
+
+/// This node's failure detector changed its view of `node`.
+pub fn liveness_changed(node: u64, status: ollamamax_core::failure_detector::Liveness) {
+    use ollamamax_core::failure_detector::Liveness;
+    for (state, current) in [
+        ("alive", status == Liveness::Alive),
+        ("suspect", status == Liveness::Suspect),
+        ("dead", status == Liveness::Dead),
+    ] {
+        gauge!("ollamamax_node_liveness", "node" => node.to_string(), "state" => state)
+            .set(if current { 1.0 } else { 0.0 });
+    }
+}
+
+/// A blob transfer to this node started.
+pub fn replication_started() {
+    gauge!("ollamamax_replication_transfers_in_flight").increment(1.0);
+}
+
+/// A blob transfer to this node ended after receiving `bytes`.
+pub fn replication_finished(ok: bool, bytes: u64) {
+    gauge!("ollamamax_replication_transfers_in_flight").decrement(1.0);
+    let result = if ok { "ok" } else { "error" };
+    counter!("ollamamax_replication_transfers_total", "result" => result).increment(1);
+    counter!("ollamamax_replication_bytes_total").increment(bytes);
+}
+
+/// A request accepted here was run here (`local`), sent to another node (`forwarded`), sent again after a
+/// failure before its first byte (`retried`), or failed on its node (`failed`).
+pub fn routed(outcome: &'static str) {
+    counter!("ollamamax_routed_requests_total", "outcome" => outcome).increment(1);
+}
+
+/// Requests waiting in this node's cluster scheduler for a slot anywhere.
+pub fn requests_routed_queued(count: u32) {
+    gauge!("ollamamax_cluster_requests_queued").set(f64::from(count));
 }

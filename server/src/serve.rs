@@ -48,7 +48,10 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
         )
     })?;
     store.set_prune(!config.no_prune);
-    if !config.no_prune {
+    let settings = cluster_settings(&args, config.max_queue)?;
+    // On a cluster node, blobs go only when the cluster committed that this node gives its copy up.
+    store.set_keep_blobs(settings.paths.has_identity() || settings.join.is_some());
+    if !config.no_prune && !store.keeps_blobs() {
         match store.gc_blobs() {
             Ok(outcome) if outcome.removed_blobs.is_empty() && outcome.removed_temp_files == 0 => {}
             Ok(outcome) => tracing::info!(
@@ -74,16 +77,24 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {address}"))?;
     let api_address = listener.local_addr()?;
     tracing::info!(address = %api_address, models = %config.models_dir.display(), version = env!("CARGO_PKG_VERSION"), "Listening");
-    let cluster = crate::cluster::Cluster::start(cluster_settings(&args, api_address)?)
-        .await?
-        .map(Arc::new);
+    let store = Arc::new(store);
+    let cluster = crate::cluster::Cluster::start(
+        settings.with_api_address(api_address),
+        store.clone(),
+        node.clone(),
+    )
+    .await?;
     let state = AppState {
         config: Arc::new(config),
         node,
-        store: Arc::new(store),
+        store,
         cluster: cluster.clone(),
     };
-    axum::serve(listener, api::router(state))
+    let router = api::router(state);
+    if let Some(cluster) = &cluster {
+        cluster.proxy.set_router(router.clone());
+    }
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the server failed")?;
@@ -94,23 +105,19 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The cluster endpoint's port when `--cluster-listen` is not given.
-const CLUSTER_PORT_DEFAULT: u16 = 11435;
-
+/// The cluster settings from `serve`'s flags; the API address is filled in once the listener is bound.
 fn cluster_settings(
     args: &crate::cli::ServeArgs,
-    api_address: std::net::SocketAddr,
+    queue_max: u32,
 ) -> Result<crate::cluster::ClusterSettings> {
     use crate::cluster::paths::DataPaths;
     let listen = match &args.cluster_listen {
-        Some(text) => crate::cluster::resolve(text)
-            .with_context(|| format!("invalid --cluster-listen {text:?}"))?,
-        None => std::net::SocketAddr::new(api_address.ip(), CLUSTER_PORT_DEFAULT),
+        Some(text) => Some(
+            crate::cluster::resolve(text)
+                .with_context(|| format!("invalid --cluster-listen {text:?}"))?,
+        ),
+        None => None,
     };
-    let advertise = args
-        .cluster_advertise
-        .clone()
-        .unwrap_or_else(|| listen.to_string());
     let join = match (&args.join, &args.token) {
         (Some(address), Some(token)) => Some((
             address.clone(),
@@ -127,8 +134,9 @@ fn cluster_settings(
                 .unwrap_or_else(DataPaths::default_root),
         ),
         listen,
-        advertise,
-        api_address: api_address.to_string(),
+        advertise: args.cluster_advertise.clone(),
+        api_address: String::new(),
         join,
+        queue_max,
     })
 }

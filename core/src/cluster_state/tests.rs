@@ -263,7 +263,11 @@ fn delayed_replica_commands_cannot_resurrect_a_dropped_copy() {
 fn replication_factor_is_bounded() {
     let mut state = ClusterState::new();
     assert!(state.apply(&Command::SetReplication { factor: 0 }).is_err());
-    assert!(state.apply(&Command::SetReplication { factor: 8 }).is_err());
+    assert!(
+        state
+            .apply(&Command::SetReplication { factor: 10 })
+            .is_err()
+    );
     assert_eq!(
         state.apply(&Command::SetReplication { factor: 3 }),
         Ok(Reply::Changed)

@@ -143,6 +143,47 @@ impl BlobWriter {
     }
 }
 
+impl Store {
+    /// Where a copy of `digest` from another node is downloaded before it becomes the blob (inside `blobs/`, so
+    /// the final rename is atomic; resumable across a broken connection).
+    pub fn replica_path(&self, digest: &Digest) -> std::path::PathBuf {
+        let path = self.blob_path(digest);
+        let mut name = path
+            .file_name()
+            .expect("blob paths have a name")
+            .to_os_string();
+        name.push("-replica");
+        path.with_file_name(name)
+    }
+
+    /// Makes the downloaded copy at [`Store::replica_path`] the blob: fsync, then rename. The caller has checked
+    /// its SHA-256 against `digest` (the transport's download does) and that it is `size` bytes long.
+    pub fn adopt_replica(&self, digest: &Digest, size: u64) -> Result<(), StoreError> {
+        let source = self.replica_path(digest);
+        let file = std::fs::File::open(&source).map_err(StoreError::io("store replica"))?;
+        let length = file
+            .metadata()
+            .map_err(StoreError::io("store replica"))?
+            .len();
+        if length != size {
+            let _ = std::fs::remove_file(&source);
+            return Err(StoreError::Invalid(format!(
+                "replica of {digest} has {length} bytes, not {size}"
+            )));
+        }
+        file.sync_all().map_err(StoreError::io("store replica"))?;
+        set_blob_permissions(&file)?;
+        std::fs::rename(&source, self.blob_path(digest))
+            .map_err(StoreError::io("store replica"))?;
+        if let Some(directory) = source.parent() {
+            std::fs::File::open(directory)
+                .and_then(|directory| directory.sync_all())
+                .map_err(StoreError::io("store replica"))?;
+        }
+        Ok(())
+    }
+}
+
 /// Blobs are world-readable like Ollama's (0644), not the temporary file's 0600: a models directory shared with
 /// Ollama or read by another service user keeps working.
 fn set_blob_permissions(file: &std::fs::File) -> Result<(), StoreError> {

@@ -92,7 +92,7 @@ impl Store {
         candidates: impl IntoIterator<Item = Digest>,
     ) -> Result<Vec<Digest>, StoreError> {
         let candidates: BTreeSet<Digest> = candidates.into_iter().collect();
-        if candidates.is_empty() {
+        if candidates.is_empty() || self.keeps_blobs() {
             return Ok(Vec::new());
         }
         // Like Ollama, a manifest that cannot be read is ignored here: it cannot be resolved either.
@@ -113,6 +113,9 @@ impl Store {
     /// uploads no live [`super::BlobWriter`] owns. Partial downloads are kept so a later pull resumes them.
     /// Refuses (and removes nothing) if any manifest cannot be read, since its blobs cannot be told apart.
     pub fn gc_blobs(&self) -> Result<GcOutcome, StoreError> {
+        if self.keeps_blobs() {
+            return Ok(GcOutcome::default());
+        }
         let _lock = self.lock_manifests();
         let (referenced, unreadable) = self.referenced_blobs()?;
         if unreadable > 0 {
@@ -146,6 +149,43 @@ impl Store {
             }
         }
         Ok(outcome)
+    }
+
+    /// Removes this node's copy of `digest` (a cluster node, once its `ReplicaDropped` committed), and first every
+    /// local manifest that references it: those models are then served by the nodes that hold them. Returns
+    /// the names whose manifests went. A pinned blob (an operation in flight will reference it) stays.
+    pub fn drop_blob(&self, digest: &Digest) -> Result<Vec<ModelName>, StoreError> {
+        let _lock = self.lock_manifests();
+        if self.is_pinned(digest) {
+            return Ok(Vec::new());
+        }
+        let mut dropped = Vec::new();
+        for path in self.manifest_files()? {
+            let Some(name) = name_from_path(self, &path) else {
+                continue;
+            };
+            let references = self
+                .read_manifest_at(&path, &name)
+                .is_ok_and(|stored| stored.manifest.blobs().any(|layer| layer.digest == *digest));
+            if references {
+                remove_if_present(&path)?;
+                self.prune_empty_directories(&path)?;
+                dropped.push(name);
+            }
+        }
+        self.remove_blob(digest)?;
+        Ok(dropped)
+    }
+
+    /// Removes `name`'s manifest only, whatever its blobs (a cluster node following a committed delete).
+    pub fn remove_manifest(&self, name: &ModelName) -> Result<bool, StoreError> {
+        let _lock = self.lock_manifests();
+        let Some(path) = self.find_manifest(name)? else {
+            return Ok(false);
+        };
+        remove_if_present(&path)?;
+        self.prune_empty_directories(&path)?;
+        Ok(true)
     }
 
     fn remove_blob(&self, digest: &Digest) -> Result<bool, StoreError> {

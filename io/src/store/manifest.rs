@@ -210,6 +210,23 @@ impl Manifest {
             .find(|layer| layer.media_type == media_type)
     }
 
+    /// A schema-2 manifest with the cluster state's config and layers (a node writing a model it received).
+    pub fn from_core(manifest: &cluster_state::Manifest) -> Self {
+        let layer =
+            |layer: &cluster_state::Layer| Layer::new(&layer.media_type, layer.digest, layer.size);
+        Manifest {
+            schema_version: 2,
+            media_type: MANIFEST_MEDIA_TYPE.to_string(),
+            config: manifest.config.as_ref().map(layer),
+            layers: manifest.layers.iter().map(layer).collect(),
+        }
+    }
+
+    /// The SHA-256 of [`Manifest::to_bytes`]: the digest a node that writes this manifest reports.
+    pub fn digest(&self) -> Digest {
+        sha256(&self.to_bytes())
+    }
+
     /// The cluster state's view of this manifest.
     pub fn to_core(&self) -> cluster_state::Manifest {
         let layer = |layer: &Layer| cluster_state::Layer {

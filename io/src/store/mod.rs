@@ -103,6 +103,8 @@ struct Inner {
     uploads: Mutex<HashSet<OsString>>,
     /// Whether replacing a manifest removes the blobs only the old one used (`OLLAMA_NOPRUNE` turns it off).
     prune: AtomicBool,
+    /// Whether every blob removal waits for [`Store::drop_blob`] (a cluster node: placement decides).
+    keep_blobs: AtomicBool,
 }
 
 impl Store {
@@ -122,6 +124,7 @@ impl Store {
                 pins: Mutex::new(HashMap::new()),
                 uploads: Mutex::new(HashSet::new()),
                 prune: AtomicBool::new(true),
+                keep_blobs: AtomicBool::new(false),
             }),
         })
     }
@@ -130,6 +133,18 @@ impl Store {
     /// `OLLAMA_NOPRUNE` turns it off). Applies to every clone.
     pub fn set_prune(&self, prune: bool) {
         self.inner.prune.store(prune, Ordering::Relaxed);
+    }
+
+    /// On a cluster node, a blob is removed only by [`Store::drop_blob`], after the cluster committed that this
+    /// node gives up its copy: delete, replace and garbage collection then keep every blob (another node's model
+    /// may need one this node holds without a manifest). Applies to every clone.
+    pub fn set_keep_blobs(&self, keep: bool) {
+        self.inner.keep_blobs.store(keep, Ordering::Relaxed);
+    }
+
+    /// See [`Store::set_keep_blobs`].
+    pub fn keeps_blobs(&self) -> bool {
+        self.inner.keep_blobs.load(Ordering::Relaxed)
     }
 
     /// See [`Store::set_prune`].

@@ -31,10 +31,12 @@ pub const UDP_PAYLOAD_BYTES_MAX: u16 = 6000;
 pub const UDP_BUFFER_BYTES: u32 = 8 << 20;
 /// Streams a peer may have open to this node at once (requests and blob transfers together).
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
-/// A connection with no traffic for this long is closed.
-pub const IDLE_TIMEOUT_MS: u32 = 30_000;
+/// A connection with no traffic for this long is closed. It equals the failure detector's default dead timeout
+/// (5 s): a peer killed mid-stream fails the streams it carried in that time, instead of leaving a client's
+/// answer hanging, while keep-alives keep a live but quiet connection up.
+pub const IDLE_TIMEOUT_MS: u32 = 5_000;
 /// Keep-alive interval, well under the idle timeout so a pooled connection stays up.
-pub const KEEP_ALIVE_MS: u32 = 5_000;
+pub const KEEP_ALIVE_MS: u32 = 1_000;
 
 const _: () = assert!(STREAM_WINDOW_BYTES <= CONNECTION_WINDOW_BYTES);
 const _: () = assert!(SEND_WINDOW_BYTES >= STREAM_WINDOW_BYTES);

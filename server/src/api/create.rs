@@ -73,13 +73,33 @@ async fn start(state: AppState, body: axum::body::Bytes) -> Result<Response, Api
     let store = state.store.clone();
     let node = state.node.clone();
     let short = name.short();
+    let cluster = state.cluster.clone();
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let progress_sender = sender.clone();
-        let mut progress = move |line: Progress| {
-            let _ = progress_sender.blocking_send(Outcome::Progress(line));
+        // On a cluster node "success" waits until the model is committed to the cluster.
+        let mut held = None;
+        let mut progress = |line: Progress| {
+            if cluster.is_some() && line.status == "success" {
+                held = Some(line);
+            } else {
+                let _ = progress_sender.blocking_send(Outcome::Progress(line));
+            }
         };
-        if let Err(error) = store.create(&name, &request, &mut progress) {
+        let result = store.create(&name, &request, &mut progress);
+        if let Err(error) = result {
             let _ = sender.blocking_send(Outcome::Failed(store_error(error)));
+            return;
+        }
+        if let Some(cluster) = cluster {
+            let published = runtime.block_on(cluster.publish(&name));
+            let outcome = match published {
+                Ok(()) => held.map(Outcome::Progress),
+                Err(error) => Some(Outcome::Failed(super::models::cluster_error(error))),
+            };
+            if let Some(outcome) = outcome {
+                let _ = sender.blocking_send(outcome);
+            }
         }
     });
     // A replaced model must not keep serving its old weights.

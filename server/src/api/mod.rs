@@ -66,6 +66,36 @@ async fn cluster_status(axum::extract::State(state): axum::extract::State<AppSta
     }
 }
 
+/// `POST /api/cluster/replication` `{"factor": N}`: commits a new replication factor; placement then adds or
+/// drops copies. 400 for a factor out of range, 404 on a single server, 503 without a leader.
+async fn set_replication(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    json::Body(body): json::Body,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Setting {
+        factor: u32,
+    }
+    let Some(cluster) = &state.cluster else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server is not part of a cluster (see `ollamamax cluster init`)",
+        )
+        .into_response();
+    };
+    let setting: Setting = match json::parse(&body) {
+        Ok(setting) => setting,
+        Err(error) => return error.into_response(),
+    };
+    let command = || ollamamax_core::cluster_state::Command::SetReplication {
+        factor: setting.factor,
+    };
+    match cluster.propose(command).await {
+        Ok(_) => axum::Json(serde_json::json!({ "replication": setting.factor })).into_response(),
+        Err(error) => models::cluster_error(error).into_response(),
+    }
+}
+
 /// `GET /metrics`: Prometheus's text exposition format.
 async fn metrics() -> Response {
     (
@@ -172,28 +202,36 @@ pub fn router(state: AppState) -> Router {
             head(blobs::head_blob).post(blobs::post_blob),
         )
         .layer(DefaultBodyLimit::disable());
-    Router::new()
-        .route("/", get(root).head(root))
-        .route("/api/version", get(version).head(version))
+    // Requests that run a model: on a cluster node the scheduler decides which node answers them.
+    let routed = Router::new()
         .route("/api/generate", post(generate::generate))
         .route("/api/chat", post(chat::chat))
         .route("/api/embed", post(embed::embed))
         .route("/api/embeddings", post(embed::embeddings))
+        .route("/api/show", post(models::show))
+        .route("/v1/chat/completions", post(openai::chat::chat_completions))
+        .route("/v1/completions", post(openai::completions::completions))
+        .route("/v1/embeddings", post(openai::embeddings::embeddings))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::route::route,
+        ));
+    Router::new()
+        .route("/", get(root).head(root))
+        .route("/api/version", get(version).head(version))
+        .merge(routed)
         .route("/api/create", post(create::create))
         .route("/api/tags", get(models::tags).head(models::tags))
-        .route("/api/show", post(models::show))
         .route("/api/copy", post(models::copy))
         .route("/api/delete", axum::routing::delete(models::delete))
         .route("/api/pull", post(transfer::pull))
         .route("/api/push", post(transfer::push))
         .route("/api/ps", get(ps::ps))
-        .route("/v1/chat/completions", post(openai::chat::chat_completions))
-        .route("/v1/completions", post(openai::completions::completions))
-        .route("/v1/embeddings", post(openai::embeddings::embeddings))
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*model}", get(openai::models::retrieve))
         .route("/metrics", get(metrics))
         .route("/api/cluster", get(cluster_status))
+        .route("/api/cluster/replication", post(set_replication))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .merge(uploads)
         .route_layer(axum::middleware::from_fn(track))

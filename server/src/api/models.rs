@@ -18,6 +18,8 @@ use serde_json::{Map, Value, json};
 use super::error::ApiError;
 use super::types::{CopyRequest, ListedModel, ModelDetails, ModelRequest, ShowRequest};
 use super::{AppState, json};
+use crate::cluster::propose::ProposeError;
+use crate::cluster::rpc::Refusal;
 use crate::node::Recipe;
 
 /// A store error as an HTTP error (no paths: the store's messages name models and digests only).
@@ -119,10 +121,46 @@ impl AppState {
         Ok(Arc::new(recipe_from(&parsed, resolved, num_ctx)?))
     }
 
-    /// Every model in the store, as `/api/tags` lists them.
+    /// Every model in the store, as `/api/tags` lists them; on a cluster node also every cluster model this
+    /// node does not hold (it serves them by routing), with the details its config blob gives if present here.
     pub async fn list_models(&self) -> Result<Vec<ListedModel>, ApiError> {
-        let summaries = blocking(&self.store, |store| store.list()).await?;
-        Ok(summaries
+        let cluster_models = self
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.models())
+            .unwrap_or_default();
+        let (summaries, remote) = blocking(&self.store, move |store| {
+            let summaries = store.list()?;
+            let local: std::collections::BTreeSet<String> = summaries
+                .iter()
+                .map(|summary| summary.name.short())
+                .collect();
+            let remote: Vec<ListedModel> = cluster_models
+                .iter()
+                .filter(|(name, _)| !local.contains(&name.short()))
+                .map(|(name, manifest)| {
+                    let config = manifest
+                        .config
+                        .as_ref()
+                        .and_then(|config| store.read_config(&config.digest).ok())
+                        .map(|config| details(&config.details()))
+                        .unwrap_or_default();
+                    ListedModel {
+                        name: name.short(),
+                        model: name.short(),
+                        modified_at: Utc::now(),
+                        size: manifest.total_bytes(),
+                        digest: ollamamax_io::store::Manifest::from_core(manifest)
+                            .digest()
+                            .hex(),
+                        details: config,
+                    }
+                })
+                .collect();
+            Ok((summaries, remote))
+        })
+        .await?;
+        let mut models: Vec<ListedModel> = summaries
             .into_iter()
             .map(|summary| ListedModel {
                 name: summary.name.short(),
@@ -132,7 +170,21 @@ impl AppState {
                 digest: summary.digest.hex(),
                 details: details(&summary.details),
             })
-            .collect())
+            .collect();
+        models.extend(remote);
+        Ok(models)
+    }
+}
+
+/// A cluster write that did not commit, as the client sees it: an unknown model is 404 (Ollama's wording), other
+/// refusals 400, no leader 503.
+pub fn cluster_error(error: ProposeError) -> ApiError {
+    match error {
+        ProposeError::Refused(Refusal::UnknownModel(name)) => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("model '{name}' not found"))
+        }
+        ProposeError::Refused(refused) => ApiError::bad_request(refused.to_string()),
+        ProposeError::Unavailable(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -153,7 +205,20 @@ pub async fn copy(State(state): State<AppState>, json::Body(body): json::Body) -
         }
         let source = normalize(&request.source)?;
         let target = normalize(&request.destination)?;
-        blocking(&state.store, move |store| store.copy(&source, &target)).await
+        let Some(cluster) = &state.cluster else {
+            return blocking(&state.store, move |store| store.copy(&source, &target)).await;
+        };
+        // A model this node holds is copied here and published; one it does not hold is copied in the state
+        // (each holder then writes the new name).
+        let (from, to) = (source.clone(), target.clone());
+        match blocking(&state.store, move |store| store.copy(&from, &to)).await {
+            Ok(()) => cluster.publish(&target).await.map_err(cluster_error),
+            Err(error) if error.status == StatusCode::NOT_FOUND => cluster
+                .copy_model(&source, &target)
+                .await
+                .map_err(cluster_error),
+            Err(error) => Err(error),
+        }
     };
     match result.await {
         Ok(()) => StatusCode::OK.into_response(),
@@ -170,7 +235,19 @@ pub async fn delete(State(state): State<AppState>, json::Body(body): json::Body)
         }
         let name = normalize(request.model_name())?;
         state.node.unload(&name.short()).await;
-        blocking(&state.store, move |store| store.delete(&name)).await
+        let Some(cluster) = &state.cluster else {
+            return blocking(&state.store, move |store| store.delete(&name))
+                .await
+                .map(drop);
+        };
+        // Committed first: a delete the client saw succeed is a delete on every node.
+        let committed = cluster.delete_model(&name).await;
+        let local = blocking(&state.store, move |store| store.delete(&name)).await;
+        match (committed, local) {
+            (Ok(()), Ok(_)) | (Ok(()), Err(_)) => Ok(()),
+            (Err(ProposeError::Refused(Refusal::UnknownModel(_))), local) => local.map(drop),
+            (Err(error), _) => Err(cluster_error(error)),
+        }
     };
     match result.await {
         Ok(_) => StatusCode::OK.into_response(),

@@ -57,24 +57,43 @@ async fn transfer(
     let (progress, mut lines) = progress_channel();
     let (sender, receiver) = mpsc::channel(ollamamax_io::registry::PROGRESS_QUEUE_MAX);
     let forward = sender.clone();
+    // On a cluster node a pull's "success" waits until the model is committed to the cluster.
+    let holds_success = state.cluster.is_some() && matches!(direction, Direction::Pull);
     let forwarding = tokio::spawn(async move {
+        let mut held = None;
         while let Some(line) = lines.recv().await {
+            if holds_success && line.status == "success" {
+                held = Some(line);
+                continue;
+            }
             if forward.send(Outcome::Progress(line)).await.is_err() {
                 break;
             }
         }
+        held
     });
     let store = state.store.clone();
     let insecure = request.insecure;
+    let cluster = state.cluster.clone();
     tokio::spawn(async move {
         let result = match direction {
             Direction::Pull => registry.pull(&store, &name, insecure, &progress).await,
             Direction::Push => registry.push(&store, &name, insecure, &progress).await,
         };
         drop(progress);
-        let _ = forwarding.await;
+        let held = forwarding.await.ok().flatten();
         if let Err(error) = result {
             let _ = sender.send(Outcome::Failed(registry_error(error))).await;
+            return;
+        }
+        if let (Some(cluster), true) = (cluster, holds_success) {
+            let outcome = match cluster.publish(&name).await {
+                Ok(()) => held.map(Outcome::Progress),
+                Err(error) => Some(Outcome::Failed(super::models::cluster_error(error))),
+            };
+            if let Some(outcome) = outcome {
+                let _ = sender.send(outcome).await;
+            }
         }
     });
     Ok(respond(request.stream.unwrap_or(true), receiver).await)

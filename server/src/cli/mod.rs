@@ -169,6 +169,19 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change a cluster-wide setting through the server at OLLAMA_HOST.
+    #[command(subcommand)]
+    Set(ClusterSetting),
+}
+
+/// `cluster set` settings.
+#[derive(Debug, Subcommand)]
+pub enum ClusterSetting {
+    /// How many nodes hold a copy of each model's blobs (1 to 9; default 2).
+    Replication {
+        /// The new replication factor.
+        factor: u32,
+    },
 }
 
 /// Runs a client command.
@@ -273,6 +286,16 @@ async fn cluster(client: &client::Client, command: ClusterCommand) -> anyhow::Re
                 let parsed: status::ClusterStatus = serde_json::from_value(value)?;
                 print!("{}", status::render(&parsed));
             }
+            Ok(())
+        }
+        ClusterCommand::Set(ClusterSetting::Replication { factor }) => {
+            client
+                .post(
+                    "/api/cluster/replication",
+                    &serde_json::json!({ "factor": factor }),
+                )
+                .await?;
+            println!("replication factor set to {factor}");
             Ok(())
         }
     }

@@ -12,10 +12,10 @@ use ollamamax_core::NodeId;
 use ollamamax_core::cluster_state::{Capacity, Command, Member, MemberStatus};
 use ollamamax_io::cluster::{JoinAuthority, JoinRefusal, JoinSecret};
 use ollamamax_io::raft::{NodeAddr, RaftNode, WriteError};
-use ollamamax_io::transport::{Request, Response, Transport};
+use ollamamax_io::transport::Transport;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::rpc::{Control, ControlReply, decode, encode};
+use super::rpc::{Control, ControlReply, call_control};
 
 /// Seconds since the Unix epoch (join tokens expire by wall-clock time).
 pub fn now_unix_s() -> u64 {
@@ -79,29 +79,8 @@ impl JoinAuthority for TokenAuthority {
     }
 }
 
-/// Answers a control message from `peer`.
-pub async fn handle_control(
-    raft: &Arc<RaftNode>,
-    transport: &Transport,
-    peer: NodeId,
-    control: Control,
-) -> ControlReply {
-    match control {
-        Control::Register {
-            cluster_address,
-            api_address,
-        } => register(raft, transport, peer, cluster_address, api_address).await,
-        // Only a member reaches this handler (the transport checks), and a member vouches for whom it admitted.
-        Control::RegisterFor {
-            node,
-            cluster_address,
-            api_address,
-        } => register(raft, transport, node, cluster_address, api_address).await,
-    }
-}
-
 /// On the leader: add `node` as a learner and as a member. Elsewhere: pass the registration to the leader.
-async fn register(
+pub async fn register(
     raft: &Arc<RaftNode>,
     transport: &Transport,
     node: NodeId,
@@ -183,23 +162,7 @@ pub async fn register_with(
     match call_control(transport, target, registration).await? {
         ControlReply::Done => Ok(()),
         ControlReply::Refused(why) => Err(why),
-    }
-}
-
-/// Sends one control message to `target` and returns its reply (`Err`: no reply, with why).
-async fn call_control(
-    transport: &Transport,
-    target: NodeId,
-    control: Control,
-) -> Result<ControlReply, String> {
-    match transport
-        .request(target, Request::Control(encode(control)))
-        .await
-    {
-        Ok(Response::Control(bytes)) => decode::<ControlReply>(&bytes),
-        Ok(Response::Error(error)) => Err(error.to_string()),
-        Ok(_) => Err("unexpected answer".into()),
-        Err(error) => Err(format!("cannot reach node {}: {error}", target.0)),
+        other => Err(format!("unexpected reply {other:?}")),
     }
 }
 

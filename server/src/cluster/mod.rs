@@ -10,24 +10,36 @@
 //! core's [`Membership`](ollamamax_core::membership::Membership) decides the voters.
 
 pub mod admit;
+mod control;
+pub mod health;
 pub mod init;
 mod membership;
+pub mod models;
 pub mod paths;
+pub mod placement;
+pub mod propose;
+pub mod route;
 pub mod rpc;
+pub mod schedule;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ollamamax_core::NodeId;
 use ollamamax_core::cluster_state::Command;
+use ollamamax_core::digest::Digest;
 use ollamamax_io::cluster::{ClusterCa, JoinService, JoinToken, NodeIdentity, join_cluster};
 use ollamamax_io::raft::{InitError, NodeAddr, RaftNode, RaftOptions};
-use ollamamax_io::transport::{NoBlobs, NoStreams, Services, Transport};
+use ollamamax_io::store::Store;
+use ollamamax_io::transport::{Services, Transport};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::node::Node;
 
 use paths::DataPaths;
 use rpc::{ClusterHandler, QuicRaft};
@@ -42,14 +54,16 @@ const PENDING_REGISTRATION_FILE: &str = "register.json";
 pub struct ClusterSettings {
     /// The data directory.
     pub paths: DataPaths,
-    /// Where the QUIC endpoint listens.
-    pub listen: SocketAddr,
+    /// Where the QUIC endpoint listens (`--cluster-listen`, else the API's IP with port 11435).
+    pub listen: Option<SocketAddr>,
     /// The address other nodes dial (`--cluster-advertise`, else the listen address).
-    pub advertise: String,
+    pub advertise: Option<String>,
     /// Where this node's HTTP API listens, as other nodes should reach it.
     pub api_address: String,
     /// `--join HOST:PORT` with `--token`, for a node without an identity.
     pub join: Option<(String, JoinToken)>,
+    /// Most requests waiting cluster-wide in this node's scheduler (`OLLAMA_MAX_QUEUE`).
+    pub queue_max: u32,
 }
 
 /// A running cluster node.
@@ -60,6 +74,24 @@ pub struct Cluster {
     pub raft: Arc<RaftNode>,
     /// Its transport.
     pub transport: Transport,
+    /// Its models directory.
+    pub store: Arc<Store>,
+    /// Its loaded models and slots.
+    pub local: Node,
+    /// Every member's health as this node sees it.
+    pub health: Arc<health::Health>,
+    /// This node's fencing tokens for replica commands.
+    fences: propose::Fences,
+    /// Transfer failures for the planner, when this node leads.
+    failures: mpsc::Sender<placement::TransferFailure>,
+    /// The address text each member was last given to the transport under.
+    addresses: Mutex<BTreeMap<NodeId, String>>,
+    /// Blobs being received, so a repeated order does not start a second download into the same file.
+    receiving: Mutex<BTreeSet<Digest>>,
+    /// Where requests accepted here run.
+    pub scheduling: OnceLock<schedule::Scheduling>,
+    /// Serves requests other nodes forward here.
+    pub proxy: route::ProxyService,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,9 +105,40 @@ pub fn resolve(address: &str) -> Option<SocketAddr> {
     address.to_socket_addrs().ok()?.next()
 }
 
+/// The cluster endpoint's port when `--cluster-listen` is not given.
+pub const CLUSTER_PORT_DEFAULT: u16 = 11435;
+
+impl ClusterSettings {
+    /// The settings once the HTTP API is bound to `api`: the default listen and advertise addresses follow it.
+    pub fn with_api_address(mut self, api: SocketAddr) -> Self {
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::new(api.ip(), CLUSTER_PORT_DEFAULT));
+        self.listen = Some(listen);
+        self.advertise.get_or_insert_with(|| listen.to_string());
+        self.api_address = api.to_string();
+        self
+    }
+
+    fn listen(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], CLUSTER_PORT_DEFAULT)))
+    }
+
+    fn advertise(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen().to_string())
+    }
+}
+
 impl Cluster {
     /// Starts this node's cluster part, or returns `None` when it has no identity and is not joining.
-    pub async fn start(settings: ClusterSettings) -> Result<Option<Self>> {
+    pub async fn start(
+        settings: ClusterSettings,
+        store: Arc<Store>,
+        local: Node,
+    ) -> Result<Option<Arc<Self>>> {
         let paths = &settings.paths;
         let dir = paths.cluster();
         let identity = if paths.has_identity() {
@@ -104,22 +167,23 @@ impl Cluster {
         let allowed = members.clone();
         // `members` is empty until this node has applied a state with members: a node that just joined must let
         // the leader (any node the cluster CA certified) in to receive its first entries.
+        let proxy = route::ProxyService::default();
         let membership = Arc::new(move |peer: NodeId| {
             let members = lock(&allowed);
             members.is_empty() || members.contains(&peer) || lock(&admitted).contains(&peer)
         });
         let transport = Transport::bind(
-            settings.listen,
+            settings.listen(),
             &identity,
             Services {
                 handler: handler.clone(),
-                blobs: Arc::new(NoBlobs),
-                streams: Arc::new(NoStreams),
+                blobs: Arc::new(store.as_ref().clone()),
+                streams: Arc::new(proxy.clone()),
                 membership,
                 join: join_service,
             },
         )
-        .with_context(|| format!("cannot listen for cluster traffic on {}", settings.listen))?;
+        .with_context(|| format!("cannot listen for cluster traffic on {}", settings.listen()))?;
         let raft = RaftNode::start(
             node,
             &paths.raft(),
@@ -129,27 +193,99 @@ impl Cluster {
         .await
         .context("cannot start raft")?;
         let raft = Arc::new(raft);
-        handler.attach(raft.clone(), transport.clone());
+        handler.attach_raft(raft.clone());
         tokio::spawn(membership::track_members(raft.clone(), members));
         tokio::spawn(membership::run_voters(raft.clone()));
+        let (failures, failures_receiver) = mpsc::channel(placement::FAILURES_QUEUE_MAX);
+        let cluster = Arc::new(Cluster {
+            node,
+            raft: raft.clone(),
+            transport: transport.clone(),
+            store,
+            local,
+            health: Arc::new(health::Health::new(node)),
+            fences: propose::Fences::open(&dir)?,
+            failures,
+            addresses: Mutex::new(BTreeMap::new()),
+            receiving: Mutex::new(BTreeSet::new()),
+            scheduling: OnceLock::new(),
+            proxy,
+        });
+        let _ = cluster
+            .scheduling
+            .set(schedule::Scheduling::start(&cluster, settings.queue_max));
+        handler.attach(cluster.clone());
+        tokio::spawn(health::run(cluster.clone()));
+        tokio::spawn(placement::run(cluster.clone(), failures_receiver));
+        tokio::spawn(models::sync(cluster.clone()));
 
         let me = NodeAddr {
-            cluster_address: settings.advertise.clone(),
+            cluster_address: settings.advertise(),
             api_address: settings.api_address.clone(),
         };
-        if paths.has_ca_key() {
-            bootstrap(&raft, node, &me).await?;
+        if paths.has_ca_key() && bootstrap(&raft, node, &me).await? {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.publish_local_models().await });
         }
         let pending = dir.join(PENDING_REGISTRATION_FILE);
         if pending.is_file() {
-            tokio::spawn(register(transport.clone(), pending, me));
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                register(cluster.transport.clone(), pending, me).await;
+                cluster.publish_local_models().await;
+            });
         }
-        tracing::info!(node = node.0, listen = %settings.listen, "cluster node started");
-        Ok(Some(Cluster {
-            node,
-            raft,
-            transport,
-        }))
+        tracing::info!(node = node.0, listen = %settings.listen(), "cluster node started");
+        Ok(Some(cluster))
+    }
+
+    /// Tells the transport where `node` is, if `address` differs from what it was told last.
+    pub fn locate(&self, node: NodeId, address: &str) -> Result<(), String> {
+        if lock(&self.addresses)
+            .get(&node)
+            .is_some_and(|known| known == address)
+        {
+            return Ok(());
+        }
+        let socket = resolve(address).ok_or_else(|| format!("bad address {address}"))?;
+        self.transport
+            .set_address(node, socket)
+            .map_err(|error| error.to_string())?;
+        lock(&self.addresses).insert(node, address.to_string());
+        Ok(())
+    }
+
+    /// [`Self::locate`] with the member's address from the applied state.
+    pub fn locate_member(&self, node: NodeId) -> Result<(), String> {
+        let address = self
+            .raft
+            .applied()
+            .borrow()
+            .state
+            .member(node)
+            .map(|member| member.cluster_address.clone())
+            .ok_or_else(|| format!("node {} is not a member", node.0))?;
+        self.locate(node, &address)
+    }
+
+    /// This node's load, as its heartbeat reports it.
+    pub async fn local_load(&self) -> health::Load {
+        let (active, num_parallel) = self.local.activity();
+        let mut loaded: Vec<String> = self
+            .local
+            .list()
+            .await
+            .into_iter()
+            .map(|resident| resident.model.recipe.name.clone())
+            .collect();
+        loaded.truncate(health::LOADED_NAMES_MAX);
+        let slots = num_parallel.max(1);
+        health::Load {
+            running: active.min(slots),
+            queued: active.saturating_sub(slots),
+            slots,
+            loaded,
+        }
     }
 }
 
@@ -189,11 +325,12 @@ async fn join(paths: &DataPaths, address: &str, token: &JoinToken) -> Result<Nod
     Ok(joined.identity)
 }
 
-/// On the node that ran `cluster init`: a one-voter Raft with this node as the first member (once).
-async fn bootstrap(raft: &RaftNode, node: NodeId, me: &NodeAddr) -> Result<()> {
+/// On the node that ran `cluster init`: a one-voter Raft with this node as the first member (once). Returns
+/// whether this start formed the cluster.
+async fn bootstrap(raft: &RaftNode, node: NodeId, me: &NodeAddr) -> Result<bool> {
     match raft.initialize(BTreeMap::from([(node, me.clone())])).await {
         Ok(()) => {}
-        Err(InitError::AlreadyInitialized) => return Ok(()),
+        Err(InitError::AlreadyInitialized) => return Ok(false),
         Err(error) => return Err(error).context("cannot initialize raft"),
     }
     let member = admit::new_member(node, me.clone());
@@ -204,7 +341,7 @@ async fn bootstrap(raft: &RaftNode, node: NodeId, me: &NodeAddr) -> Result<()> {
             })
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }

@@ -1,11 +1,13 @@
 //! What one node asks another: Raft's RPCs (carried for the Raft adapter as `Request::Raft`) and the server's
-//! own control messages (`Request::Control`): today, a freshly joined node registering its addresses so the
-//! leader can add it to Raft and to the cluster state.
+//! own control messages (`Request::Control`): a freshly joined node registering its addresses, a write
+//! forwarded to the leader, heartbeats carrying load, and the leader's replication orders.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ollamamax_core::NodeId;
+use ollamamax_core::cluster_state::{Command, CommandError, Reply};
+use ollamamax_core::digest::Digest;
 use ollamamax_io::raft::{
     NodeAddr, RaftNode, RaftRpc, RaftRpcReply, RaftTransport, TransportError, handle_rpc,
 };
@@ -14,7 +16,8 @@ use ollamamax_io::transport::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::admit;
+use super::Cluster;
+use super::health::Load;
 
 /// Version of [`Control`] and [`ControlReply`]; a node refuses messages of another version.
 pub const CONTROL_VERSION: u16 = 1;
@@ -42,6 +45,54 @@ pub enum Control {
         /// Where its HTTP API listens.
         api_address: String,
     },
+    /// A cluster-state write from a member that is not the leader, for the leader to propose.
+    Propose(Command),
+    /// "I am alive, and this is my load": answered with the receiver's own heartbeat.
+    Heartbeat(Load),
+    /// From the leader's placement: fetch `digest` from `source`, report it stored, then pass the order on to
+    /// `chain[0]` with this node as the source.
+    Replicate {
+        /// The blob.
+        digest: Digest,
+        /// Its length.
+        size: u64,
+        /// A node holding it.
+        source: NodeId,
+        /// The nodes that copy it from this one, in order.
+        chain: Vec<NodeId>,
+    },
+    /// To the leader: a replication order to `node` failed, so placement can plan again.
+    TransferFailed {
+        /// The blob.
+        digest: Digest,
+        /// The node that did not get it.
+        node: NodeId,
+    },
+    /// From the leader's placement: commit `ReplicaDropped` for this blob, then delete the local copy.
+    DropReplica {
+        /// The blob.
+        digest: Digest,
+    },
+}
+
+/// A committed command the state refused, as it travels (the core's error carries `&'static str` reasons).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// No model has this name.
+    #[error("model '{0}' not found")]
+    UnknownModel(String),
+    /// Any other refusal, as text.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<CommandError> for Refusal {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::UnknownModel(name) => Self::UnknownModel(name),
+            other => Self::Other(other.to_string()),
+        }
+    }
 }
 
 /// The answer to a [`Control`].
@@ -51,6 +102,10 @@ pub enum ControlReply {
     Done,
     /// Refused; the text says why.
     Refused(String),
+    /// A proposed write was committed and applied with this outcome.
+    Applied(Result<Reply, Refusal>),
+    /// The receiver's heartbeat, answering one.
+    Heartbeat(Load),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -87,28 +142,49 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
     Ok(envelope.body)
 }
 
-/// Answers other nodes: Raft RPCs go to the local Raft, control messages to [`admit`].
+/// Sends one control message to `target` and returns its reply (`Err`: no reply, with why).
+pub async fn call_control(
+    transport: &Transport,
+    target: NodeId,
+    control: Control,
+) -> Result<ControlReply, String> {
+    match transport
+        .request(target, Request::Control(encode(control)))
+        .await
+    {
+        Ok(Response::Control(bytes)) => decode::<ControlReply>(&bytes),
+        Ok(Response::Error(error)) => Err(error.to_string()),
+        Ok(_) => Err("unexpected answer".into()),
+        Err(error) => Err(format!("cannot reach node {}: {error}", target.0)),
+    }
+}
+
+/// Answers other nodes: Raft RPCs go to the local Raft, control messages to the cluster's handlers.
 pub struct ClusterHandler {
     raft: OnceLock<Arc<RaftNode>>,
-    transport: OnceLock<Transport>,
+    cluster: OnceLock<Arc<Cluster>>,
     /// Nodes admitted by a join on this node that have not registered yet: they may connect meanwhile.
     pub admitted: Arc<Mutex<BTreeSet<NodeId>>>,
 }
 
 impl ClusterHandler {
-    /// A handler that answers "unavailable" until [`Self::attach`] gives it the Raft node and transport.
+    /// A handler that answers "unavailable" until [`Self::attach`] gives it the Raft node, then the cluster.
     pub fn new() -> Self {
         Self {
             raft: OnceLock::new(),
-            transport: OnceLock::new(),
+            cluster: OnceLock::new(),
             admitted: Arc::new(Mutex::new(BTreeSet::new())),
         }
     }
 
-    /// Connects the handler to this node's Raft and transport (they need the handler to start).
-    pub fn attach(&self, raft: Arc<RaftNode>, transport: Transport) {
+    /// Connects the handler to this node's Raft (which needs the handler's transport to start).
+    pub fn attach_raft(&self, raft: Arc<RaftNode>) {
         let _ = self.raft.set(raft);
-        let _ = self.transport.set(transport);
+    }
+
+    /// Connects the handler to the running cluster node, so it answers control messages.
+    pub fn attach(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 }
 
@@ -146,11 +222,11 @@ impl Handler for ClusterHandler {
                 }
             }
             Request::Control(bytes) => {
-                let (Some(raft), Some(transport)) = (self.raft.get(), self.transport.get()) else {
+                let Some(cluster) = self.cluster.get() else {
                     return unavailable();
                 };
                 let reply = match decode::<Control>(&bytes) {
-                    Ok(control) => admit::handle_control(raft, transport, peer, control).await,
+                    Ok(control) => cluster.handle_control(peer, control).await,
                     Err(problem) => ControlReply::Refused(problem),
                 };
                 Response::Control(encode(reply))

@@ -22,6 +22,17 @@ pub struct MemberStatus {
     pub status: String,
     /// Whether it is the leader.
     pub leader: bool,
+    /// `alive`, `suspect` or `dead`, as the answering node's failure detector sees it (`unknown` before its
+    /// first heartbeat round).
+    pub health: String,
+    /// Requests it runs.
+    pub running: u32,
+    /// Requests waiting for one of its slots.
+    pub queued: u32,
+    /// Requests it runs at once.
+    pub slots: u32,
+    /// Models it has loaded.
+    pub loaded: Vec<String>,
 }
 
 /// One model with its replicas.
@@ -31,6 +42,8 @@ pub struct ModelStatus {
     pub name: String,
     /// The fewest copies any of its blobs has.
     pub replicas: u32,
+    /// Nodes holding every blob of it (they can serve it without a transfer).
+    pub nodes: Vec<u64>,
 }
 
 /// The whole status.
@@ -54,6 +67,7 @@ pub struct ClusterStatus {
 pub fn status(cluster: &Arc<Cluster>) -> ClusterStatus {
     let raft = cluster.raft.status();
     let applied = cluster.raft.applied().borrow().state.clone();
+    let peers = cluster.health.peers();
     let members = applied
         .members()
         .values()
@@ -65,6 +79,8 @@ pub fn status(cluster: &Arc<Cluster>) -> ClusterStatus {
             } else {
                 "member"
             };
+            let peer = peers.get(&member.id);
+            let load = peer.map(|peer| peer.load.clone()).unwrap_or_default();
             MemberStatus {
                 id: member.id.0,
                 role: role.to_string(),
@@ -72,6 +88,13 @@ pub fn status(cluster: &Arc<Cluster>) -> ClusterStatus {
                 cluster_address: member.cluster_address.clone(),
                 status: format!("{:?}", member.status).to_lowercase(),
                 leader: raft.leader == Some(member.id),
+                health: peer.map_or("unknown".to_string(), |peer| {
+                    format!("{:?}", peer.liveness).to_lowercase()
+                }),
+                running: load.running,
+                queued: load.queued,
+                slots: load.slots,
+                loaded: load.loaded,
             }
         })
         .collect();
@@ -89,6 +112,11 @@ pub fn status(cluster: &Arc<Cluster>) -> ClusterStatus {
                 })
                 .min()
                 .unwrap_or(0),
+            nodes: applied
+                .model_holders(name)
+                .iter()
+                .map(|node| node.0)
+                .collect(),
         })
         .collect();
     ClusterStatus {
@@ -113,8 +141,8 @@ pub fn render(status: &ClusterStatus) -> String {
         status.replication
     );
     out.push_str(&format!(
-        "{:<22} {:<8} {:<9} {:<22} {:<22}\n",
-        "NODE", "ROLE", "STATUS", "API", "CLUSTER"
+        "{:<22} {:<8} {:<9} {:<8} {:<7} {:<22} {:<22} {}\n",
+        "NODE", "ROLE", "STATUS", "HEALTH", "LOAD", "API", "CLUSTER", "LOADED"
     ));
     for member in &status.members {
         let id = if member.leader {
@@ -122,15 +150,32 @@ pub fn render(status: &ClusterStatus) -> String {
         } else {
             member.id.to_string()
         };
+        let load = format!("{}/{}", member.running + member.queued, member.slots);
         out.push_str(&format!(
-            "{:<22} {:<8} {:<9} {:<22} {:<22}\n",
-            id, member.role, member.status, member.api_address, member.cluster_address
+            "{:<22} {:<8} {:<9} {:<8} {:<7} {:<22} {:<22} {}\n",
+            id,
+            member.role,
+            member.status,
+            member.health,
+            load,
+            member.api_address,
+            member.cluster_address,
+            member.loaded.join(",")
         ));
     }
     if !status.models.is_empty() {
-        out.push_str(&format!("\n{:<40} {}\n", "MODEL", "REPLICAS"));
+        out.push_str(&format!(
+            "\n{:<40} {:<9} {}\n",
+            "MODEL", "REPLICAS", "NODES"
+        ));
         for model in &status.models {
-            out.push_str(&format!("{:<40} {}\n", model.name, model.replicas));
+            let nodes: Vec<String> = model.nodes.iter().map(u64::to_string).collect();
+            out.push_str(&format!(
+                "{:<40} {:<9} {}\n",
+                model.name,
+                model.replicas,
+                nodes.join(",")
+            ));
         }
     }
     out

@@ -7,7 +7,7 @@ mod loaded;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -42,10 +42,12 @@ impl Lease {
 struct FinishGuard {
     request: RequestId,
     commands: mpsc::Sender<Command>,
+    active: Arc<AtomicU32>,
 }
 
 impl Drop for FinishGuard {
     fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
         let command = Command::Finish {
             request: self.request,
         };
@@ -95,6 +97,9 @@ enum Command {
 pub struct Node {
     commands: mpsc::Sender<Command>,
     next_request: Arc<AtomicU64>,
+    /// Requests holding or waiting for a slot.
+    active: Arc<AtomicU32>,
+    num_parallel: u32,
 }
 
 /// What the task needs to load a model.
@@ -110,6 +115,7 @@ impl Node {
     /// Starts the residency task on the current runtime.
     pub fn start(config: NodeConfig) -> Self {
         let (commands, receiver) = mpsc::channel(COMMANDS_MAX);
+        let num_parallel = config.num_parallel;
         let task = Task {
             residency: Residency::new(config.residency),
             config,
@@ -124,6 +130,8 @@ impl Node {
         Self {
             commands,
             next_request: Arc::new(AtomicU64::new(1)),
+            active: Arc::new(AtomicU32::new(0)),
+            num_parallel,
         }
     }
 
@@ -135,9 +143,11 @@ impl Node {
         keep_alive: KeepAlive,
     ) -> Result<Lease, ApiError> {
         let request = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
+        self.active.fetch_add(1, Ordering::Relaxed);
         let guard = FinishGuard {
             request,
             commands: self.commands.clone(),
+            active: self.active.clone(),
         };
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -156,6 +166,11 @@ impl Node {
             model,
             _guard: guard,
         })
+    }
+
+    /// Requests holding or waiting for a slot, and the sequences one loaded model runs at once.
+    pub fn activity(&self) -> (u32, u32) {
+        (self.active.load(Ordering::Relaxed), self.num_parallel)
     }
 
     /// Asks for `model` to be unloaded as soon as it is idle.

@@ -5,6 +5,8 @@
 //! Each test file compiles this module on its own and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -402,7 +404,7 @@ fn wait_ready(child: &mut Child, agent: &ureq::Agent, port: u16) -> bool {
     false
 }
 
-fn agent() -> ureq::Agent {
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(REQUEST_SECONDS_MAX)))
@@ -410,7 +412,7 @@ fn agent() -> ureq::Agent {
         .new_agent()
 }
 
-fn read(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, path: &str) -> Reply {
+pub fn read(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, path: &str) -> Reply {
     let mut response = result.unwrap_or_else(|error| panic!("request to {path} failed: {error}"));
     let status = response.status().as_u16();
     let headers = response

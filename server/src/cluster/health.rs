@@ -1,0 +1,225 @@
+//! Heartbeats: every node tells every other member, a few times a second, that it is alive and how loaded it is
+//! (requests running and waiting, slots, loaded models), and hears the same back. The core's
+//! [`FailureDetector`] turns "last heard" into Alive / Suspect / Dead; the scheduler, placement and the status
+//! read the result from [`Health`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ollamamax_core::NodeId;
+use ollamamax_core::failure_detector::{
+    Action, FailureDetector, FailureDetectorConfig, Input, Liveness,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::rpc::{Control, ControlReply, call_control};
+use super::{Cluster, lock};
+
+/// How often a node sends its heartbeat to each member.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(300);
+/// How long a heartbeat waits for its answer (a late answer is as good as none).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Most loaded-model names a heartbeat carries.
+pub const LOADED_NAMES_MAX: usize = 64;
+
+/// A node's load, as its heartbeat reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    /// Requests running.
+    pub running: u32,
+    /// Requests waiting for a slot on the node.
+    pub queued: u32,
+    /// Requests the node runs at once.
+    pub slots: u32,
+    /// The models it has loaded (canonical names).
+    pub loaded: Vec<String>,
+}
+
+/// One node's health as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Alive, Suspect or Dead.
+    pub liveness: Liveness,
+    /// Its last reported load.
+    pub load: Load,
+    /// Milliseconds since it was last heard (0 for this node).
+    pub silent_ms: u64,
+}
+
+struct Inner {
+    detector: FailureDetector,
+    loads: BTreeMap<NodeId, Load>,
+}
+
+/// This node's view of every member's health.
+pub struct Health {
+    own: NodeId,
+    epoch: Instant,
+    inner: Mutex<Inner>,
+    /// Every member's liveness; changes when a status changes or a member comes or goes.
+    liveness: watch::Sender<BTreeMap<NodeId, Liveness>>,
+}
+
+impl Health {
+    /// A view that knows no member yet.
+    pub fn new(own: NodeId) -> Self {
+        let (liveness, _) = watch::channel(BTreeMap::new());
+        Self {
+            own,
+            epoch: Instant::now(),
+            inner: Mutex::new(Inner {
+                detector: FailureDetector::new(FailureDetectorConfig::default(), own),
+                loads: BTreeMap::new(),
+            }),
+            liveness,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Subscribes to liveness changes.
+    pub fn subscribe(&self) -> watch::Receiver<BTreeMap<NodeId, Liveness>> {
+        self.liveness.subscribe()
+    }
+
+    /// `node`'s liveness, if it is a member this node tracks.
+    pub fn liveness(&self, node: NodeId) -> Option<Liveness> {
+        if node == self.own {
+            return Some(Liveness::Alive);
+        }
+        lock(&self.inner).detector.status(node)
+    }
+
+    /// Every tracked member (this node included once it reported its own load).
+    pub fn peers(&self) -> BTreeMap<NodeId, Peer> {
+        let now = self.now();
+        let inner = lock(&self.inner);
+        let mut peers: BTreeMap<NodeId, Peer> = inner
+            .detector
+            .nodes()
+            .map(|(node, liveness)| {
+                let silent_ms = inner
+                    .detector
+                    .last_heard(node)
+                    .map_or(0, |heard| now.saturating_sub(heard));
+                let load = inner.loads.get(&node).cloned().unwrap_or_default();
+                (
+                    node,
+                    Peer {
+                        liveness,
+                        load,
+                        silent_ms,
+                    },
+                )
+            })
+            .collect();
+        if let Some(load) = inner.loads.get(&self.own) {
+            peers.insert(
+                self.own,
+                Peer {
+                    liveness: Liveness::Alive,
+                    load: load.clone(),
+                    silent_ms: 0,
+                },
+            );
+        }
+        peers
+    }
+
+    /// A heartbeat from `node` (or its answer to ours) arrived with its load.
+    pub fn heard(&self, node: NodeId, load: Load) {
+        let now = self.now();
+        let mut inner = lock(&self.inner);
+        if node != self.own {
+            inner.detector.handle(now, Input::Heartbeat { node });
+        }
+        inner.loads.insert(node, load);
+        self.publish(&mut inner);
+    }
+
+    /// The members are now `members`: track new ones (Alive, with a full grace period), forget departed ones.
+    fn set_members(&self, members: &BTreeSet<NodeId>) {
+        let now = self.now();
+        let mut inner = lock(&self.inner);
+        let known: BTreeSet<NodeId> = inner.detector.nodes().map(|(node, _)| node).collect();
+        for node in members.difference(&known) {
+            if *node != self.own {
+                inner.detector.handle(now, Input::AddNode { node: *node });
+            }
+        }
+        for node in known.difference(members) {
+            inner
+                .detector
+                .handle(now, Input::RemoveNode { node: *node });
+            inner.loads.remove(node);
+        }
+        inner.detector.handle(now, Input::Tick);
+        self.publish(&mut inner);
+    }
+
+    /// Passes time; publishes any status change.
+    fn tick(&self) {
+        let now = self.now();
+        let mut inner = lock(&self.inner);
+        inner.detector.handle(now, Input::Tick);
+        self.publish(&mut inner);
+    }
+
+    fn publish(&self, inner: &mut Inner) {
+        let mut changed = false;
+        while let Some(Action::StatusChanged { node, status }) = inner.detector.poll_action() {
+            tracing::info!(node = node.0, ?status, "member health changed");
+            crate::metrics::liveness_changed(node.0, status);
+            changed = true;
+        }
+        let current: BTreeMap<NodeId, Liveness> = inner.detector.nodes().collect();
+        if changed || *self.liveness.borrow() != current {
+            self.liveness.send_replace(current);
+        }
+    }
+}
+
+/// Sends heartbeats to every member and keeps the detector's members in step with the applied state.
+pub async fn run(cluster: Arc<Cluster>) {
+    let mut period = tokio::time::interval(HEARTBEAT_PERIOD);
+    period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        period.tick().await;
+        let members: BTreeMap<NodeId, String> = cluster
+            .raft
+            .applied()
+            .borrow()
+            .state
+            .members()
+            .values()
+            .map(|member| (member.id, member.cluster_address.clone()))
+            .collect();
+        let ids: BTreeSet<NodeId> = members.keys().copied().collect();
+        cluster.health.set_members(&ids);
+        let load = cluster.local_load().await;
+        cluster.health.heard(cluster.node, load.clone());
+        for (node, address) in members {
+            if node == cluster.node {
+                continue;
+            }
+            let cluster = cluster.clone();
+            let load = load.clone();
+            tokio::spawn(async move {
+                if cluster.locate(node, &address).is_err() {
+                    return;
+                }
+                let call = call_control(&cluster.transport, node, Control::Heartbeat(load));
+                if let Ok(Ok(ControlReply::Heartbeat(theirs))) =
+                    tokio::time::timeout(HEARTBEAT_TIMEOUT, call).await
+                {
+                    cluster.health.heard(node, theirs);
+                }
+            });
+        }
+        cluster.health.tick();
+    }
+}

@@ -1,0 +1,191 @@
+//! Models across the cluster. The committed cluster state is the catalogue; a node's `manifests/` directory is
+//! the part of it this node can serve itself.
+//!
+//! - Writes: `create`, `pull` and `copy` first do their work in the local store, then [`Cluster::publish`]
+//!   commits `ReplicaStored` for each blob this node holds and `PutModel`; only then does the client see
+//!   success, so an acknowledged model is in the replicated state. `delete` commits `DeleteModel` first.
+//! - Following the state ([`sync`]): every node writes the manifest of each cluster model whose blobs it holds
+//!   (after replication brought the last one), removes the manifests of deleted models, and removes a local
+//!   manifest the cluster replaced while this node lacks the new blobs (the model is then served by routing).
+//! - Blob files are removed only by placement's drop orders (the store keeps blobs in cluster mode).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ollamamax_core::cluster_state::{Command, Manifest as CoreManifest};
+use ollamamax_core::name::ModelName;
+use ollamamax_io::store::{Manifest, Store, StoreError};
+
+use super::Cluster;
+use super::propose::ProposeError;
+
+impl Cluster {
+    /// Commits the local model `name` to the cluster: a `ReplicaStored` for each of its blobs, then `PutModel`.
+    pub async fn publish(&self, name: &ModelName) -> Result<(), ProposeError> {
+        let store = self.store.clone();
+        let lookup = name.clone();
+        let stored = tokio::task::spawn_blocking(move || store.read_manifest(&lookup))
+            .await
+            .map_err(|error| ProposeError::Unavailable(error.to_string()))?
+            .map_err(|error| ProposeError::Unavailable(error.to_string()))?;
+        let manifest = stored.manifest.to_core();
+        let mut blobs = BTreeSet::new();
+        for layer in manifest.blobs() {
+            if blobs.insert(layer.digest) {
+                self.propose(|| Command::ReplicaStored {
+                    node: self.node,
+                    digest: layer.digest,
+                    size: layer.size,
+                    fence: self.fences.next(),
+                })
+                .await?;
+            }
+        }
+        self.propose(|| Command::PutModel {
+            name: name.clone(),
+            manifest: manifest.clone(),
+        })
+        .await?;
+        tracing::info!(model = %name.short(), "model committed to the cluster");
+        Ok(())
+    }
+
+    /// Publishes every local model the cluster does not know (a node's models when it first forms or joins a
+    /// cluster: an existing models directory keeps working).
+    pub async fn publish_local_models(&self) {
+        let store = self.store.clone();
+        let Ok(Ok(local)) = tokio::task::spawn_blocking(move || store.list()).await else {
+            return;
+        };
+        for summary in local {
+            let known = self
+                .raft
+                .applied()
+                .borrow()
+                .state
+                .model(&summary.name)
+                .is_some();
+            if known {
+                continue;
+            }
+            if let Err(error) = self.publish(&summary.name).await {
+                tracing::warn!(model = %summary.name.short(), %error, "cannot add a local model to the cluster");
+            }
+        }
+    }
+
+    /// Commits that `destination` names what `source` names.
+    pub async fn copy_model(
+        &self,
+        source: &ModelName,
+        destination: &ModelName,
+    ) -> Result<(), ProposeError> {
+        self.propose(|| Command::CopyModel {
+            source: source.clone(),
+            destination: destination.clone(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Commits the deletion of `name`.
+    pub async fn delete_model(&self, name: &ModelName) -> Result<(), ProposeError> {
+        self.propose(|| Command::DeleteModel { name: name.clone() })
+            .await
+            .map(drop)
+    }
+
+    /// The cluster's models, as committed and applied on this node.
+    pub fn models(&self) -> BTreeMap<ModelName, CoreManifest> {
+        self.raft.applied().borrow().state.models().clone()
+    }
+}
+
+/// Keeps the local manifests in step with the applied cluster state (see the module docs).
+pub async fn sync(cluster: Arc<Cluster>) {
+    let mut applied = cluster.raft.applied();
+    // What the last round saw; `None` at start, so the first round looks at every model.
+    let mut previous: Option<BTreeMap<ModelName, CoreManifest>> = None;
+    // Models whose local manifest is known to match the state.
+    let mut matching: BTreeMap<ModelName, CoreManifest> = BTreeMap::new();
+    loop {
+        let (models, holding) = {
+            let current = applied.borrow_and_update();
+            let state = &current.state;
+            let holding: BTreeSet<_> = state
+                .replicas()
+                .iter()
+                .filter(|(_, replicas)| replicas.nodes.contains(&cluster.node))
+                .map(|(digest, _)| *digest)
+                .collect();
+            (state.models().clone(), holding)
+        };
+        let store = cluster.store.clone();
+        let before = previous.clone();
+        let known = matching.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            follow(&store, before.as_ref(), &models, &holding, known)
+                .map(|matching| (models, matching))
+        })
+        .await;
+        match round {
+            Ok(Ok((models, now_matching))) => {
+                previous = Some(models);
+                matching = now_matching;
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot follow the cluster's models"),
+            Err(error) => tracing::warn!(%error, "the model sync task failed"),
+        }
+        if applied.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One round of [`sync`], on a blocking thread. Returns the models whose local manifest now matches.
+fn follow(
+    store: &Store,
+    previous: Option<&BTreeMap<ModelName, CoreManifest>>,
+    models: &BTreeMap<ModelName, CoreManifest>,
+    holding: &BTreeSet<ollamamax_core::Digest>,
+    mut matching: BTreeMap<ModelName, CoreManifest>,
+) -> Result<BTreeMap<ModelName, CoreManifest>, StoreError> {
+    if let Some(previous) = previous {
+        for name in previous.keys().filter(|name| !models.contains_key(*name)) {
+            matching.remove(name);
+            if store.remove_manifest(name)? {
+                tracing::info!(model = %name.short(), "removed a model the cluster deleted");
+            }
+        }
+    }
+    matching.retain(|name, manifest| models.get(name) == Some(manifest));
+    for (name, manifest) in models {
+        if matching.contains_key(name) {
+            continue;
+        }
+        let changed = previous.is_none_or(|previous| previous.get(name) != Some(manifest));
+        let local = match store.read_manifest(name) {
+            Ok(stored) => Some(stored.manifest.to_core()),
+            Err(StoreError::ModelNotFound(_)) => None,
+            Err(error) => return Err(error),
+        };
+        if local.as_ref() == Some(manifest) {
+            matching.insert(name.clone(), manifest.clone());
+            continue;
+        }
+        let complete = manifest.blobs().all(|layer| {
+            holding.contains(&layer.digest) && store.has_blob(&layer.digest).unwrap_or(false)
+        });
+        if complete {
+            store.write_manifest(name, &Manifest::from_core(manifest))?;
+            tracing::info!(model = %name.short(), "this node now serves a cluster model");
+            matching.insert(name.clone(), manifest.clone());
+        } else if local.is_some() && changed {
+            // The cluster replaced the model and this node lacks the new blobs: route to a holder instead of
+            // serving the old weights.
+            store.remove_manifest(name)?;
+            tracing::info!(model = %name.short(), "a cluster model changed; serving it by routing");
+        }
+    }
+    Ok(matching)
+}

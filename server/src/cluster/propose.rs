@@ -1,0 +1,122 @@
+//! Cluster-state writes from any node: the leader proposes them to Raft itself, any other member forwards them
+//! to the leader ([`Control::Propose`]) and retries while an election is under way. Replica commands carry this
+//! node's fencing token ([`Fences`]).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ollamamax_core::cluster_state::{Command, Fence, Reply};
+use ollamamax_io::raft::WriteError;
+
+use super::Cluster;
+use super::rpc::{Control, ControlReply, Refusal, call_control};
+
+/// How long a write waits for a leader before giving up.
+const PROPOSE_PATIENCE: Duration = Duration::from_secs(10);
+/// Pause between tries while there is no leader or it cannot be reached.
+const PROPOSE_RETRY: Duration = Duration::from_millis(200);
+/// The file that holds this node's incarnation.
+const EPOCH_FILE: &str = "epoch";
+
+/// This node's fencing tokens: the incarnation, bumped durably at every start, and a sequence within it.
+pub struct Fences {
+    epoch: u64,
+    sequence: AtomicU64,
+}
+
+impl Fences {
+    /// Reads the last incarnation from `dir`, bumps it and saves it (fsync'd) before any token is handed out.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(EPOCH_FILE);
+        let last = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("{} is corrupt", path.display()))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        let epoch = last + 1;
+        let temporary = dir.join(format!("{EPOCH_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&temporary)?;
+            std::io::Write::write_all(&mut file, epoch.to_string().as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().with_context(|| format!("cannot save {}", path.display()))?;
+        Ok(Self {
+            epoch,
+            sequence: AtomicU64::new(0),
+        })
+    }
+
+    /// A token above every one handed out before by this node, in this or an earlier incarnation.
+    pub fn next(&self) -> Fence {
+        Fence {
+            epoch: self.epoch,
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+}
+
+/// Why a write did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The state refused the command (deterministically, on every node).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// No leader could be reached in time, or the write's fate is unknown.
+    #[error("the cluster cannot commit the change now: {0}")]
+    Unavailable(String),
+}
+
+impl Cluster {
+    /// Commits the command `make` builds, through the leader. `make` is called again for every try, so a retried
+    /// replica command carries a fresh fencing token.
+    pub async fn propose(&self, make: impl Fn() -> Command) -> Result<Reply, ProposeError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_PATIENCE;
+        loop {
+            let problem = match self.propose_once(make()).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(refused)) => return Err(ProposeError::Refused(refused)),
+                Err(problem) => problem,
+            };
+            if tokio::time::Instant::now() + PROPOSE_RETRY > deadline {
+                return Err(ProposeError::Unavailable(problem));
+            }
+            tokio::time::sleep(PROPOSE_RETRY).await;
+        }
+    }
+
+    /// One try: write locally on the leader, else forward to the leader this node knows.
+    async fn propose_once(&self, command: Command) -> Result<Result<Reply, Refusal>, String> {
+        let leader = match self.raft.write(command.clone()).await {
+            Ok(result) => return Ok(result.map_err(Refusal::from)),
+            Err(WriteError::ForwardToLeader(forward)) => forward.leader,
+            Err(error) => return Err(error.to_string()),
+        };
+        let Some(leader) = leader.filter(|leader| *leader != self.node) else {
+            return Err("no leader yet".into());
+        };
+        self.locate_member(leader)?;
+        match call_control(&self.transport, leader, Control::Propose(command)).await? {
+            ControlReply::Applied(result) => Ok(result),
+            ControlReply::Refused(why) => Err(why),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// Answers a [`Control::Propose`]: only the leader writes; others refuse so the sender retries.
+    pub(super) async fn propose_for_peer(&self, command: Command) -> ControlReply {
+        match self.raft.write(command).await {
+            Ok(result) => ControlReply::Applied(result.map_err(Refusal::from)),
+            Err(error) => ControlReply::Refused(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The cluster with the real SmolLM2 model, three real processes on loopback: a model created on one node is
+//! committed to the cluster, listed by every node and replicated to the replication factor (2) peer to peer; a
+//! chat through the node that does not hold it is routed to a holder and streamed back; `kill -9` of the node
+//! serving a stream ends that stream with Ollama's error line and the next request succeeds on the other holder;
+//! the dead holder's replicas are re-made on the third node; `kill -9` of the Raft leader is followed by a new
+//! leader and cluster writes (copy, delete) work again; restarted nodes rejoin; no acknowledged model is lost.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Node, SETTLE, agreed, wait_for};
+use common::model_bytes;
+use serde_json::{Value, json};
+
+const MODEL: &str = "smollm2";
+
+/// The ids of the nodes holding every blob of `model`, per `status`.
+fn holders(status: &Value, model: &str) -> BTreeSet<u64> {
+    status["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["name"].as_str() == Some(&format!("{model}:latest")))
+        .flat_map(|entry| entry["nodes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|node| node.as_u64())
+        .collect()
+}
+
+fn node_id(node: &Node) -> u64 {
+    node.status().expect("the node answers")["node"]
+        .as_u64()
+        .unwrap()
+}
+
+fn health_of(status: &Value, id: u64) -> String {
+    status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|member| member["id"].as_u64() == Some(id))
+        .and_then(|member| member["health"].as_str())
+        .unwrap_or("missing")
+        .to_string()
+}
+
+fn chat(node: &Node, content: &str) -> Value {
+    let reply = node.post_json(
+        "/api/chat",
+        &json!({
+            "model": MODEL,
+            "messages": [{ "role": "user", "content": content }],
+            "stream": false,
+            "options": { "temperature": 0, "num_predict": 16 },
+        }),
+    );
+    assert_eq!(
+        reply.status, 200,
+        "chat through {}: {}",
+        node.name, reply.body
+    );
+    reply.json()
+}
+
+fn tags(node: &Node) -> Vec<String> {
+    let reply = node.get("/api/tags");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|model| model["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_model_spreads_serves_from_any_node_and_survives_kills() {
+    let Some(gguf) = common::model_path("t31_cluster_models") else {
+        return;
+    };
+    let base = tempfile::Builder::new()
+        .prefix("ollamamax-cluster-models-")
+        .tempdir()
+        .unwrap();
+    let mut nodes = [
+        Node::new(base.path(), "a"),
+        Node::new(base.path(), "b"),
+        Node::new(base.path(), "c"),
+    ];
+    let token = nodes[0].init();
+    nodes[0].start(None);
+    wait_for(&[&nodes[0]], "the first node to lead", |statuses| {
+        agreed(statuses, 1)
+    });
+    let (first, rest) = nodes.split_at_mut(1);
+    rest[0].start(Some((&first[0], &token)));
+    rest[1].start(Some((&first[0], &token)));
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for(&all, "three voters", |statuses| agreed(statuses, 3));
+    let ids: Vec<u64> = nodes.iter().map(node_id).collect();
+
+    // Create on A: the answer comes once the model is committed, so every node lists it at once or very soon.
+    let (bytes, digest) = model_bytes(&gguf);
+    let reply = nodes[0].post_bytes(&format!("/api/blobs/{digest}"), bytes);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let reply = nodes[0].post_json(
+        "/api/create",
+        &json!({ "model": MODEL, "files": { "model.gguf": digest }, "stream": false }),
+    );
+    assert_eq!(reply.status, 200, "create: {}", reply.body);
+    assert_eq!(reply.json()["status"], "success", "{}", reply.body);
+    let statuses = wait_for(&all, "every node to know the model", |statuses| {
+        statuses
+            .iter()
+            .all(|status| holders(status, MODEL).contains(&ids[0]))
+    });
+    for node in &nodes {
+        assert!(
+            tags(node).contains(&format!("{MODEL}:latest")),
+            "{} lists the cluster's model",
+            node.name
+        );
+    }
+    drop(statuses);
+
+    // Replication brings the model to a second node (rf = 2), peer to peer.
+    let statuses = wait_for(&all, "two holders", |statuses| {
+        statuses
+            .iter()
+            .all(|status| holders(status, MODEL).len() >= 2)
+    });
+    let held: BTreeSet<u64> = holders(&statuses[0], MODEL);
+    let outsider = nodes
+        .iter()
+        .position(|node| !held.contains(&node_id(node)))
+        .expect("rf 2 of 3 leaves one node without the model");
+
+    // A chat through the node that lacks the model is routed to a holder, and answers like a local one.
+    let answer = chat(&nodes[outsider], "Say hello.");
+    assert_eq!(answer["done"], true, "{answer}");
+    assert!(
+        !answer["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "{answer}"
+    );
+    let local = chat(&nodes[0], "Say hello.");
+    assert_eq!(
+        answer["message"]["content"], local["message"]["content"],
+        "greedy output is the same whichever node runs it"
+    );
+
+    // Stream a long answer through the outsider; kill -9 the holder that serves it after the first line.
+    let url = nodes[outsider].url("/api/generate");
+    let body = json!({
+        "model": MODEL,
+        "prompt": "Write a very long story about a lighthouse keeper.",
+        "options": { "temperature": 0, "num_predict": 2000 },
+    });
+    let response = common::agent()
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .expect("streamed generate");
+    assert_eq!(response.status().as_u16(), 200);
+    let mut lines = BufReader::new(response.into_body().into_reader()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(first["response"].is_string(), "{first}");
+    let serving = {
+        let started = Instant::now();
+        loop {
+            let status = nodes[outsider].status().unwrap();
+            let busy = status["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|member| member["running"].as_u64().unwrap_or(0) > 0)
+                .and_then(|member| member["id"].as_u64());
+            if let Some(busy) = busy.filter(|id| held.contains(id)) {
+                break ids.iter().position(|id| *id == busy).unwrap();
+            }
+            assert!(
+                started.elapsed() < SETTLE,
+                "no holder reports the request running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let killed_at = Instant::now();
+    nodes[serving].kill();
+    let mut last = Value::Null;
+    for line in lines {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        last = serde_json::from_str(&line).unwrap_or_else(|_| panic!("line {line:?}"));
+        if last.get("error").is_some() || last["done"] == true {
+            break;
+        }
+    }
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("failed")),
+        "a stream whose node died ends with an error line, not a silent or spliced end: {last}"
+    );
+    let error_after = killed_at.elapsed();
+    let again = chat(&nodes[outsider], "Say hello.");
+    assert_eq!(again["done"], true, "{again}");
+    eprintln!(
+        "t31: the stream's error line came {:.2}s after kill -9; the next chat succeeded {:.2}s after it",
+        error_after.as_secs_f64(),
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    // The dead holder's copy is re-made on the third node: two live holders again.
+    let live: Vec<&Node> = nodes.iter().filter(|node| node.running()).collect();
+    let dead_id = ids[serving];
+    wait_for(&live, "the replicas to be re-made", |statuses| {
+        statuses.iter().all(|status| {
+            holders(status, MODEL)
+                .iter()
+                .filter(|id| **id != dead_id)
+                .count()
+                >= 2
+        })
+    });
+
+    // Restart the dead node: it rejoins and follows; the model is intact everywhere.
+    nodes[serving].start(None);
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for(&all, "the restarted node to rejoin", |statuses| {
+        agreed(statuses, 3)
+            && statuses
+                .iter()
+                .all(|status| health_of(status, dead_id) == "alive")
+    });
+
+    // Kill the leader: a new one is elected and cluster writes work again.
+    let status = nodes[0].status().unwrap();
+    let leader = status["leader"].as_u64().unwrap();
+    let leader_index = ids.iter().position(|id| *id == leader).unwrap();
+    let killed_at = Instant::now();
+    nodes[leader_index].kill();
+    let survivor = (leader_index + 1) % 3;
+    let copied = loop {
+        let reply = nodes[survivor].post_json(
+            "/api/copy",
+            &json!({ "source": MODEL, "destination": "smollm2-copy" }),
+        );
+        if reply.status == 200 {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < SETTLE,
+            "no cluster write after the leader died: {} {}",
+            reply.status,
+            reply.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "t31: kill -9 of the leader to the next committed write: {:.2}s",
+        copied.as_secs_f64()
+    );
+    let reply = nodes[survivor].delete_json("/api/delete", &json!({ "model": "smollm2-copy" }));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    nodes[leader_index].start(None);
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for(&all, "the old leader to rejoin", |statuses| {
+        agreed(statuses, 3)
+            && statuses.iter().all(|status| {
+                status["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|member| member["health"] == "alive")
+            })
+    });
+    // Nothing acknowledged was lost: the model is listed and answers on every node; the deleted copy is gone.
+    for node in &nodes {
+        let names = tags(node);
+        assert!(names.contains(&format!("{MODEL}:latest")), "{names:?}");
+        assert!(
+            !names.contains(&"smollm2-copy:latest".to_string()),
+            "{names:?}"
+        );
+        let answer = chat(node, "Say hello.");
+        assert_eq!(answer["message"]["content"], local["message"]["content"]);
+    }
+}
