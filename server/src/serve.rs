@@ -48,7 +48,11 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
         )
     })?;
     store.set_prune(!config.no_prune);
-    let settings = cluster_settings(&args, config.max_queue)?;
+    let capacity = ollamamax_core::cluster_state::Capacity {
+        memory_bytes: config.memory_budget_bytes,
+        disk_bytes: free_disk_bytes(&config.models_dir),
+    };
+    let settings = cluster_settings(&args, config.max_queue, capacity)?;
     // On a cluster node, blobs go only when the cluster committed that this node gives its copy up.
     store.set_keep_blobs(settings.paths.has_identity() || settings.join.is_some());
     if !config.no_prune && !store.keeps_blobs() {
@@ -109,6 +113,7 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
 fn cluster_settings(
     args: &crate::cli::ServeArgs,
     queue_max: u32,
+    capacity: ollamamax_core::cluster_state::Capacity,
 ) -> Result<crate::cluster::ClusterSettings> {
     use crate::cluster::paths::DataPaths;
     let listen = match &args.cluster_listen {
@@ -138,5 +143,17 @@ fn cluster_settings(
         api_address: String::new(),
         join,
         queue_max,
+        capacity,
     })
+}
+
+/// Bytes available to this user on the file system of `directory` (0 where it cannot be read).
+fn free_disk_bytes(directory: &std::path::Path) -> u64 {
+    match rustix::fs::statvfs(directory) {
+        Ok(stats) => stats.f_bavail.saturating_mul(stats.f_frsize),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the free disk space of the models directory");
+            0
+        }
+    }
 }

@@ -44,6 +44,13 @@ fn run_once(round: usize) -> (Duration, Duration) {
         .unwrap();
     let killed_at = Instant::now();
     nodes[position].kill();
+    if std::env::var_os("BENCH_FAILOVER_LOGS").is_some() {
+        println!(
+            "killed {} at {:?}",
+            nodes[position].name,
+            std::time::SystemTime::now()
+        );
+    }
     let survivors: Vec<&Node> = nodes
         .iter()
         .enumerate()
@@ -72,6 +79,18 @@ fn run_once(round: usize) -> (Duration, Duration) {
             .all(|status| status["leader"].as_u64().is_some_and(|id| id != leader))
     });
     drop(elected);
+    if std::env::var_os("BENCH_FAILOVER_LOGS").is_some() {
+        for node in &survivors {
+            for line in node.log().lines().filter(|line| {
+                line.contains("vote is changing")
+                    || line.contains("election")
+                    || line.contains("health changed")
+                    || line.contains("leader")
+            }) {
+                println!("{}: {}", node.name, &line[..line.len().min(260)]);
+            }
+        }
+    }
     (committed, killed_at.elapsed())
 }
 

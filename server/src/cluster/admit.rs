@@ -15,7 +15,7 @@ use ollamamax_io::raft::{NodeAddr, RaftNode, WriteError};
 use ollamamax_io::transport::Transport;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::rpc::{Control, ControlReply, call_control};
+use super::rpc::{Control, ControlReply, Registration, call_control};
 
 /// Seconds since the Unix epoch (join tokens expire by wall-clock time).
 pub fn now_unix_s() -> u64 {
@@ -84,23 +84,23 @@ pub async fn register(
     raft: &Arc<RaftNode>,
     transport: &Transport,
     node: NodeId,
-    cluster_address: String,
-    api_address: String,
+    registration: Registration,
 ) -> ControlReply {
     let status = raft.status();
     if status.leader != Some(raft.id()) {
-        return forward_to_leader(raft, transport, node, cluster_address, api_address).await;
+        return forward_to_leader(raft, transport, node, registration).await;
     }
+    let capacity = registration.capacity;
     let address = NodeAddr {
-        cluster_address,
-        api_address,
+        cluster_address: registration.cluster_address,
+        api_address: registration.api_address,
     };
     if !status.voters.contains(&node)
         && let Err(error) = raft.add_learner(node, address.clone()).await
     {
         return ControlReply::Refused(format!("cannot add the node to raft: {error}"));
     }
-    let member = new_member(node, address);
+    let member = new_member(node, address, capacity);
     match raft.write(Command::AddNode { member }).await {
         Ok(Ok(_)) => ControlReply::Done,
         Ok(Err(refused)) => ControlReply::Refused(refused.to_string()),
@@ -117,8 +117,7 @@ async fn forward_to_leader(
     raft: &Arc<RaftNode>,
     transport: &Transport,
     node: NodeId,
-    cluster_address: String,
-    api_address: String,
+    registration: Registration,
 ) -> ControlReply {
     let Some(leader) = raft.status().leader else {
         return ControlReply::Refused("no leader yet; retry".to_string());
@@ -138,11 +137,7 @@ async fn forward_to_leader(
     if let Err(error) = transport.set_address(leader, socket) {
         return ControlReply::Refused(error.to_string());
     }
-    let forwarded = Control::RegisterFor {
-        node,
-        cluster_address,
-        api_address,
-    };
+    let forwarded = Control::RegisterFor { node, registration };
     call_control(transport, leader, forwarded)
         .await
         .unwrap_or_else(|why| ControlReply::Refused(format!("the leader: {why}")))
@@ -152,30 +147,22 @@ async fn forward_to_leader(
 pub async fn register_with(
     transport: &Transport,
     target: NodeId,
-    cluster_address: &str,
-    api_address: &str,
+    registration: Registration,
 ) -> Result<(), String> {
-    let registration = Control::Register {
-        cluster_address: cluster_address.to_string(),
-        api_address: api_address.to_string(),
-    };
-    match call_control(transport, target, registration).await? {
+    match call_control(transport, target, Control::Register(registration)).await? {
         ControlReply::Done => Ok(()),
         ControlReply::Refused(why) => Err(why),
         other => Err(format!("unexpected reply {other:?}")),
     }
 }
 
-/// A new, active member with no capacity reported yet.
-pub fn new_member(node: NodeId, address: NodeAddr) -> Member {
+/// A new, active member.
+pub fn new_member(node: NodeId, address: NodeAddr, capacity: Capacity) -> Member {
     Member {
         id: node,
         api_address: address.api_address,
         cluster_address: address.cluster_address,
-        capacity: Capacity {
-            memory_bytes: 0,
-            disk_bytes: 0,
-        },
+        capacity,
         status: MemberStatus::Active,
     }
 }

@@ -11,33 +11,12 @@ impl Cluster {
     /// Answers `control` from `peer`, a member whose certificate the transport checked.
     pub async fn handle_control(self: &Arc<Self>, peer: NodeId, control: Control) -> ControlReply {
         match control {
-            Control::Register {
-                cluster_address,
-                api_address,
-            } => {
-                admit::register(
-                    &self.raft,
-                    &self.transport,
-                    peer,
-                    cluster_address,
-                    api_address,
-                )
-                .await
+            Control::Register(registration) => {
+                admit::register(&self.raft, &self.transport, peer, registration).await
             }
             // A member vouches for whom it admitted.
-            Control::RegisterFor {
-                node,
-                cluster_address,
-                api_address,
-            } => {
-                admit::register(
-                    &self.raft,
-                    &self.transport,
-                    node,
-                    cluster_address,
-                    api_address,
-                )
-                .await
+            Control::RegisterFor { node, registration } => {
+                admit::register(&self.raft, &self.transport, node, registration).await
             }
             Control::Propose(command) => self.propose_for_peer(command).await,
             Control::Heartbeat(load) => {

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ollamamax_core::NodeId;
-use ollamamax_core::cluster_state::Command;
+use ollamamax_core::cluster_state::{Capacity, Command};
 use ollamamax_core::digest::Digest;
 use ollamamax_io::cluster::{ClusterCa, JoinService, JoinToken, NodeIdentity, join_cluster};
 use ollamamax_io::raft::{InitError, NodeAddr, RaftNode, RaftOptions};
@@ -64,6 +64,9 @@ pub struct ClusterSettings {
     pub join: Option<(String, JoinToken)>,
     /// Most requests waiting cluster-wide in this node's scheduler (`OLLAMA_MAX_QUEUE`).
     pub queue_max: u32,
+    /// What this node offers, as it registers: the model memory budget and the free disk of its models
+    /// directory at start.
+    pub capacity: Capacity,
 }
 
 /// A running cluster node.
@@ -223,7 +226,7 @@ impl Cluster {
             cluster_address: settings.advertise(),
             api_address: settings.api_address.clone(),
         };
-        if paths.has_ca_key() && bootstrap(&raft, node, &me).await? {
+        if paths.has_ca_key() && bootstrap(&raft, node, &me, settings.capacity).await? {
             let cluster = cluster.clone();
             tokio::spawn(async move { cluster.publish_local_models().await });
         }
@@ -231,7 +234,12 @@ impl Cluster {
         if pending.is_file() {
             let cluster = cluster.clone();
             tokio::spawn(async move {
-                register(cluster.transport.clone(), pending, me).await;
+                let registration = rpc::Registration {
+                    cluster_address: me.cluster_address,
+                    api_address: me.api_address,
+                    capacity: settings.capacity,
+                };
+                register(cluster.transport.clone(), pending, registration).await;
                 cluster.publish_local_models().await;
             });
         }
@@ -327,13 +335,18 @@ async fn join(paths: &DataPaths, address: &str, token: &JoinToken) -> Result<Nod
 
 /// On the node that ran `cluster init`: a one-voter Raft with this node as the first member (once). Returns
 /// whether this start formed the cluster.
-async fn bootstrap(raft: &RaftNode, node: NodeId, me: &NodeAddr) -> Result<bool> {
+async fn bootstrap(
+    raft: &RaftNode,
+    node: NodeId,
+    me: &NodeAddr,
+    capacity: Capacity,
+) -> Result<bool> {
     match raft.initialize(BTreeMap::from([(node, me.clone())])).await {
         Ok(()) => {}
         Err(InitError::AlreadyInitialized) => return Ok(false),
         Err(error) => return Err(error).context("cannot initialize raft"),
     }
-    let member = admit::new_member(node, me.clone());
+    let member = admit::new_member(node, me.clone(), capacity);
     for _ in 0..100 {
         match raft
             .write(Command::AddNode {
@@ -349,7 +362,7 @@ async fn bootstrap(raft: &RaftNode, node: NodeId, me: &NodeAddr) -> Result<bool>
 }
 
 /// Registers with the admitting node until it accepts, then forgets the pending registration.
-async fn register(transport: Transport, pending: std::path::PathBuf, me: NodeAddr) {
+async fn register(transport: Transport, pending: std::path::PathBuf, me: rpc::Registration) {
     let Ok(text) = std::fs::read(&pending) else {
         return;
     };
@@ -366,7 +379,7 @@ async fn register(transport: Transport, pending: std::path::PathBuf, me: NodeAdd
         return;
     }
     loop {
-        match admit::register_with(&transport, target, &me.cluster_address, &me.api_address).await {
+        match admit::register_with(&transport, target, me.clone()).await {
             Ok(()) => {
                 let _ = std::fs::remove_file(&pending);
                 tracing::info!("registered with the cluster");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ollamamax_core::cluster_state::{Command, Fence, Reply};
+use ollamamax_core::failure_detector::Liveness;
 use ollamamax_io::raft::WriteError;
 
 use super::Cluster;
@@ -16,7 +17,11 @@ use super::rpc::{Control, ControlReply, Refusal, call_control};
 /// How long a write waits for a leader before giving up.
 const PROPOSE_PATIENCE: Duration = Duration::from_secs(10);
 /// Pause between tries while there is no leader or it cannot be reached.
-const PROPOSE_RETRY: Duration = Duration::from_millis(200);
+const PROPOSE_RETRY: Duration = Duration::from_millis(50);
+/// Longest wait for a forwarded write's answer: a write commits in milliseconds, so a leader that does not answer
+/// in this time is presumed gone and the write is retried with whoever leads next (a duplicate commit is
+/// harmless: every command applies idempotently or carries a fresh fencing token).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// The file that holds this node's incarnation.
 const EPOCH_FILE: &str = "epoch";
 
@@ -82,10 +87,12 @@ impl Cluster {
     pub async fn propose(&self, make: impl Fn() -> Command) -> Result<Reply, ProposeError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_PATIENCE;
         loop {
-            let problem = match self.propose_once(make()).await {
-                Ok(Ok(reply)) => return Ok(reply),
-                Ok(Err(refused)) => return Err(ProposeError::Refused(refused)),
-                Err(problem) => problem,
+            let once = tokio::time::timeout(FORWARD_TIMEOUT, self.propose_once(make()));
+            let problem = match once.await {
+                Ok(Ok(Ok(reply))) => return Ok(reply),
+                Ok(Ok(Err(refused))) => return Err(ProposeError::Refused(refused)),
+                Ok(Err(problem)) => problem,
+                Err(_) => "the write did not commit in time".to_string(),
             };
             if tokio::time::Instant::now() + PROPOSE_RETRY > deadline {
                 return Err(ProposeError::Unavailable(problem));
@@ -104,8 +111,23 @@ impl Cluster {
         let Some(leader) = leader.filter(|leader| *leader != self.node) else {
             return Err("no leader yet".into());
         };
+        // A leader this node's detector no longer hears from is likely dead; wait for the next election.
+        if matches!(
+            self.health.liveness(leader),
+            Some(Liveness::Suspect | Liveness::Dead)
+        ) {
+            return Err(format!("the leader (node {}) is not answering", leader.0));
+        }
         self.locate_member(leader)?;
-        match call_control(&self.transport, leader, Control::Propose(command)).await? {
+        let call = call_control(&self.transport, leader, Control::Propose(command));
+        // Given up early when Raft learns of another leader (the old one died): no need to wait for the timeout.
+        let mut metrics = self.raft.raft().metrics();
+        let replaced = metrics.wait_for(|metrics| metrics.current_leader != Some(leader.0));
+        let answer = tokio::select! {
+            answer = call => answer,
+            _ = replaced => return Err(format!("the leader changed from node {}", leader.0)),
+        };
+        match answer? {
             ControlReply::Applied(result) => Ok(result),
             ControlReply::Refused(why) => Err(why),
             other => Err(format!("unexpected reply {other:?}")),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ollamamax_core::NodeId;
-use ollamamax_core::cluster_state::{Command, CommandError, Reply};
+use ollamamax_core::cluster_state::{Capacity, Command, CommandError, Reply};
 use ollamamax_core::digest::Digest;
 use ollamamax_io::raft::{
     NodeAddr, RaftNode, RaftRpc, RaftRpcReply, RaftTransport, TransportError, handle_rpc,
@@ -29,21 +29,14 @@ const CONTROL_BYTES_MAX: usize = 64 << 10;
 pub enum Control {
     /// "I joined with a token; add me": sent by the new node to the node that admitted it, forwarded to the
     /// leader if that is another node.
-    Register {
-        /// Where the node's QUIC endpoint listens.
-        cluster_address: String,
-        /// Where its HTTP API listens.
-        api_address: String,
-    },
+    Register(Registration),
     /// A registration passed on by the member that received it (not the leader) to the leader: `node` is the
     /// registering node, vouched for by the sending member.
     RegisterFor {
         /// The registering node.
         node: NodeId,
-        /// Where its QUIC endpoint listens.
-        cluster_address: String,
-        /// Where its HTTP API listens.
-        api_address: String,
+        /// What it registers.
+        registration: Registration,
     },
     /// A cluster-state write from a member that is not the leader, for the leader to propose.
     Propose(Command),
@@ -73,6 +66,17 @@ pub enum Control {
         /// The blob.
         digest: Digest,
     },
+}
+
+/// What a node registers: where it is reached and what it offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Where the node's QUIC endpoint listens.
+    pub cluster_address: String,
+    /// Where its HTTP API listens.
+    pub api_address: String,
+    /// Its memory for models and disk for blobs.
+    pub capacity: Capacity,
 }
 
 /// A committed command the state refused, as it travels (the core's error carries `&'static str` reasons).
