@@ -24,6 +24,10 @@
 //! | `ollamamax_replication_transfers_in_flight` | gauge | |
 //! | `ollamamax_routed_requests_total` | counter | `outcome` (`local`, `forwarded`, `retried`, `failed`) |
 //! | `ollamamax_cluster_requests_queued` | gauge | |
+//! | `ollamamax_raft_term`, `ollamamax_raft_last_log_index`, `ollamamax_raft_applied_index` | gauge | |
+//! | `ollamamax_raft_is_leader`, `ollamamax_raft_has_leader` | gauge (0/1) | |
+//! | `ollamamax_raft_voters`, `ollamamax_cluster_members` | gauge | |
+//! | `ollamamax_blob_replica_deficit` | gauge | (missing copies, all referenced blobs together) |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -157,8 +161,8 @@ pub fn model_unloaded(model: &str) {
     gauge!("ollamamax_model_memory_bytes", "model" => model.to_string()).set(0.0);
 }
 
-/// This node's failure detector changed its view of `node`.
-pub fn liveness_changed(node: u64, status: ollamamax_core::failure_detector::Liveness) {
+/// How this node's failure detector rates `node` now.
+pub fn liveness(node: u64, status: ollamamax_core::failure_detector::Liveness) {
     use ollamamax_core::failure_detector::Liveness;
     for (state, current) in [
         ("alive", status == Liveness::Alive),
@@ -192,4 +196,24 @@ pub fn routed(outcome: &'static str) {
 /// Requests waiting in this node's cluster scheduler for a slot anywhere.
 pub fn requests_routed_queued(count: u32) {
     gauge!("ollamamax_cluster_requests_queued").set(f64::from(count));
+}
+
+/// This node's view of Raft and the cluster state, refreshed with every heartbeat round.
+pub fn cluster_observed(
+    raft: &ollamamax_io::raft::RaftStatus,
+    members: usize,
+    replica_deficit: u64,
+) {
+    gauge!("ollamamax_raft_term").set(raft.term as f64);
+    gauge!("ollamamax_raft_last_log_index").set(raft.last_log_index.unwrap_or(0) as f64);
+    gauge!("ollamamax_raft_applied_index").set(raft.last_applied_index.unwrap_or(0) as f64);
+    gauge!("ollamamax_raft_is_leader").set(if raft.leader == Some(raft.id) {
+        1.0
+    } else {
+        0.0
+    });
+    gauge!("ollamamax_raft_has_leader").set(if raft.leader.is_some() { 1.0 } else { 0.0 });
+    gauge!("ollamamax_raft_voters").set(raft.voters.len() as f64);
+    gauge!("ollamamax_cluster_members").set(members as f64);
+    gauge!("ollamamax_blob_replica_deficit").set(replica_deficit as f64);
 }

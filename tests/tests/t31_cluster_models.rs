@@ -152,6 +152,29 @@ fn a_model_spreads_serves_from_any_node_and_survives_kills() {
         answer["message"]["content"], local["message"]["content"],
         "greedy output is the same whichever node runs it"
     );
+    // `/api/ps` on any node shows what runs where; `/metrics` shows Raft and routing.
+    let ps = nodes[outsider].get("/api/ps").json();
+    let running: Vec<u64> = ps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|model| model["name"] == format!("{MODEL}:latest"))
+        .filter_map(|model| model["node"].as_u64())
+        .collect();
+    assert!(
+        !running.is_empty() && running.iter().all(|node| held.contains(node)),
+        "the model runs on a holder: {ps}"
+    );
+    let metrics = nodes[outsider].get("/metrics").body;
+    for series in [
+        "ollamamax_raft_term",
+        "ollamamax_raft_has_leader 1",
+        "ollamamax_cluster_members 3",
+        "ollamamax_routed_requests_total{outcome=\"forwarded\"}",
+        "ollamamax_node_liveness",
+    ] {
+        assert!(metrics.contains(series), "{series} in /metrics:\n{metrics}");
+    }
 
     // Stream a long answer through the outsider (a raw count the model keeps continuing, so it does not stop
     // early); kill -9 the holder that serves it after the first line.

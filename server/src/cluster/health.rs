@@ -173,7 +173,6 @@ impl Health {
         let mut changed = false;
         while let Some(Action::StatusChanged { node, status }) = inner.detector.poll_action() {
             tracing::info!(node = node.0, ?status, "member health changed");
-            crate::metrics::liveness_changed(node.0, status);
             changed = true;
         }
         let current: BTreeMap<NodeId, Liveness> = inner.detector.nodes().collect();
@@ -200,6 +199,7 @@ pub async fn run(cluster: Arc<Cluster>) {
             .collect();
         let ids: BTreeSet<NodeId> = members.keys().copied().collect();
         cluster.health.set_members(&ids);
+        observe(&cluster);
         let load = cluster.local_load().await;
         cluster.health.heard(cluster.node, load.clone());
         for (node, address) in members {
@@ -221,5 +221,35 @@ pub async fn run(cluster: Arc<Cluster>) {
             });
         }
         cluster.health.tick();
+    }
+}
+
+/// Publishes Raft's status and the replica deficit (copies missing on live nodes) as metrics.
+fn observe(cluster: &Cluster) {
+    let raft = cluster.raft.status();
+    let state = cluster.raft.applied().borrow().state.clone();
+    let rf = u64::from(state.settings().replication_factor);
+    let live = state
+        .members()
+        .keys()
+        .filter(|node| cluster.health.liveness(**node) != Some(Liveness::Dead))
+        .count() as u64;
+    let deficit: u64 = state
+        .references()
+        .keys()
+        .map(|digest| {
+            let held = state.blob(digest).map_or(0, |replicas| {
+                replicas
+                    .nodes
+                    .iter()
+                    .filter(|node| cluster.health.liveness(**node) != Some(Liveness::Dead))
+                    .count() as u64
+            });
+            rf.min(live).saturating_sub(held)
+        })
+        .sum();
+    crate::metrics::cluster_observed(&raft, state.members().len(), deficit);
+    for (node, peer) in cluster.health.peers() {
+        crate::metrics::liveness(node.0, peer.liveness);
     }
 }

@@ -351,6 +351,41 @@ async fn unhealthy(cluster: &Cluster, node: NodeId, worst: Liveness) {
     }
 }
 
+/// Most bytes [`Cluster::fetch_local`] reads back.
+const FETCH_BYTES_MAX: usize = 4 << 20;
+
+impl Cluster {
+    /// Asks `node` for its own answer to `GET path` (served there, not routed again): status and body.
+    pub async fn fetch_local(&self, node: NodeId, path: &str) -> Result<(u16, Bytes), String> {
+        self.locate_member(node)?;
+        let head = ProxyRequest {
+            version: PROXY_VERSION,
+            method: "GET".into(),
+            uri: path.to_string(),
+            headers: Vec::new(),
+        };
+        let head = postcard::to_allocvec(&head).map_err(|error| error.to_string())?;
+        let (reply, mut stream) = self
+            .transport
+            .open_stream(node, head, Bytes::new())
+            .await
+            .map_err(|error| error.to_string())?;
+        let reply: ProxyReply = postcard::from_bytes(&reply).map_err(|error| error.to_string())?;
+        let mut body = Vec::new();
+        while let Some(chunk) = stream
+            .next_chunk()
+            .await
+            .map_err(|error| error.to_string())?
+        {
+            if body.len() + chunk.len() > FETCH_BYTES_MAX {
+                return Err("answer too large".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((reply.status, Bytes::from(body)))
+    }
+}
+
 /// Streams a forwarded answer to the client, ending it with an error line or event if the node fails midway.
 fn stream_through(
     cluster: Arc<Cluster>,
