@@ -89,6 +89,10 @@ fn a_model_spreads_serves_from_any_node_and_survives_kills() {
         Node::new(base.path(), "b"),
         Node::new(base.path(), "c"),
     ];
+    for node in &mut nodes {
+        // One request may wait at an accepting node: the end of the test fills the cluster.
+        node.env.push(("OLLAMA_MAX_QUEUE".into(), "1".into()));
+    }
     let token = nodes[0].init();
     nodes[0].start(None);
     wait_for(&[&nodes[0]], "the first node to lead", |statuses| {
@@ -337,6 +341,51 @@ fn a_model_spreads_serves_from_any_node_and_survives_kills() {
                     .all(|member| member["health"] == "alive")
             })
     });
+    // Fill the cluster: every holder runs one request (one slot each), one waits at the accepting node, and the
+    // rest are refused with 503 and Retry-After, as a full Ollama queue is.
+    let url = nodes[outsider].url("/api/generate");
+    let floods: Vec<_> = (0..7)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let body = json!({
+                    "model": MODEL,
+                    "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+                    "raw": true,
+                    "stream": false,
+                    "options": { "temperature": 0, "num_predict": 100 },
+                });
+                common::read(
+                    common::agent()
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .send(body.to_string()),
+                    "/api/generate",
+                )
+            })
+        })
+        .collect();
+    let replies: Vec<_> = floods
+        .into_iter()
+        .map(|flood| flood.join().unwrap())
+        .collect();
+    let refused: Vec<_> = replies.iter().filter(|reply| reply.status == 503).collect();
+    assert!(
+        !refused.is_empty(),
+        "7 requests for at most 3 slots and a queue of 1: {:?}",
+        replies.iter().map(|reply| reply.status).collect::<Vec<_>>()
+    );
+    for reply in &replies {
+        match reply.status {
+            200 => assert_eq!(reply.json()["done"], true, "{}", reply.body),
+            503 => {
+                assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
+                assert!(reply.body.contains("server busy"), "{}", reply.body);
+            }
+            other => panic!("status {other}: {}", reply.body),
+        }
+    }
+
     // Nothing acknowledged was lost: the model is listed and answers on every node; the deleted copy is gone.
     for node in &nodes {
         let names = tags(node);

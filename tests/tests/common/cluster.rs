@@ -19,6 +19,8 @@ pub struct Node {
     pub api_port: u16,
     pub cluster_port: u16,
     child: Option<Child>,
+    /// Extra environment of its server (e.g. `OLLAMA_MAX_QUEUE`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -31,6 +33,7 @@ impl Node {
             api_port: free_port(),
             cluster_port: free_port(),
             child: None,
+            env: Vec::new(),
         }
     }
 
@@ -52,6 +55,9 @@ impl Node {
             .env_remove("OLLAMAMAX_DATA")
             .env_remove("OLLAMAMAX_TOKEN")
             .stdin(Stdio::null());
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
         command
     }
 
