@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Node, SETTLE, agreed, wait_for};
+use common::cluster::{Node, SETTLE, form_three, wait_for};
 use serde_json::json;
 
 /// The target for kill -9 of the leader to the next committed write.
@@ -20,21 +20,7 @@ fn run_once(round: usize) -> (Duration, Duration) {
         .prefix("ollamamax-failover-")
         .tempdir()
         .unwrap();
-    let mut nodes = [
-        Node::new(base.path(), "a"),
-        Node::new(base.path(), "b"),
-        Node::new(base.path(), "c"),
-    ];
-    let token = nodes[0].init();
-    nodes[0].start(None);
-    wait_for(&[&nodes[0]], "the first node to lead", |statuses| {
-        agreed(statuses, 1)
-    });
-    let (first, rest) = nodes.split_at_mut(1);
-    rest[0].start(Some((&first[0], &token)));
-    rest[1].start(Some((&first[0], &token)));
-    let all: Vec<&Node> = nodes.iter().collect();
-    let statuses = wait_for(&all, "three voters", |statuses| agreed(statuses, 3));
+    let (mut nodes, statuses) = form_three(base.path(), |_| {});
     // Let heartbeats settle so the detectors see everyone alive.
     std::thread::sleep(Duration::from_secs(1));
     let leader = statuses[0]["leader"].as_u64().unwrap();

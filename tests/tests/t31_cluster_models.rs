@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Node, SETTLE, agreed, wait_for};
+use common::cluster::{Node, SETTLE, agreed, form_three, wait_for};
 use common::model_bytes;
 use serde_json::{Value, json};
 
@@ -84,25 +84,11 @@ fn a_model_spreads_serves_from_any_node_and_survives_kills() {
         .prefix("ollamamax-cluster-models-")
         .tempdir()
         .unwrap();
-    let mut nodes = [
-        Node::new(base.path(), "a"),
-        Node::new(base.path(), "b"),
-        Node::new(base.path(), "c"),
-    ];
-    for node in &mut nodes {
-        // One request may wait at an accepting node: the end of the test fills the cluster.
+    // One request may wait at an accepting node: the end of the test fills the cluster.
+    let (mut nodes, _) = form_three(base.path(), |node| {
         node.env.push(("OLLAMA_MAX_QUEUE".into(), "1".into()));
-    }
-    let token = nodes[0].init();
-    nodes[0].start(None);
-    wait_for(&[&nodes[0]], "the first node to lead", |statuses| {
-        agreed(statuses, 1)
     });
-    let (first, rest) = nodes.split_at_mut(1);
-    rest[0].start(Some((&first[0], &token)));
-    rest[1].start(Some((&first[0], &token)));
     let all: Vec<&Node> = nodes.iter().collect();
-    wait_for(&all, "three voters", |statuses| agreed(statuses, 3));
     let ids: Vec<u64> = nodes.iter().map(node_id).collect();
 
     // Create on A: the answer comes once the model is committed, so every node lists it at once or very soon.

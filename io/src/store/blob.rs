@@ -147,12 +147,21 @@ impl Store {
     /// Where a copy of `digest` from another node is downloaded before it becomes the blob (inside `blobs/`, so
     /// the final rename is atomic; resumable across a broken connection).
     pub fn replica_path(&self, digest: &Digest) -> std::path::PathBuf {
+        self.blob_path_with_suffix(digest, "-replica")
+    }
+
+    /// `blobs/sha256-<hex><suffix>`: a file that belongs to the blob but is not it (yet).
+    pub(crate) fn blob_path_with_suffix(
+        &self,
+        digest: &Digest,
+        suffix: &str,
+    ) -> std::path::PathBuf {
         let path = self.blob_path(digest);
         let mut name = path
             .file_name()
             .expect("blob paths have a name")
             .to_os_string();
-        name.push("-replica");
+        name.push(suffix);
         path.with_file_name(name)
     }
 

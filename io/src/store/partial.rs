@@ -112,13 +112,7 @@ impl Store {
     }
 
     fn partial_path(&self, digest: &Digest) -> PathBuf {
-        let path = self.blob_path(digest);
-        let mut name = path
-            .file_name()
-            .expect("blob paths have a name")
-            .to_os_string();
-        name.push("-partial");
-        path.with_file_name(name)
+        self.blob_path_with_suffix(digest, "-partial")
     }
 
     fn record_path(&self, digest: &Digest, index: u32) -> PathBuf {

@@ -237,3 +237,27 @@ pub fn agreed(statuses: &[Value], count: usize) -> bool {
             .iter()
             .all(|status| voters(status) == voters(&statuses[0]))
 }
+
+/// Three nodes `a`, `b`, `c` under `base`, each first shaped by `configure` (extra environment): `cluster init`
+/// and start on `a`, then `b` and `c` join with its token; returns once all three agree on three voters.
+pub fn form_three(base: &Path, configure: impl Fn(&mut Node)) -> ([Node; 3], Vec<Value>) {
+    let mut nodes = [
+        Node::new(base, "a"),
+        Node::new(base, "b"),
+        Node::new(base, "c"),
+    ];
+    for node in &mut nodes {
+        configure(node);
+    }
+    let token = nodes[0].init();
+    nodes[0].start(None);
+    wait_for(&[&nodes[0]], "the first node to lead", |statuses| {
+        agreed(statuses, 1)
+    });
+    let (first, rest) = nodes.split_at_mut(1);
+    rest[0].start(Some((&first[0], &token)));
+    rest[1].start(Some((&first[0], &token)));
+    let all: Vec<&Node> = nodes.iter().collect();
+    let statuses = wait_for(&all, "three voters", |statuses| agreed(statuses, 3));
+    (nodes, statuses)
+}
