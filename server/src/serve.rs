@@ -33,12 +33,16 @@ async fn shutdown_signal() {
 
 /// Runs the server until a shutdown signal.
 pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("OLLAMAMAX_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        EnvFilter::try_from_env("OLLAMAMAX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.init();
+    }
     let config = ServerConfig::from_env()?;
     crate::metrics::install();
     let store = Store::open(&config.models_dir).with_context(|| {

@@ -142,6 +142,30 @@ fn a_model_spreads_serves_from_any_node_and_survives_kills() {
         answer["message"]["content"], local["message"]["content"],
         "greedy output is the same whichever node runs it"
     );
+    // One request id follows a request across the cluster: the accepting node's log and the serving node's.
+    let reply = common::read(
+        common::agent()
+            .post(nodes[outsider].url("/api/generate"))
+            .header("Content-Type", "application/json")
+            .header("X-Request-Id", "t31-trace-0001")
+            .send(
+                json!({ "model": MODEL, "prompt": "Hi", "stream": false, "options": { "num_predict": 2 } })
+                    .to_string(),
+            ),
+        "/api/generate",
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("x-request-id"), Some("t31-trace-0001"));
+    let logged: Vec<&str> = nodes
+        .iter()
+        .filter(|node| node.log().contains("t31-trace-0001"))
+        .map(|node| node.name)
+        .collect();
+    assert_eq!(
+        logged.len(),
+        2,
+        "the id is in the accepting and the serving node's logs: {logged:?}"
+    );
     // `/api/ps` on any node shows what runs where; `/metrics` shows Raft and routing.
     let ps = nodes[outsider].get("/api/ps").json();
     let running: Vec<u64> = ps["models"]

@@ -108,6 +108,58 @@ async fn metrics() -> Response {
         .into_response()
 }
 
+/// The header that names a request across the cluster.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest request id taken from a client; longer or odd ones are replaced.
+const REQUEST_ID_BYTES_MAX: usize = 64;
+
+/// Gives every request an id (the client's `X-Request-Id` when it is short and plain, else a new random one),
+/// runs it inside a `request` span carrying the id, and returns the id in the response. A request forwarded to
+/// another node carries the same header, so one grep for the id follows it across the cluster.
+async fn request_id(mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let given = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= REQUEST_ID_BYTES_MAX
+                && id
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte))
+        })
+        .map(str::to_string);
+    let id = given.unwrap_or_else(new_request_id);
+    let value = HeaderValue::from_str(&id).expect("request ids are plain ASCII");
+    request
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, value.clone());
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let mut response = async move {
+        let response = next.run(request).await;
+        tracing::info!(status = response.status().as_u16(), "answered");
+        response
+    }
+    .instrument(span)
+    .await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    response
+}
+
+/// 16 random hex digits.
+fn new_request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// Counts every routed request by its route template and status, with its duration and the number in flight.
 /// The duration of a streamed answer is to its headers; the generation metrics time the stream itself.
 async fn track(
@@ -235,6 +287,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .merge(uploads)
         .route_layer(axum::middleware::from_fn(track))
+        .layer(axum::middleware::from_fn(request_id))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors(&config))

@@ -140,6 +140,9 @@ pub struct ServeArgs {
     /// The address other nodes dial for this node's cluster endpoint; default the listen address.
     #[arg(long, env = "OLLAMAMAX_CLUSTER_ADVERTISE")]
     pub cluster_advertise: Option<String>,
+    /// Log format on stderr: `text` for people, `json` (one object a line) for log collectors.
+    #[arg(long, env = "OLLAMAMAX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// Where the cluster files are and what the new join token allows.

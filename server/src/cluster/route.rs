@@ -235,11 +235,13 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
         match ticket.decision().await {
             Some(Decision::Run(node)) if node == cluster.node => {
                 crate::metrics::routed("local");
+                tracing::debug!(model = %model.short(), "running here");
                 let response = next.run(rebuild(bytes)).await;
                 return finish_when_done(response, ticket, node);
             }
             Some(Decision::Run(node)) => {
                 crate::metrics::routed(if retried { "retried" } else { "forwarded" });
+                tracing::info!(model = %model.short(), node = node.0, retried, "forwarding");
                 match forward(&cluster, node, &parts, bytes.clone()).await {
                     Ok((head, first, rest)) => {
                         ticket.first_byte(node);
