@@ -142,6 +142,19 @@ fn a_model_spreads_serves_from_any_node_and_survives_kills() {
         answer["message"]["content"], local["message"]["content"],
         "greedy output is the same whichever node runs it"
     );
+    // A create `from` a model this node lacks runs on a holder and is committed like any other.
+    let reply = nodes[outsider].post_json(
+        "/api/create",
+        &json!({ "model": "smollm2-pirate", "from": MODEL, "system": "Talk like a pirate.", "stream": false }),
+    );
+    assert_eq!(
+        reply.status, 200,
+        "create from a remote model: {}",
+        reply.body
+    );
+    assert_eq!(reply.json()["status"], "success", "{}", reply.body);
+    assert!(tags(&nodes[outsider]).contains(&"smollm2-pirate:latest".to_string()));
+
     // One request id follows a request across the cluster: the accepting node's log and the serving node's.
     let reply = common::read(
         common::agent()

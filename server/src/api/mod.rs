@@ -268,16 +268,23 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::cluster::route::route,
         ));
+    // Model operations that read a model's blobs run on a node that holds it.
+    let at_holder = Router::new()
+        .route("/api/create", post(create::create))
+        .route("/api/push", post(transfer::push))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::route::route_to_holder,
+        ));
     Router::new()
         .route("/", get(root).head(root))
         .route("/api/version", get(version).head(version))
         .merge(routed)
-        .route("/api/create", post(create::create))
+        .merge(at_holder)
         .route("/api/tags", get(models::tags).head(models::tags))
         .route("/api/copy", post(models::copy))
         .route("/api/delete", axum::routing::delete(models::delete))
         .route("/api/pull", post(transfer::pull))
-        .route("/api/push", post(transfer::push))
         .route("/api/ps", get(ps::ps))
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*model}", get(openai::models::retrieve))

@@ -245,7 +245,7 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
                 match forward(&cluster, node, &parts, bytes.clone()).await {
                     Ok((head, first, rest)) => {
                         ticket.first_byte(node);
-                        return stream_through(cluster, head, first, rest, ticket, node);
+                        return stream_through(cluster, head, first, rest, Some(ticket), node);
                     }
                     Err(why) => {
                         crate::metrics::routed("failed");
@@ -279,6 +279,73 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, text).into_response();
             }
             None => return ApiError::internal("the server is shutting down").into_response(),
+        }
+    }
+}
+
+/// Model operations that need a model's blobs (`create` with `from`, `push`): on a node that lacks the model but
+/// whose cluster has it, the request is forwarded to a live holder, which does the work (a create there is then
+/// committed to the cluster as usual) and streams its progress back. Anything else runs here.
+pub async fn route_to_holder(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(cluster) = state.cluster.clone() else {
+        return next.run(request).await;
+    };
+    if request.headers().contains_key(ROUTED_HEADER) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_BYTES_MAX).await else {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            .into_response();
+    };
+    let needed = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|value| {
+            let key = if parts.uri.path() == "/api/create" {
+                "from"
+            } else {
+                "model"
+            };
+            value
+                .get(key)
+                .or_else(|| value.get("name"))
+                .and_then(|name| name.as_str())
+                .map(str::to_string)
+        })
+        .and_then(|name| ModelName::parse(&name).ok());
+    let rebuild = |bytes: Bytes| Request::from_parts(parts.clone(), Body::from(bytes));
+    let Some(model) = needed else {
+        return next.run(rebuild(bytes)).await;
+    };
+    let local = {
+        let store = state.store.clone();
+        let name = model.clone();
+        tokio::task::spawn_blocking(move || store.read_manifest(&name).is_ok())
+            .await
+            .unwrap_or(true)
+    };
+    let holder = (!local)
+        .then(|| {
+            let holders = cluster.raft.applied().borrow().state.model_holders(&model);
+            holders.into_iter().find(|node| {
+                *node != cluster.node && cluster.health.liveness(*node) == Some(Liveness::Alive)
+            })
+        })
+        .flatten();
+    let Some(node) = holder else {
+        return next.run(rebuild(bytes)).await;
+    };
+    tracing::info!(model = %model.short(), node = node.0, "forwarding to a node that holds the model");
+    match forward(&cluster, node, &parts, bytes.clone()).await {
+        Ok((head, first, rest)) => stream_through(cluster, head, first, rest, None, node),
+        // The holder is unreachable: let this node answer (it will say what it lacks).
+        Err(why) => {
+            tracing::warn!(node = node.0, %why, "the holder did not answer");
+            next.run(rebuild(bytes)).await
         }
     }
 }
@@ -394,7 +461,7 @@ fn stream_through(
     head: ProxyReply,
     first: Option<Bytes>,
     mut rest: ReplyStream,
-    ticket: Ticket,
+    ticket: Option<Ticket>,
     node: NodeId,
 ) -> Response {
     let mut response = Response::builder()
@@ -411,7 +478,7 @@ fn stream_through(
         }
     }
     let body = async_stream::stream! {
-        let mut ticket = Some(ticket);
+        let mut ticket = ticket;
         if let Some(first) = first {
             yield Ok::<Bytes, std::io::Error>(first);
             loop {
