@@ -102,6 +102,14 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
     if let Some(cluster) = &cluster {
         cluster.proxy.set_router(router.clone());
     }
+    // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and the client's delayed
+    // ACK hold each token back ~40 ms (measured by scripts/bench-routing.sh).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -211,18 +211,22 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
     let Some((model, prefix_hash)) = model_and_prefix(&bytes) else {
         return next.run(rebuild(bytes)).await;
     };
-    let local = {
+    let (known, mut holders): (bool, BTreeSet<NodeId>) = {
+        let applied = cluster.raft.applied();
+        let state = &applied.borrow().state;
+        (state.model(&model).is_some(), state.model_holders(&model))
+    };
+    // A cluster model: its committed holders (each holder's manifests follow the state; no disk read on this
+    // path). A model the cluster does not know may still be in this node's store.
+    if !known {
         let store = state.store.clone();
         let name = model.clone();
-        tokio::task::spawn_blocking(move || store.read_manifest(&name).is_ok())
+        let local = tokio::task::spawn_blocking(move || store.read_manifest(&name).is_ok())
             .await
-            .unwrap_or(false)
-    };
-    let mut holders: BTreeSet<NodeId> = cluster.raft.applied().borrow().state.model_holders(&model);
-    if local {
-        holders.insert(cluster.node);
-    } else {
-        holders.remove(&cluster.node);
+            .unwrap_or(false);
+        if local {
+            holders.insert(cluster.node);
+        }
     }
     let Some(scheduling) = cluster.scheduling.get() else {
         return next.run(rebuild(bytes)).await;
