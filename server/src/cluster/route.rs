@@ -8,7 +8,9 @@
 //!   byte went to the client, a failure ends the answer with Ollama's error line (`{"error": ...}` in NDJSON)
 //!   or an OpenAI error event (SSE), never with tokens spliced from a second run.
 //! - Serving side ([`ProxyService`]): the forwarded request runs through this node's own router, marked with
-//!   [`ROUTED_HEADER`] so it is served here and not routed again.
+//!   [`ROUTED_HEADER`] so it is served here and not routed again. The transport's reply head goes back at once
+//!   (empty); the HTTP status and headers are the reply body's first chunk, then the HTTP body follows, so a
+//!   non-streamed answer that takes minutes is not cut by the transport's wait for a reply head.
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
@@ -127,23 +129,28 @@ impl StreamHandler for ProxyService {
                 .header(ROUTED_HEADER, peer.0.to_string())
                 .body(Body::from(body))
                 .map_err(|error| bad_request(error.to_string()))?;
-            let response = router
-                .oneshot(request)
-                .await
-                .unwrap_or_else(|never| match never {});
-            let reply = ProxyReply {
-                version: PROXY_VERSION,
-                status: response.status().as_u16(),
-                headers: reply_headers(response.headers()),
+            // The transport's reply head goes out at once; the HTTP head follows as the body's first chunk when
+            // the handler has it (a non-streamed answer has it only at the end, which may be minutes away).
+            let body = async_stream::stream! {
+                let response = router.oneshot(request).await.unwrap_or_else(|never| match never {});
+                let reply = ProxyReply {
+                    version: PROXY_VERSION,
+                    status: response.status().as_u16(),
+                    headers: reply_headers(response.headers()),
+                };
+                match postcard::to_allocvec(&reply) {
+                    Ok(reply) => yield Ok(Bytes::from(reply)),
+                    Err(error) => {
+                        yield Err(error.to_string());
+                        return;
+                    }
+                }
+                let mut data = response.into_body().into_data_stream();
+                while let Some(chunk) = data.next().await {
+                    yield chunk.map_err(|error| error.to_string());
+                }
             };
-            let reply = postcard::to_allocvec(&reply)
-                .map_err(|error| RemoteError::new(RemoteErrorKind::Internal, error.to_string()))?;
-            let body = response
-                .into_body()
-                .into_data_stream()
-                .map(|chunk| chunk.map_err(|error| error.to_string()))
-                .boxed();
-            Ok((reply, body))
+            Ok((Vec::new(), body.boxed()))
         })
     }
 }
@@ -382,15 +389,12 @@ async fn forward(
     };
     let head = postcard::to_allocvec(&head).map_err(|error| error.to_string())?;
     let exchange = async {
-        let (reply, mut stream) = cluster
+        let (_, mut stream) = cluster
             .transport
             .open_stream(node, head, body)
             .await
             .map_err(|error| error.to_string())?;
-        let reply: ProxyReply = postcard::from_bytes(&reply).map_err(|error| error.to_string())?;
-        if reply.version != PROXY_VERSION {
-            return Err(format!("reply version {}", reply.version));
-        }
+        let reply = read_reply_head(&mut stream).await?;
         let first = stream
             .next_chunk()
             .await
@@ -424,6 +428,20 @@ async fn unhealthy(cluster: &Cluster, node: NodeId, worst: Liveness) {
     }
 }
 
+/// The forwarded answer's HTTP head: the first chunk of the reply body.
+async fn read_reply_head(stream: &mut ReplyStream) -> Result<ProxyReply, String> {
+    let chunk = stream
+        .next_chunk()
+        .await
+        .map_err(|error| error.to_string())?
+        .ok_or("the reply ended before its head")?;
+    let reply: ProxyReply = postcard::from_bytes(&chunk).map_err(|error| error.to_string())?;
+    if reply.version != PROXY_VERSION {
+        return Err(format!("reply version {}", reply.version));
+    }
+    Ok(reply)
+}
+
 /// Most bytes [`Cluster::fetch_local`] reads back.
 const FETCH_BYTES_MAX: usize = 4 << 20;
 
@@ -438,12 +456,12 @@ impl Cluster {
             headers: Vec::new(),
         };
         let head = postcard::to_allocvec(&head).map_err(|error| error.to_string())?;
-        let (reply, mut stream) = self
+        let (_, mut stream) = self
             .transport
             .open_stream(node, head, Bytes::new())
             .await
             .map_err(|error| error.to_string())?;
-        let reply: ProxyReply = postcard::from_bytes(&reply).map_err(|error| error.to_string())?;
+        let reply = read_reply_head(&mut stream).await?;
         let mut body = Vec::new();
         while let Some(chunk) = stream
             .next_chunk()

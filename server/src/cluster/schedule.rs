@@ -106,6 +106,8 @@ impl Scheduling {
         let (commands, receiver) = mpsc::channel(COMMANDS_MAX);
         let config = SchedulerConfig {
             queue_max: queue_max.min(ollamamax_core::limits::QUEUE_MAX),
+            // The first try and at most one retry on another node, before the first byte.
+            attempts_max: 2,
             ..SchedulerConfig::default()
         };
         tokio::spawn(run(cluster.clone(), Scheduler::new(config), receiver));
