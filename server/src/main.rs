@@ -9,6 +9,7 @@ mod duration;
 mod metrics;
 mod node;
 mod serve;
+mod ui;
 
 use clap::Parser;
 

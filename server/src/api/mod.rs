@@ -291,6 +291,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/cluster", get(cluster_status))
         .route("/api/cluster/replication", post(set_replication))
+        .route("/ui", get(crate::ui::page))
+        .route("/api/ui/events", get(crate::ui::events))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .merge(uploads)
         .route_layer(axum::middleware::from_fn(track))

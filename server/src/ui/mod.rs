@@ -1,0 +1,189 @@
+//! The dashboard: `GET /ui` serves one page embedded in the binary (no CDN, no separate server); the page keeps
+//! itself current from `GET /api/ui/events`, a server-sent-event stream that sends this node's view every second
+//! (`status`: members with role, health, load and loaded models; leader and term; models with holders and
+//! missing copies; the models loaded on this node) and what happened since the last one (`event`: members
+//! joining, leaving, changing health, leaders changing, models appearing and disappearing). Its chat box talks
+//! to `/api/chat` like any client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+
+/// The page.
+const INDEX_HTML: &str = include_str!("index.html");
+/// How often the event stream sends the current view.
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// `GET /ui`.
+pub async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+/// `GET /api/ui/events`.
+pub async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = async_stream::stream! {
+        let mut ticks = tokio::time::interval(PERIOD);
+        let mut before: Option<Value> = None;
+        loop {
+            ticks.tick().await;
+            let view = view(&state).await;
+            if let Some(before) = &before {
+                for happened in changes(before, &view) {
+                    yield Ok(Event::default().event("event").data(happened));
+                }
+            }
+            yield Ok(Event::default().event("status").data(view.to_string()));
+            before = Some(view);
+        }
+    };
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// This node's view: the cluster status (or a one-member status on a single server) and its loaded models.
+async fn view(state: &AppState) -> Value {
+    let loaded: Vec<Value> = state
+        .node
+        .list()
+        .await
+        .into_iter()
+        .map(|resident| {
+            json!({
+                "name": resident.model.recipe.name,
+                "expires_at": resident.expires_at,
+                "context_length": resident.model.context_length(),
+            })
+        })
+        .collect();
+    let (active, slots) = state.node.activity();
+    let mut status = match &state.cluster {
+        Some(cluster) => {
+            serde_json::to_value(crate::cluster::status::status(cluster)).unwrap_or_default()
+        }
+        None => json!({
+            "node": 0,
+            "leader": null,
+            "term": 0,
+            "replication": 1,
+            "members": [{
+                "id": 0, "role": "single server", "api_address": state.config.host.authority(),
+                "cluster_address": "", "status": "active", "leader": false, "health": "alive",
+                "running": active.min(slots), "queued": active.saturating_sub(slots), "slots": slots,
+                "loaded": loaded.iter().filter_map(|model| model["name"].as_str()).collect::<Vec<_>>(),
+            }],
+            "models": [],
+        }),
+    };
+    status["local_models"] = Value::Array(loaded);
+    status["cluster"] = Value::Bool(state.cluster.is_some());
+    status
+}
+
+/// What changed between two views, as lines for the page's event log.
+fn changes(before: &Value, now: &Value) -> Vec<String> {
+    let members = |view: &Value| -> BTreeMap<u64, String> {
+        view["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|member| {
+                Some((
+                    member["id"].as_u64()?,
+                    member["health"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    };
+    let models = |view: &Value| -> BTreeMap<String, u64> {
+        view["models"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|model| {
+                Some((
+                    model["name"].as_str()?.to_string(),
+                    model["replicas"].as_u64()?,
+                ))
+            })
+            .collect()
+    };
+    let mut lines = Vec::new();
+    let (old, new) = (members(before), members(now));
+    for (id, health) in &new {
+        match old.get(id) {
+            None => lines.push(format!("node {id} joined")),
+            Some(previous) if previous != health => {
+                lines.push(format!("node {id}: {previous} → {health}"))
+            }
+            _ => {}
+        }
+    }
+    for id in old.keys().filter(|id| !new.contains_key(id)) {
+        lines.push(format!("node {id} left"));
+    }
+    if before["leader"] != now["leader"] || before["term"] != now["term"] {
+        lines.push(format!("leader {} in term {}", now["leader"], now["term"]));
+    }
+    let (old, new) = (models(before), models(now));
+    for (name, replicas) in &new {
+        match old.get(name) {
+            None => lines.push(format!("model {name} created ({replicas} copies)")),
+            Some(previous) if previous != replicas => {
+                lines.push(format!("model {name}: {previous} → {replicas} copies"))
+            }
+            _ => {}
+        }
+    }
+    let gone: BTreeSet<&String> = old.keys().filter(|name| !new.contains_key(*name)).collect();
+    for name in gone {
+        lines.push(format!("model {name} deleted"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_name_joins_health_leaders_and_models() {
+        let before = json!({
+            "leader": 1, "term": 1,
+            "members": [{"id": 1, "health": "alive"}, {"id": 2, "health": "alive"}],
+            "models": [{"name": "a:latest", "replicas": 1}],
+        });
+        let now = json!({
+            "leader": 2, "term": 2,
+            "members": [{"id": 1, "health": "dead"}, {"id": 2, "health": "alive"}, {"id": 3, "health": "alive"}],
+            "models": [{"name": "a:latest", "replicas": 2}, {"name": "b:latest", "replicas": 1}],
+        });
+        assert_eq!(
+            changes(&before, &now),
+            vec![
+                "node 1: alive → dead",
+                "node 3 joined",
+                "leader 2 in term 2",
+                "model a:latest: 1 → 2 copies",
+                "model b:latest created (1 copies)",
+            ]
+        );
+        assert!(changes(&now, &now).is_empty());
+    }
+}
