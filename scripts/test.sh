@@ -48,6 +48,10 @@ cargo test --release --workspace 2>&1 | tee -a "$results"
 step "end to end: ollamamax serve driven by the official ollama and openai Python clients"
 ./scripts/e2e.sh 2>&1 | tee -a "$results"
 
+step "the dashboard in headless chromium (installs chromium and selenium if missing)"
+./scripts/ui-test.sh 2>&1 | tee -a "$results"
+grep -q '^ui: PASS' "$results" && echo "test result: ok. 1 passed; 0 failed (dashboard)" >>"$results"
+
 step "the simulator catches planted bugs"
 cargo test --release -p ollamamax-sim --features planted-bugs --test planted_bugs -- --nocapture 2>&1 | tee -a "$results"
 

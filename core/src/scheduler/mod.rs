@@ -383,8 +383,13 @@ impl Scheduler {
                 self.requests.insert(request, entry);
                 self.dispatch(request, next);
             }
-            // No free node: the retry waits like a new arrival would, or fails if the queue is full.
-            None if self.queued < self.config.queue_max => self.enqueue(request, entry),
+            // No free node: the retry waits like a new arrival would, or fails if the queue is full or no other
+            // holder exists at all (it would wait for nothing).
+            None if self.queued < self.config.queue_max
+                && self.nodes.has_untried_holder(entry.model, &entry.tried) =>
+            {
+                self.enqueue(request, entry)
+            }
             None => self.actions.push_back(Action::Reject {
                 request,
                 reason: RejectReason::NodeFailed,

@@ -222,6 +222,21 @@ impl NodeTable {
 
     /// The best node for a request for `model` that has not tried `tried`: usable, holding the model, with a
     /// free slot; then loaded first, lowest load, highest rendezvous score for the prompt prefix.
+    /// Whether some holder of `model` that is not known dead and not in `tried` exists, free or not: a retry
+    /// has somewhere to go, now or once a slot frees.
+    pub(super) fn has_untried_holder(&self, model: ModelId, tried: &[Slot]) -> bool {
+        self.holders
+            .get(model as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|holders| {
+                holders.list.iter().any(|slot| {
+                    !tried.contains(slot)
+                        && (self.ignore_liveness
+                            || self.views[*slot as usize].status != Liveness::Dead)
+                })
+            })
+    }
+
     pub(super) fn choose(&self, model: ModelId, prefix_hash: u64, tried: &[Slot]) -> Option<Slot> {
         let holders = self.holders.get(model as usize)?.as_ref()?;
         let mut best: Option<Slot> = None;

@@ -177,6 +177,49 @@ fn dead_node_before_first_byte_retries_elsewhere() {
 }
 
 #[test]
+fn a_failure_with_no_other_holder_is_rejected_not_queued() {
+    // One holder: its failure before the first byte leaves nowhere to retry, so the request fails at once
+    // instead of waiting in the queue for a holder that does not exist.
+    let mut s = scheduler(&[1], 10);
+    arrive(&mut s, 1, 5);
+    assert_eq!(drain(&mut s), vec![dispatch(5, 1, 1)]);
+    s.handle(
+        2,
+        Input::Failed {
+            request: RequestId(5),
+            node: NodeId(1),
+        },
+    );
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Reject {
+            request: RequestId(5),
+            reason: RejectReason::NodeFailed
+        }]
+    );
+    assert_eq!(s.open_requests(), 0);
+    // Two holders, the other one busy: the retry waits for it.
+    let mut s = scheduler(&[1, 2], 10);
+    arrive(&mut s, 1, 5);
+    arrive(&mut s, 1, 6);
+    assert_eq!(drain(&mut s).len(), 2);
+    let first = s.dispatched_to(RequestId(5)).unwrap();
+    s.handle(
+        2,
+        Input::Failed {
+            request: RequestId(5),
+            node: first,
+        },
+    );
+    assert!(
+        drain(&mut s).is_empty(),
+        "the retry waits for the busy holder"
+    );
+    assert_eq!(s.queued(), 1);
+    s.check_invariants();
+}
+
+#[test]
 fn dead_node_after_first_byte_fails_the_request() {
     let mut s = scheduler(&[1, 2], 10);
     arrive(&mut s, 1, 5);

@@ -46,11 +46,14 @@ pub struct Peer {
     pub load: Load,
     /// Milliseconds since it was last heard (0 for this node).
     pub silent_ms: u64,
+    /// How many loads it has reported: a consumer feeds a load once, when this changes.
+    pub reports: u64,
 }
 
 struct Inner {
     detector: FailureDetector,
-    loads: BTreeMap<NodeId, Load>,
+    /// Each node's last load and how many it has reported.
+    loads: BTreeMap<NodeId, (Load, u64)>,
 }
 
 /// This node's view of every member's health.
@@ -106,24 +109,26 @@ impl Health {
                     .detector
                     .last_heard(node)
                     .map_or(0, |heard| now.saturating_sub(heard));
-                let load = inner.loads.get(&node).cloned().unwrap_or_default();
+                let (load, reports) = inner.loads.get(&node).cloned().unwrap_or_default();
                 (
                     node,
                     Peer {
                         liveness,
                         load,
                         silent_ms,
+                        reports,
                     },
                 )
             })
             .collect();
-        if let Some(load) = inner.loads.get(&self.own) {
+        if let Some((load, reports)) = inner.loads.get(&self.own) {
             peers.insert(
                 self.own,
                 Peer {
                     liveness: Liveness::Alive,
                     load: load.clone(),
                     silent_ms: 0,
+                    reports: *reports,
                 },
             );
         }
@@ -137,7 +142,8 @@ impl Health {
         if node != self.own {
             inner.detector.handle(now, Input::Heartbeat { node });
         }
-        inner.loads.insert(node, load);
+        let reports = inner.loads.get(&node).map_or(0, |(_, reports)| *reports) + 1;
+        inner.loads.insert(node, (load, reports));
         self.publish(&mut inner);
     }
 

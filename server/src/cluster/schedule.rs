@@ -164,6 +164,9 @@ async fn run(
     let epoch = Instant::now();
     let now = || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut waiting: BTreeMap<RequestId, mpsc::Sender<Decision>> = BTreeMap::new();
+    // The report count of each node's load last fed: a load is fed once (feeding it again would wipe the
+    // scheduler's count of what it dispatched since).
+    let mut fed: BTreeMap<NodeId, u64> = BTreeMap::new();
     let mut gossip = tokio::time::interval(HEARTBEAT_PERIOD);
     gossip.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -176,9 +179,9 @@ async fn run(
             command = commands.recv() => match command {
                 None => return,
                 Some(Command::Arrive { request, model, holders, prefix_hash, decisions }) => {
-                    feed_health(&cluster, &mut scheduler, now());
+                    feed_health(&cluster, &mut scheduler, &mut fed, now());
                     scheduler.handle(now(), Input::ModelHolders { model: model.clone(), nodes: holders });
-                    feed_health(&cluster, &mut scheduler, now());
+                    feed_health(&cluster, &mut scheduler, &mut fed, now());
                     waiting.insert(request, decisions);
                     let deadline = now().saturating_add(REQUEST_DEADLINE.as_millis() as u64);
                     scheduler.handle(now(), Input::RequestArrived { request, model, prefix_hash, deadline });
@@ -194,7 +197,7 @@ async fn run(
                     }
                 }
             },
-            _ = gossip.tick() => feed_health(&cluster, &mut scheduler, now()),
+            _ = gossip.tick() => feed_health(&cluster, &mut scheduler, &mut fed, now()),
             () = tokio::time::sleep(sleep) => scheduler.handle(now(), Input::Tick),
         }
         crate::metrics::requests_routed_queued(scheduler.queued());
@@ -217,8 +220,13 @@ async fn run(
     }
 }
 
-/// Passes the detector's view and the gossiped loads to the scheduler.
-fn feed_health(cluster: &Cluster, scheduler: &mut Scheduler, now: u64) {
+/// Passes the detector's view and the loads gossiped since the last call to the scheduler.
+fn feed_health(
+    cluster: &Cluster,
+    scheduler: &mut Scheduler,
+    fed: &mut BTreeMap<NodeId, u64>,
+    now: u64,
+) {
     for (node, peer) in cluster.health.peers() {
         if scheduler.liveness(node) != Some(peer.liveness) {
             scheduler.handle(
@@ -229,6 +237,12 @@ fn feed_health(cluster: &Cluster, scheduler: &mut Scheduler, now: u64) {
                 },
             );
         }
+        // A node the scheduler does not know yet (no `ModelHolders` named it) ignores its load: feed it again
+        // once it is known.
+        if scheduler.liveness(node).is_none() || fed.get(&node) == Some(&peer.reports) {
+            continue;
+        }
+        fed.insert(node, peer.reports);
         scheduler.handle(
             now,
             Input::NodeLoad {

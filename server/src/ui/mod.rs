@@ -93,19 +93,39 @@ async fn view(state: &AppState) -> Value {
     };
     status["local_models"] = Value::Array(loaded);
     status["cluster"] = Value::Bool(state.cluster.is_some());
+    ids_as_text(&mut status);
     status
+}
+
+/// Node ids are 64-bit; JavaScript's numbers hold 53 bits, so the page gets them as text.
+fn ids_as_text(status: &mut Value) {
+    let text = |value: &mut Value| {
+        if let Some(id) = value.as_u64() {
+            *value = Value::String(id.to_string());
+        }
+    };
+    text(&mut status["node"]);
+    text(&mut status["leader"]);
+    for member in status["members"].as_array_mut().into_iter().flatten() {
+        text(&mut member["id"]);
+    }
+    for model in status["models"].as_array_mut().into_iter().flatten() {
+        for node in model["nodes"].as_array_mut().into_iter().flatten() {
+            text(node);
+        }
+    }
 }
 
 /// What changed between two views, as lines for the page's event log.
 fn changes(before: &Value, now: &Value) -> Vec<String> {
-    let members = |view: &Value| -> BTreeMap<u64, String> {
+    let members = |view: &Value| -> BTreeMap<String, String> {
         view["members"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|member| {
                 Some((
-                    member["id"].as_u64()?,
+                    member["id"].as_str()?.to_string(),
                     member["health"].as_str()?.to_string(),
                 ))
             })
@@ -135,11 +155,12 @@ fn changes(before: &Value, now: &Value) -> Vec<String> {
             _ => {}
         }
     }
-    for id in old.keys().filter(|id| !new.contains_key(id)) {
+    for id in old.keys().filter(|id| !new.contains_key(*id)) {
         lines.push(format!("node {id} left"));
     }
     if before["leader"] != now["leader"] || before["term"] != now["term"] {
-        lines.push(format!("leader {} in term {}", now["leader"], now["term"]));
+        let leader = now["leader"].as_str().unwrap_or("none");
+        lines.push(format!("leader {leader} in term {}", now["term"]));
     }
     let (old, new) = (models(before), models(now));
     for (name, replicas) in &new {
@@ -165,13 +186,13 @@ mod tests {
     #[test]
     fn changes_name_joins_health_leaders_and_models() {
         let before = json!({
-            "leader": 1, "term": 1,
-            "members": [{"id": 1, "health": "alive"}, {"id": 2, "health": "alive"}],
+            "leader": "1", "term": 1,
+            "members": [{"id": "1", "health": "alive"}, {"id": "2", "health": "alive"}],
             "models": [{"name": "a:latest", "replicas": 1}],
         });
         let now = json!({
-            "leader": 2, "term": 2,
-            "members": [{"id": 1, "health": "dead"}, {"id": 2, "health": "alive"}, {"id": 3, "health": "alive"}],
+            "leader": "2", "term": 2,
+            "members": [{"id": "1", "health": "dead"}, {"id": "2", "health": "alive"}, {"id": "3", "health": "alive"}],
             "models": [{"name": "a:latest", "replicas": 2}, {"name": "b:latest", "replicas": 1}],
         });
         assert_eq!(

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The dashboard in a real browser: tests/ui/test_dashboard.py starts a 3-node cluster, creates the default model,
+# and drives Debian's headless chromium (through its chromedriver, with selenium) against /ui: three members and
+# the model's copies shown, a chat typed into the page streams its answer, a kill -9'd node turns unhealthy
+# within the failure detector's timeout. Leaves the screenshot in target/ui-dashboard.png.
+#
+# Installs what it needs: chromium and chromium-driver with apt-get when /usr/bin/chromium is missing (as root,
+# or with sudo), selenium in a venv cached outside the repository ($OLLAMAMAX_CACHE/venv-ui).
+set -euo pipefail
+export PYTHONDONTWRITEBYTECODE=1
+cd "$(dirname "$0")/.."
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "ui-test: installing chromium and chromium-driver" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  command -v apt-get >/dev/null || { echo "ui-test: needs Debian's chromium (apt-get not found)" >&2; exit 1; }
+  $sudo apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium chromium-driver >&2
+fi
+
+cache="${OLLAMAMAX_CACHE:-$HOME/.cache/ollamamax}"
+venv="$cache/venv-ui"
+requirements="tests/ui/requirements.txt"
+stamp="$venv/.requirements.sha256"
+wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "ui-test: installing selenium into $venv" >&2
+  mkdir -p "$cache"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" >&2
+  echo "$wanted" >"$stamp"
+fi
+
+cargo build --release -p ollamamax-server --bin ollamamax >&2
+target_dir="$(cargo metadata --format-version 1 --no-deps | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+export OLLAMAMAX_BIN="$target_dir/release/ollamamax"
+export OLLAMAMAX_MODEL="${OLLAMAMAX_MODEL:-$(./scripts/fetch-model.sh)}"
+export SCREENSHOT="$target_dir/ui-dashboard.png"
+# Selenium must not look for drivers on the internet: the driver is given.
+export SE_OFFLINE=true
+"$venv/bin/python" tests/ui/test_dashboard.py
+echo "ui-test: screenshot $SCREENSHOT"
