@@ -11,20 +11,9 @@ set -euo pipefail
 export PYTHONDONTWRITEBYTECODE=1
 cd "$(dirname "$0")/.."
 
-cache="${OLLAMAMAX_CACHE:-$HOME/.cache/ollamamax}"
-venv="$cache/venv-clients"
-requirements="tests/e2e/requirements.txt"
-
 # The clients' venv, reused while the pinned requirements are unchanged.
-stamp="$venv/.requirements.sha256"
-wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-  echo "e2e: installing the clients into $venv" >&2
-  mkdir -p "$cache"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" >&2
-  echo "$wanted" >"$stamp"
-fi
+. scripts/lib/venv.sh
+cached_venv venv-clients tests/e2e/requirements.txt
 
 if [ -n "${OLLAMAMAX_BIN:-}" ]; then
   bin="$OLLAMAMAX_BIN"

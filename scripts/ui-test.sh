@@ -19,18 +19,8 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium chromium-driver >&2
 fi
 
-cache="${OLLAMAMAX_CACHE:-$HOME/.cache/ollamamax}"
-venv="$cache/venv-ui"
-requirements="tests/ui/requirements.txt"
-stamp="$venv/.requirements.sha256"
-wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-  echo "ui-test: installing selenium into $venv" >&2
-  mkdir -p "$cache"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" >&2
-  echo "$wanted" >"$stamp"
-fi
+. scripts/lib/venv.sh
+cached_venv venv-ui tests/ui/requirements.txt
 
 cargo build --release -p ollamamax-server --bin ollamamax >&2
 target_dir="$(cargo metadata --format-version 1 --no-deps | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
