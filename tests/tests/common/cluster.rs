@@ -182,6 +182,19 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        // A failed test deletes the nodes' directories: keep what their logs said.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|line| !line.contains("openraft"))
+                .collect();
+            eprintln!(
+                "--- node {} (last lines of its log) ---\n{}",
+                self.name,
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
     }
 }
 
