@@ -44,6 +44,9 @@ pub struct ModelStatus {
     pub replicas: u32,
     /// Nodes holding every blob of it (they can serve it without a transfer).
     pub nodes: Vec<u64>,
+    /// Those of `nodes` this node's detector does not rate dead.
+    #[serde(default)]
+    pub live_nodes: u32,
 }
 
 /// The whole status.
@@ -117,6 +120,15 @@ pub fn status(cluster: &Arc<Cluster>) -> ClusterStatus {
                 .iter()
                 .map(|node| node.0)
                 .collect(),
+            live_nodes: applied
+                .model_holders(name)
+                .iter()
+                .filter(|node| {
+                    peers.get(node).is_none_or(|peer| {
+                        peer.liveness != ollamamax_core::failure_detector::Liveness::Dead
+                    })
+                })
+                .count() as u32,
         })
         .collect();
     ClusterStatus {
