@@ -197,6 +197,26 @@ fn model_and_prefix(body: &[u8]) -> Option<(ModelName, u64)> {
     Some((name, hasher.finish()))
 }
 
+/// The request's head and whole body (a body over the API's limit is answered 413 here).
+async fn read_body(request: Request) -> Result<(axum::http::request::Parts, Bytes), Response> {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+        Ok(bytes) => Ok((parts, bytes)),
+        Err(_) => Err(
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+        ),
+    }
+}
+
+/// Whether this node's store has a manifest for `model` (a disk read, on the blocking pool).
+async fn has_local_model(state: &AppState, model: &ModelName) -> bool {
+    let store = state.store.clone();
+    let name = model.clone();
+    tokio::task::spawn_blocking(move || store.read_manifest(&name).is_ok())
+        .await
+        .unwrap_or(false)
+}
+
 /// The routing middleware (see the module docs).
 pub async fn route(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(cluster) = state.cluster.clone() else {
@@ -205,13 +225,9 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
     if request.headers().contains_key(ROUTED_HEADER) {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-                .into_response();
-        }
+    let (parts, bytes) = match read_body(request).await {
+        Ok(read) => read,
+        Err(response) => return response,
     };
     let rebuild = |bytes: Bytes| Request::from_parts(parts.clone(), Body::from(bytes));
     // A body the handler will refuse anyway is refused by the handler, with its own words.
@@ -225,15 +241,8 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
     };
     // A cluster model: its committed holders (each holder's manifests follow the state; no disk read on this
     // path). A model the cluster does not know may still be in this node's store.
-    if !known {
-        let store = state.store.clone();
-        let name = model.clone();
-        let local = tokio::task::spawn_blocking(move || store.read_manifest(&name).is_ok())
-            .await
-            .unwrap_or(false);
-        if local {
-            holders.insert(cluster.node);
-        }
+    if !known && has_local_model(&state, &model).await {
+        holders.insert(cluster.node);
     }
     let Some(scheduling) = cluster.scheduling.get() else {
         return next.run(rebuild(bytes)).await;
@@ -308,10 +317,9 @@ pub async fn route_to_holder(
     if request.headers().contains_key(ROUTED_HEADER) {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, BODY_BYTES_MAX).await else {
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-            .into_response();
+    let (parts, bytes) = match read_body(request).await {
+        Ok(read) => read,
+        Err(response) => return response,
     };
     let needed = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
@@ -332,13 +340,7 @@ pub async fn route_to_holder(
     let Some(model) = needed else {
         return next.run(rebuild(bytes)).await;
     };
-    let local = {
-        let store = state.store.clone();
-        let name = model.clone();
-        tokio::task::spawn_blocking(move || store.read_manifest(&name).is_ok())
-            .await
-            .unwrap_or(true)
-    };
+    let local = has_local_model(&state, &model).await;
     let holder = (!local)
         .then(|| {
             let holders = cluster.raft.applied().borrow().state.model_holders(&model);

@@ -179,7 +179,7 @@ async fn run(
             command = commands.recv() => match command {
                 None => return,
                 Some(Command::Arrive { request, model, holders, prefix_hash, decisions }) => {
-                    feed_health(&cluster, &mut scheduler, &mut fed, now());
+                    // Holders first: the scheduler takes liveness and load only of nodes it knows.
                     scheduler.handle(now(), Input::ModelHolders { model: model.clone(), nodes: holders });
                     feed_health(&cluster, &mut scheduler, &mut fed, now());
                     waiting.insert(request, decisions);

@@ -104,31 +104,30 @@ pub fn status(cluster: &Arc<Cluster>) -> ClusterStatus {
     let models = applied
         .models()
         .iter()
-        .map(|(name, manifest)| ModelStatus {
-            name: name.short(),
-            replicas: manifest
-                .blobs()
-                .map(|layer| {
-                    applied
-                        .blob(&layer.digest)
-                        .map_or(0, |replicas| replicas.nodes.len() as u32)
-                })
-                .min()
-                .unwrap_or(0),
-            nodes: applied
-                .model_holders(name)
-                .iter()
-                .map(|node| node.0)
-                .collect(),
-            live_nodes: applied
-                .model_holders(name)
+        .map(|(name, manifest)| {
+            let holders = applied.model_holders(name);
+            let live_nodes = holders
                 .iter()
                 .filter(|node| {
                     peers.get(node).is_none_or(|peer| {
                         peer.liveness != ollamamax_core::failure_detector::Liveness::Dead
                     })
                 })
-                .count() as u32,
+                .count() as u32;
+            ModelStatus {
+                name: name.short(),
+                replicas: manifest
+                    .blobs()
+                    .map(|layer| {
+                        applied
+                            .blob(&layer.digest)
+                            .map_or(0, |replicas| replicas.nodes.len() as u32)
+                    })
+                    .min()
+                    .unwrap_or(0),
+                nodes: holders.iter().map(|node| node.0).collect(),
+                live_nodes,
+            }
         })
         .collect();
     ClusterStatus {
