@@ -1,19 +1,10 @@
 //! The `ollamamax` binary: `serve` runs an Ollama-compatible server; the other commands are its client, as
-//! `ollama`'s are.
-
-mod api;
-mod cli;
-mod cluster;
-mod config;
-mod duration;
-mod metrics;
-mod node;
-mod serve;
-mod ui;
+//! `ollama`'s are. Everything lives in the library (`lib.rs`), which the fuzz targets and tests also use.
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use ollamamax_server::cli::{self, Cli, Command};
+use ollamamax_server::serve;
 
 fn main() {
     let cli = Cli::parse();

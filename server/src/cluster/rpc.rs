@@ -164,6 +164,7 @@ pub async fn call_control(
 }
 
 /// Answers other nodes: Raft RPCs go to the local Raft, control messages to the cluster's handlers.
+#[derive(Default)]
 pub struct ClusterHandler {
     raft: OnceLock<Arc<RaftNode>>,
     cluster: OnceLock<Arc<Cluster>>,
@@ -174,11 +175,7 @@ pub struct ClusterHandler {
 impl ClusterHandler {
     /// A handler that answers "unavailable" until [`Self::attach`] gives it the Raft node, then the cluster.
     pub fn new() -> Self {
-        Self {
-            raft: OnceLock::new(),
-            cluster: OnceLock::new(),
-            admitted: Arc::new(Mutex::new(BTreeSet::new())),
-        }
+        Self::default()
     }
 
     /// Connects the handler to this node's Raft (which needs the handler's transport to start).
