@@ -308,6 +308,52 @@ fn create_referencing_a_server_path_is_refused() {
     server.check_after();
 }
 
+/// Ollama's CVE-2024-39719 and CVE-2024-39722: `create` and `push` answered differently for a server path that
+/// exists and one that does not, so a client could probe the server's files. Here both get the same status and the
+/// same words, in every field that can name a file, streamed or not.
+#[test]
+fn server_path_create_is_refused_identically_for_existing_and_missing_files() {
+    let mut server = Server::start();
+    let existing = server.root.path().join("bait").join("present.gguf");
+    std::fs::create_dir_all(existing.parent().unwrap()).unwrap();
+    std::fs::write(&existing, b"GGUF").unwrap();
+    let missing = server.root.path().join("bait").join("absent.gguf");
+    let existing = existing.to_string_lossy().into_owned();
+    let missing = missing.to_string_lossy().into_owned();
+    let bodies = |path: &str| {
+        [
+            json!({ "model": "x", "from": path }),
+            json!({ "model": "x", "files": { "model.gguf": path } }),
+            json!({ "model": "x", "adapters": { "adapter.gguf": path } }),
+            json!({ "model": "x", "modelfile": format!("FROM {path}") }),
+        ]
+    };
+    for (present, absent) in bodies(&existing).into_iter().zip(bodies(&missing)) {
+        for stream in [false, true] {
+            let answer = |body: &Value| {
+                let mut body = body.clone();
+                body["stream"] = json!(stream);
+                let reply = server.post_json("/api/create", &body);
+                let message = reply.expect_error_in(&[400, 404], &format!("create {body}"));
+                (reply.status, message)
+            };
+            let (present_answer, absent_answer) = (answer(&present), answer(&absent));
+            assert_eq!(
+                present_answer, absent_answer,
+                "an existing and a missing server path answered differently ({present} / {absent})"
+            );
+        }
+    }
+    for path in [&existing, &missing] {
+        let reply = server.post_json("/api/push", &json!({ "model": path, "stream": false }));
+        let message = reply.expect_error_in(&[400, 404], &format!("push {path}"));
+        assert!(!message.contains("bait"), "push named the path: {message}");
+    }
+    let tags = server.get("/api/tags").json();
+    assert_eq!(tags["models"], json!([]), "a refused create left a model");
+    server.check_after();
+}
+
 #[test]
 fn unknown_model_is_404_everywhere() {
     let mut server = Server::start();
