@@ -420,8 +420,7 @@ impl Model {
 
     /// The context a request gets: its `num_ctx`, capped at what the model was trained for.
     pub(super) fn context_for(&self, options: &GenerateOptions) -> u32 {
-        let requested = u32::try_from(options.num_ctx.max(1)).unwrap_or(u32::MAX);
-        requested.min(self.config.context_length).max(1)
+        self.context_for_num_ctx(options.num_ctx)
     }
 
     /// A prompt [`Model::generate`] accepts: tokens in the vocabulary, with room for one more in `context`.

@@ -140,6 +140,24 @@ impl Model {
         &self.config
     }
 
+    /// Bytes one sequence's KV cache takes when it holds `context` positions: keys and values (f16) of every
+    /// block's KV heads. Callers check it against a memory budget before asking for such a context.
+    pub fn kv_cache_bytes(&self, context: u32) -> u64 {
+        const KEY_AND_VALUE: u64 = 2;
+        const BYTES_PER_VALUE: u64 = 2;
+        u64::from(self.config.block_count)
+            .saturating_mul(u64::from(self.config.head_count_kv))
+            .saturating_mul(u64::from(self.config.head_dimension))
+            .saturating_mul(KEY_AND_VALUE * BYTES_PER_VALUE)
+            .saturating_mul(u64::from(context))
+    }
+
+    /// The context a sequence with `num_ctx` gets: the request's, capped at what the model was trained for.
+    pub fn context_for_num_ctx(&self, num_ctx: i64) -> u32 {
+        let requested = u32::try_from(num_ctx.max(1)).unwrap_or(u32::MAX);
+        requested.min(self.config.context_length).max(1)
+    }
+
     /// The model's tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer

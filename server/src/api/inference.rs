@@ -358,12 +358,43 @@ fn render(slot: &Slot, recipe: &Recipe, prompt: PromptSpec) -> Result<Vec<u32>, 
     Ok(tokens)
 }
 
+/// Refuses a `num_ctx` whose KV cache could not fit: one sequence may use the memory budget left after the
+/// model's weights, shared by the model's parallel slots. Checked before the cache exists (it is allocated lazily,
+/// so an unchecked 1M-token context would only fail, or exhaust memory, once the prompt filled it).
+fn check_kv_budget(
+    state: &AppState,
+    slot: &Slot,
+    options: &GenerateOptions,
+) -> Result<(), ApiError> {
+    let loaded = slot.lease.model();
+    let model = &loaded.model;
+    let context = model.context_for_num_ctx(options.num_ctx);
+    let needed = model.kv_cache_bytes(context);
+    let available = state
+        .config
+        .memory_budget_bytes
+        .saturating_sub(loaded.recipe.size)
+        / u64::from(state.config.num_parallel.max(1));
+    if needed <= available {
+        return Ok(());
+    }
+    let per_token = model.kv_cache_bytes(1).max(1);
+    Err(ApiError::bad_request(format!(
+        "num_ctx {context} needs {} MiB of KV cache per sequence, more than this server's memory budget leaves \
+         for this model ({} MiB); use num_ctx {} or less",
+        needed >> 20,
+        available >> 20,
+        available / per_token,
+    )))
+}
+
 /// Resolves the model and options, waits for a slot, renders and tokenizes the prompt, and starts generating.
 pub async fn start(state: &AppState, started: Instant, job: Job<'_>) -> Result<Started, ApiError> {
     let recipe = state.recipe(job.model).await?;
     let keep_alive = resolve_keep_alive(state, job.keep_alive)?;
     let options = resolve_options(&recipe, job.options)?;
     let slot = acquire(state, recipe.clone(), keep_alive).await?;
+    check_kv_budget(state, &slot, &options)?;
     let prompt_tokens = render(&slot, &recipe, job.prompt)?;
     let constraint = constraint(&slot, job.format)?;
     let template_source = slot.lease.model().template_source.clone();
