@@ -326,3 +326,65 @@ impl RaftTransport for QuicRaft {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicate() -> Control {
+        Control::Replicate {
+            digest: format!("sha256:{}", "ab".repeat(32)).parse().unwrap(),
+            size: 10,
+            source: NodeId(1),
+            chain: vec![NodeId(2)],
+        }
+    }
+
+    #[test]
+    fn a_peer_message_with_a_traversal_digest_is_refused() {
+        let valid = encode(replicate());
+        assert!(decode::<Control>(&valid).is_ok());
+        // The same message with the digest's 71 bytes replaced by a path of equal length: the wire layout stays
+        // valid, only the digest is hostile, and decoding (Digest's own parser) refuses it.
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let hostile = format!("sha256:{:.<64}", "../../../../../../etc/passwd");
+        assert_eq!(hostile.len(), digest.len());
+        let at = valid
+            .windows(digest.len())
+            .position(|window| window == digest.as_bytes())
+            .expect("the digest is in the encoding");
+        let mut forged = valid.clone();
+        forged[at..at + digest.len()].copy_from_slice(hostile.as_bytes());
+        let error = decode::<Control>(&forged).unwrap_err();
+        assert!(error.starts_with("malformed control message"), "{error}");
+    }
+
+    #[test]
+    fn a_peer_message_of_an_unknown_version_is_refused() {
+        let mut bytes = postcard::to_allocvec(&Envelope {
+            version: CONTROL_VERSION + 1,
+            body: replicate(),
+        })
+        .unwrap();
+        let error = decode::<Control>(&bytes).unwrap_err();
+        assert!(error.contains("control protocol version"), "{error}");
+        bytes.clear();
+        assert!(decode::<Control>(&bytes).is_err(), "empty message");
+    }
+
+    #[test]
+    fn an_oversized_peer_message_is_refused_before_decoding() {
+        let bytes = vec![0u8; CONTROL_BYTES_MAX + 1];
+        let error = decode::<Control>(&bytes).unwrap_err();
+        assert!(error.contains("too large"), "{error}");
+    }
+
+    #[test]
+    fn a_peer_message_with_a_huge_chain_length_is_refused_without_allocating() {
+        let valid = encode(replicate());
+        // The chain's length is the second-to-last varint (one entry, then node id 2): claim 2^63 entries.
+        let mut forged = valid[..valid.len() - 2].to_vec();
+        forged.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(decode::<Control>(&forged).is_err());
+    }
+}
