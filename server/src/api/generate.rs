@@ -87,9 +87,10 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         &request.model,
     )?;
     if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        // The template engine has no `.Suffix` yet, so no model can insert here; Ollama names the model in full.
         return Err(ApiError::bad_request(format!(
-            "registry.ollama.ai/library/{} does not support insert",
-            request.model
+            "{} does not support insert",
+            super::models::normalize(&request.model)?
         )));
     }
     let model_name = request.model.clone();

@@ -119,7 +119,7 @@ pub fn constraint(
             let compiler = slot.lease.model().grammar()?;
             let constraint = compiler
                 .compile(format)
-                .map_err(|error| ApiError::bad_request(format!("invalid format: {error}")))?;
+                .map_err(|error| ApiError::bad_request(error.to_string()))?;
             Ok(constraint.map(|c| Box::new(c) as Box<dyn Constraint>))
         }
     }

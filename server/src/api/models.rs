@@ -359,10 +359,27 @@ fn tensors(path: &std::path::Path, verbose: bool) -> Result<(u64, Vec<Value>), A
         if verbose {
             // GGUF lists dimensions innermost first; candle reverses them, so reverse back as Ollama shows them.
             let shape: Vec<u64> = dims.iter().rev().map(|d| *d as u64).collect();
-            tensors.push(json!({ "name": name, "type": format!("{:?}", info.ggml_dtype).to_uppercase(), "shape": shape }));
+            tensors.push(
+                json!({ "name": name, "type": ggml_type_name(info.ggml_dtype), "shape": shape }),
+            );
         }
     }
     Ok((count, tensors))
+}
+
+/// ggml's name for a tensor type as Ollama shows it (`Q4_K`, not candle's `Q4K`).
+fn ggml_type_name(dtype: candle_core::quantized::GgmlDType) -> String {
+    let debug = format!("{dtype:?}").to_uppercase();
+    match debug.strip_suffix('K') {
+        Some(stem) if stem.len() == 2 && stem.starts_with('Q') => format!("{stem}_K"),
+        _ => debug,
+    }
+}
+
+/// Whether a prompt template renders tools (Ollama's "tools" capability): a Go template that reads `.Tools`, or
+/// a Jinja one that reads `tools`.
+fn template_supports_tools(template: &str) -> bool {
+    template.contains(".Tools") || template.contains("tools")
 }
 
 /// `POST /api/show`.
@@ -413,12 +430,10 @@ async fn handle_show(state: AppState, body: axum::body::Bytes) -> Result<Respons
         .or(gguf_template)
         .unwrap_or_default();
     let mut capabilities = vec!["completion"];
-    if template.contains(".Tools") || template.contains("tools") {
+    if template_supports_tools(&template) {
         capabilities.push("tools");
     }
-    if template.contains(".Suffix") {
-        capabilities.push("insert");
-    }
+    // "insert" (a `.Suffix` template) is not listed: generate refuses `suffix` until the templates render it.
     let mut answer = json!({
         "license": license.join("\n"),
         "modelfile": modelfile(&name, &recipe, &parameters, &license),
