@@ -233,6 +233,93 @@ fn a_burst_past_the_queue_gets_503_with_retry_after() {
     server.check_after();
 }
 
+/// A flood far past the queue: every request is either served or turned away with 503 at once, the server's
+/// memory stays within a fixed margin of what it used before (turned-away requests hold nothing), and it serves
+/// normally afterwards.
+#[test]
+fn a_queue_full_flood_keeps_memory_bounded_and_the_server_recovers() {
+    let env = [("OLLAMA_MAX_QUEUE", "2"), ("OLLAMA_NUM_PARALLEL", "1")];
+    let Some(server) = server_with_model(
+        "a_queue_full_flood_keeps_memory_bounded_and_the_server_recovers",
+        &env,
+    ) else {
+        return;
+    };
+    assert_generates(&server);
+    let Some(baseline) = server.rss_bytes() else {
+        eprintln!("skipped: the server's memory cannot be read here");
+        return;
+    };
+    /// What the flood may add to the server's memory: connection buffers and the few requests admitted.
+    const GROWTH_BYTES_MAX: u64 = 96 << 20;
+    const FLOOD: usize = 200;
+    let server = Arc::new(server);
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let server = Arc::clone(&server);
+        let flooding = Arc::clone(&flooding);
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(server.rss_bytes().unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let barrier = Arc::new(Barrier::new(FLOOD));
+    let handles: Vec<_> = (0..FLOOD)
+        .map(|index| {
+            let server = Arc::clone(&server);
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let body = json!({
+                    "model": "tiny",
+                    "prompt": format!("Request {index}: count to twenty."),
+                    "stream": index % 2 == 1,
+                    "options": { "num_predict": 16, "temperature": 0 }
+                });
+                barrier.wait();
+                server.post_json("/api/generate", &body).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles
+        .into_iter()
+        .map(|handle| handle.join().expect("flood thread"))
+        .collect();
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    let busy = statuses.iter().filter(|&&status| status == 503).count();
+    let served = statuses.iter().filter(|&&status| status == 200).count();
+    assert_eq!(
+        busy + served,
+        FLOOD,
+        "every request is served or turned away: {statuses:?}"
+    );
+    assert!(
+        busy >= FLOOD / 2,
+        "only {busy} of {FLOOD} were turned away with queue 2"
+    );
+    assert!(served >= 1, "none of the flood was served");
+    assert!(
+        peak <= baseline + GROWTH_BYTES_MAX,
+        "memory grew from {} MiB to {} MiB during the flood",
+        baseline >> 20,
+        peak >> 20
+    );
+    let mut server = Arc::into_inner(server).expect("threads are done");
+    assert_generates(&server);
+    assert_eq!(server.get("/api/version").status, 200);
+    assert!(server.alive(), "the server survived the flood");
+    eprintln!(
+        "flood of {FLOOD}: {served} served, {busy} turned away; memory {} MiB before, peak {} MiB",
+        baseline >> 20,
+        peak >> 20
+    );
+    server.check_after();
+}
+
 #[test]
 fn quantizing_an_already_quantized_model_or_to_an_unknown_type_is_400() {
     let Some(path) =

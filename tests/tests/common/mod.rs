@@ -289,6 +289,20 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The server's resident memory in bytes (`VmRSS` from `/proc`), `None` where it cannot be read.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         read(self.agent.get(self.url(path)).call(), path)
     }
