@@ -20,10 +20,15 @@
 mod auth;
 mod error;
 mod key;
+mod policy;
 mod pull;
 mod push;
 
 pub use error::RegistryError;
+pub use policy::{
+    DEFAULT_REGISTRY, REGISTRIES_ENV, REGISTRIES_MAX, REGISTRIES_PRIVATE_ENV, RegistryPolicy,
+    is_public,
+};
 
 use crate::store::{MANIFEST_MEDIA_TYPE, Progress};
 use error::ERROR_BODY_BYTES_MAX;
@@ -58,6 +63,8 @@ pub struct RegistryOptions {
     pub read_timeout: Duration,
     /// The key that signs token requests (Ollama's `~/.ollama/id_ed25519`).
     pub signing_key: SigningKey,
+    /// The registries transfers may use and the addresses they may reach (default: Ollama's registry).
+    pub policy: RegistryPolicy,
 }
 
 /// Where the ed25519 key that signs token requests lives. It is read (or created) the first time a registry
@@ -85,6 +92,7 @@ impl Default for RegistryOptions {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(30),
             signing_key: SigningKey::OllamaHome,
+            policy: RegistryPolicy::default(),
         }
     }
 }
@@ -97,6 +105,8 @@ pub const ATTEMPTS_MAX: u32 = 16;
 pub const PUSH_CHUNK_BYTES_MAX: u64 = 1 << 30;
 /// Most progress lines waiting in a channel the caller creates with [`progress_channel`].
 pub const PROGRESS_QUEUE_MAX: usize = 64;
+/// Most redirects followed by one request.
+const REDIRECTS_MAX: usize = 10;
 /// Longest wait between retries.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -127,9 +137,11 @@ impl Registry {
         options.part_bytes_max = options.part_bytes_max.max(options.part_bytes_min);
         // reqwest is built without a bundled crypto provider; ring is ours. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let policy = Arc::new(options.policy.clone());
         let http = Client::builder()
             .user_agent(concat!("ollamamax/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(10))
+            .redirect(redirect_policy(Arc::clone(&policy)))
+            .dns_resolver(Arc::new(policy::PolicyResolver { policy }))
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.read_timeout)
             .build()
@@ -141,6 +153,12 @@ impl Registry {
             tokens: auth::Tokens::default(),
             identity: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Fails with [`RegistryError::NotAllowed`] unless `name`'s registry is on the allowlist; no network
+    /// I/O. [`Registry::pull`] and [`Registry::push`] check this first too.
+    pub fn check_allowed(&self, name: &ModelName, insecure: bool) -> Result<(), RegistryError> {
+        self.options.policy.check_name(name, insecure)
     }
 
     /// Fails with Ollama's "insecure protocol http" if `raw_name` (as the client wrote it) asks for `http://`
@@ -172,6 +190,24 @@ impl Registry {
             }
         }
     }
+}
+
+/// Follows at most [`REDIRECTS_MAX`] redirects, each to a target the policy allows (see `policy.rs`); the
+/// transfer is insecure when its first request was plain HTTP.
+fn redirect_policy(policy: Arc<RegistryPolicy>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= REDIRECTS_MAX {
+            return attempt.error(policy::Refusal("too many registry redirects".into()));
+        }
+        let insecure = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.scheme() == "http");
+        match policy.check_target(attempt.url(), insecure) {
+            Ok(()) => attempt.follow(),
+            Err(refusal) => attempt.error(refusal),
+        }
+    })
 }
 
 /// n² × 100 ms, at most [`BACKOFF_MAX`] (Ollama's curve, without its jitter).
