@@ -11,6 +11,11 @@
 //! goes to a bounded channel as Ollama's lines; a closed receiver does not stop the transfer (Ollama also
 //! finishes a download whose client went away); dropping the future does.
 //!
+//! Only allowlisted registries are used, and connections, redirects and upload locations reach loopback,
+//! private or link-local addresses only when the allowlist names them ([`RegistryPolicy`], `policy.rs`:
+//! `OLLAMAMAX_REGISTRIES`, default `registry.ollama.ai`). The check runs before any network I/O for the model
+//! name's registry, in the redirect policy for every hop, and in the client's DNS resolver for every connection.
+//!
 //! A registry that answers `401` with a Bearer challenge gets Docker's token flow, signed with the user's
 //! ed25519 key as Ollama signs it (`auth.rs`, `key.rs`); tokens are cached per registry and scope.
 //!
@@ -196,7 +201,8 @@ impl Registry {
 /// transfer is insecure when its first request was plain HTTP.
 fn redirect_policy(policy: Arc<RegistryPolicy>) -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= REDIRECTS_MAX {
+        // `previous` holds the first URL too, as in reqwest's `Policy::limited`.
+        if attempt.previous().len() > REDIRECTS_MAX {
             return attempt.error(policy::Refusal("too many registry redirects".into()));
         }
         let insecure = attempt
