@@ -43,7 +43,9 @@ port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0
 mkdir -p "$work/models" "$work/home"
 # The developer's own OLLAMA_* settings must not leak into the server under test.
 while IFS= read -r name; do unset "$name"; done < <(env | sed -n 's/^\(OLLAMA_[A-Z_]*\)=.*/\1/p')
-OLLAMA_HOST="127.0.0.1:$port" OLLAMA_MODELS="$work/models" HOME="$work/home" "$bin" serve >"$work/server.log" 2>&1 &
+# The client tests pull from a fake registry on loopback: allowlist it by address, beside Ollama's registry.
+OLLAMAMAX_REGISTRIES="registry.ollama.ai,127.0.0.1" \
+  OLLAMA_HOST="127.0.0.1:$port" OLLAMA_MODELS="$work/models" HOME="$work/home" "$bin" serve >"$work/server.log" 2>&1 &
 server_pid=$!
 
 ready=0

@@ -1,13 +1,18 @@
 //! A malicious registry against the real server: a manifest naming a traversal digest, and a blob whose bytes
-//! do not match its digest. Nothing is written outside the models directory and nothing is kept.
+//! do not match its digest. Nothing is written outside the models directory and nothing is kept. These
+//! registries listen on loopback, so their servers allowlist it (`OLLAMAMAX_REGISTRIES=127.0.0.1`); a server
+//! with the default allowlist refuses them before connecting.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::TcpListener;
 
 use common::{Server, sha256_digest};
 use serde_json::{Value, json};
+
+/// The server environment that allowlists the loopback registries below (any port).
+const LOOPBACK_REGISTRIES: &[(&str, &str)] = &[("OLLAMAMAX_REGISTRIES", "127.0.0.1")];
 
 const HEX64: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -90,7 +95,7 @@ fn assert_pull_fails(server: &Server, name: &str) {
 
 #[test]
 fn pull_with_a_traversal_digest_in_the_manifest_writes_nothing_outside() {
-    let mut server = Server::start();
+    let mut server = Server::start_with(LOOPBACK_REGISTRIES);
     let blob: &'static [u8] = b"pwned";
     let outside = server.root.path().join("outside");
     let traversals = [
@@ -121,7 +126,7 @@ fn pull_with_a_traversal_digest_in_the_manifest_writes_nothing_outside() {
 
 #[test]
 fn pull_of_a_blob_whose_hash_differs_keeps_nothing() {
-    let mut server = Server::start();
+    let mut server = Server::start_with(LOOPBACK_REGISTRIES);
     let blob: &'static [u8] = b"these bytes do not hash to the digest";
     let wrong = sha256_digest(b"something else");
     let manifest = json!({
@@ -142,5 +147,44 @@ fn pull_of_a_blob_whose_hash_differs_keeps_nothing() {
     );
     let tags = server.get("/api/tags").json();
     assert_eq!(tags["models"], json!([]), "a failed pull left a model");
+    server.check_after();
+}
+
+#[test]
+fn pull_from_an_unlisted_registry_is_refused() {
+    // The default allowlist: Ollama's registry only.
+    let mut server = Server::start();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the registry");
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let name = format!("127.0.0.1:{port}/library/tiny:latest");
+    let expected = format!(
+        r#"registry "127.0.0.1:{port}" is not allowed (allowed: registry.ollama.ai; set OLLAMAMAX_REGISTRIES)"#
+    );
+    for (path, stream) in [
+        ("/api/pull", false),
+        ("/api/pull", true),
+        ("/api/push", false),
+    ] {
+        let reply = server.post_json(
+            path,
+            &json!({ "model": name, "insecure": true, "stream": stream }),
+        );
+        let message = reply.expect_error(403, &format!("{path} {name} (stream {stream})"));
+        assert_eq!(message, expected);
+    }
+    match listener.accept() {
+        Err(error) if error.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the server connected to an unlisted registry: {other:?}"),
+    }
+    let tags = server.get("/api/tags").json();
+    assert_eq!(tags["models"], json!([]), "a refused pull left a model");
+    let blobs: Vec<_> = std::fs::read_dir(server.models.join("blobs"))
+        .map(|dir| dir.map(|entry| entry.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        blobs.is_empty(),
+        "blobs/ keeps {blobs:?} after a refused pull"
+    );
     server.check_after();
 }

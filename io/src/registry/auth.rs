@@ -85,6 +85,11 @@ impl Access {
         })
     }
 
+    /// Whether the transfer goes over plain HTTP (the caller passed `insecure`).
+    pub(crate) fn is_insecure(&self) -> bool {
+        self.base.scheme() == "http"
+    }
+
     /// Docker's scope for this access.
     fn scope(&self) -> String {
         let actions = if self.push { "pull,push" } else { "pull" };
@@ -259,6 +264,11 @@ impl Registry {
         let mut renewed = false;
         loop {
             let mut request = build().build().map_err(RegistryError::http)?;
+            // Upload locations come from the registry's answers: they face the redirect rules.
+            self.options
+                .policy
+                .check_target(request.url(), access.is_insecure())
+                .map_err(|refusal| RegistryError::Refused(refusal.0))?;
             let to_registry = access.is_registry(request.url());
             if let Some(header) = token.as_ref().filter(|_| to_registry) {
                 request.headers_mut().insert(AUTHORIZATION, header.clone());

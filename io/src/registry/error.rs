@@ -53,6 +53,21 @@ pub enum RegistryError {
     /// `http://` in a model name without `insecure`.
     #[error("insecure protocol http")]
     InsecureProtocol,
+    /// The model name's registry is not on the allowlist ([`super::RegistryPolicy`]); nothing was sent.
+    #[error("registry {registry:?} is not allowed (allowed: {allowed}; set OLLAMAMAX_REGISTRIES)")]
+    NotAllowed {
+        /// The registry as the model name writes it (`host` or `host:port`).
+        registry: String,
+        /// The allowlist, comma-separated.
+        allowed: String,
+    },
+    /// A connection, redirect or upload location the policy refuses: a private or link-local address, or a
+    /// host off the allowlist over plain HTTP. The text names a host, never a URL.
+    #[error("{0}")]
+    Refused(String),
+    /// `OLLAMAMAX_REGISTRIES` or `OLLAMAMAX_REGISTRIES_PRIVATE` does not parse.
+    #[error("{0}")]
+    InvalidPolicy(String),
     /// Every attempt at a transfer failed; the last error.
     #[error("max retries exceeded: {0}")]
     RetriesExhausted(Box<RegistryError>),
@@ -69,7 +84,10 @@ impl RegistryError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             RegistryError::ManifestNotFound => ErrorKind::NotFound,
-            RegistryError::InsecureProtocol | RegistryError::Unsupported(_) => ErrorKind::Invalid,
+            RegistryError::InsecureProtocol
+            | RegistryError::Unsupported(_)
+            | RegistryError::NotAllowed { .. }
+            | RegistryError::Refused(_) => ErrorKind::Invalid,
             RegistryError::Store(error) => error.kind(),
             _ => ErrorKind::Internal,
         }
@@ -87,6 +105,16 @@ impl RegistryError {
         }
     }
 
+    /// Whether the registry policy refused the transfer (a registry off the allowlist, a refused address or
+    /// redirect); the server answers these with `403 Forbidden`.
+    pub fn is_forbidden(&self) -> bool {
+        match self {
+            RegistryError::NotAllowed { .. } | RegistryError::Refused(_) => true,
+            RegistryError::RetriesExhausted(last) => last.is_forbidden(),
+            _ => false,
+        }
+    }
+
     /// Whether trying again may help: network failures, timeouts, 5xx, 408 and 429.
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
@@ -96,7 +124,12 @@ impl RegistryError {
         }
     }
 
+    /// A reqwest failure; one the policy caused (in the resolver or the redirect policy) is [`Self::Refused`]
+    /// and is not retried.
     pub(crate) fn http(error: reqwest::Error) -> Self {
+        if let Some(refusal) = super::policy::refusal_in(&error) {
+            return RegistryError::Refused(refusal);
+        }
         RegistryError::Http(error.without_url())
     }
 }

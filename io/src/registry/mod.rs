@@ -11,6 +11,11 @@
 //! goes to a bounded channel as Ollama's lines; a closed receiver does not stop the transfer (Ollama also
 //! finishes a download whose client went away); dropping the future does.
 //!
+//! Only allowlisted registries are used, and connections, redirects and upload locations reach loopback,
+//! private or link-local addresses only when the allowlist names them ([`RegistryPolicy`], `policy.rs`:
+//! `OLLAMAMAX_REGISTRIES`, default `registry.ollama.ai`). The check runs before any network I/O for the model
+//! name's registry, in the redirect policy for every hop, and in the client's DNS resolver for every connection.
+//!
 //! A registry that answers `401` with a Bearer challenge gets Docker's token flow, signed with the user's
 //! ed25519 key as Ollama signs it (`auth.rs`, `key.rs`); tokens are cached per registry and scope.
 //!
@@ -20,10 +25,15 @@
 mod auth;
 mod error;
 mod key;
+mod policy;
 mod pull;
 mod push;
 
 pub use error::RegistryError;
+pub use policy::{
+    DEFAULT_REGISTRY, REGISTRIES_ENV, REGISTRIES_MAX, REGISTRIES_PRIVATE_ENV, RegistryPolicy,
+    is_public,
+};
 
 use crate::store::{MANIFEST_MEDIA_TYPE, Progress};
 use error::ERROR_BODY_BYTES_MAX;
@@ -58,6 +68,8 @@ pub struct RegistryOptions {
     pub read_timeout: Duration,
     /// The key that signs token requests (Ollama's `~/.ollama/id_ed25519`).
     pub signing_key: SigningKey,
+    /// The registries transfers may use and the addresses they may reach (default: Ollama's registry).
+    pub policy: RegistryPolicy,
 }
 
 /// Where the ed25519 key that signs token requests lives. It is read (or created) the first time a registry
@@ -85,6 +97,7 @@ impl Default for RegistryOptions {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(30),
             signing_key: SigningKey::OllamaHome,
+            policy: RegistryPolicy::default(),
         }
     }
 }
@@ -97,6 +110,8 @@ pub const ATTEMPTS_MAX: u32 = 16;
 pub const PUSH_CHUNK_BYTES_MAX: u64 = 1 << 30;
 /// Most progress lines waiting in a channel the caller creates with [`progress_channel`].
 pub const PROGRESS_QUEUE_MAX: usize = 64;
+/// Most redirects followed by one request.
+const REDIRECTS_MAX: usize = 10;
 /// Longest wait between retries.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -127,9 +142,11 @@ impl Registry {
         options.part_bytes_max = options.part_bytes_max.max(options.part_bytes_min);
         // reqwest is built without a bundled crypto provider; ring is ours. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let policy = Arc::new(options.policy.clone());
         let http = Client::builder()
             .user_agent(concat!("ollamamax/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(10))
+            .redirect(redirect_policy(Arc::clone(&policy)))
+            .dns_resolver(Arc::new(policy::PolicyResolver { policy }))
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.read_timeout)
             .build()
@@ -141,6 +158,12 @@ impl Registry {
             tokens: auth::Tokens::default(),
             identity: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Fails with [`RegistryError::NotAllowed`] unless `name`'s registry is on the allowlist; no network
+    /// I/O. [`Registry::pull`] and [`Registry::push`] check this first too.
+    pub fn check_allowed(&self, name: &ModelName, insecure: bool) -> Result<(), RegistryError> {
+        self.options.policy.check_name(name, insecure)
     }
 
     /// Fails with Ollama's "insecure protocol http" if `raw_name` (as the client wrote it) asks for `http://`
@@ -172,6 +195,25 @@ impl Registry {
             }
         }
     }
+}
+
+/// Follows at most [`REDIRECTS_MAX`] redirects, each to a target the policy allows (see `policy.rs`); the
+/// transfer is insecure when its first request was plain HTTP.
+fn redirect_policy(policy: Arc<RegistryPolicy>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        // `previous` holds the first URL too, as in reqwest's `Policy::limited`.
+        if attempt.previous().len() > REDIRECTS_MAX {
+            return attempt.error(policy::Refusal("too many registry redirects".into()));
+        }
+        let insecure = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.scheme() == "http");
+        match policy.check_target(attempt.url(), insecure) {
+            Ok(()) => attempt.follow(),
+            Err(refusal) => attempt.error(refusal),
+        }
+    })
 }
 
 /// n² × 100 ms, at most [`BACKOFF_MAX`] (Ollama's curve, without its jitter).

@@ -55,6 +55,7 @@ impl Registry {
         insecure: bool,
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(), RegistryError> {
+        self.check_allowed(name, insecure)?;
         let replaced = store.read_manifest(name).ok();
         let access = Access::pull(name, insecure)?;
         emit(progress, Progress::status("pulling manifest")).await;

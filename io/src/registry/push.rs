@@ -29,6 +29,7 @@ impl Registry {
         insecure: bool,
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(), RegistryError> {
+        self.check_allowed(name, insecure)?;
         let access = Access::push(name, insecure)?;
         emit(progress, Progress::status("retrieving manifest")).await;
         let stored = match store.read_manifest(name) {

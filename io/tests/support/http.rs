@@ -220,6 +220,11 @@ pub struct RegistryState {
     pub unauthorized: bool,
     /// Demand Bearer tokens.
     pub bearer: Option<BearerAuth>,
+    /// Answer blob `GET`s with `307` to this prefix (`http://host:port`) followed by the blob's path, as
+    /// Ollama's registry sends blobs to a CDN.
+    pub redirect_blobs: Option<String>,
+    /// Name upload locations absolutely, on this prefix (`http://host:port`).
+    pub upload_origin: Option<String>,
     /// Upload id -> (repository path, bytes so far).
     uploads: HashMap<u32, (String, Vec<u8>)>,
     next_upload: u32,
@@ -312,14 +317,19 @@ fn route(state: &mut RegistryState, request: &Request) -> Response {
         return upload(state, id, request);
     }
     match request.method.as_str() {
+        "GET" if path.contains("/blobs/") && state.redirect_blobs.is_some() => {
+            let target = format!("{}{path}", state.redirect_blobs.as_deref().unwrap_or(""));
+            Response::new(307, Vec::new()).header("Location", target)
+        }
         "GET" | "HEAD" => serve_file(state, &path, request),
         "POST" if path.ends_with("/blobs/uploads/") => {
             let id = state.next_upload;
             state.next_upload += 1;
             let repository = path.trim_end_matches("/blobs/uploads/").to_string();
             state.uploads.insert(id, (repository, Vec::new()));
-            // Relative, as Docker's registry may answer.
-            Response::new(202, Vec::new()).header("Location", format!("/upload/{id}"))
+            // Relative, as Docker's registry may answer, unless told otherwise.
+            let origin = state.upload_origin.as_deref().unwrap_or("");
+            Response::new(202, Vec::new()).header("Location", format!("{origin}/upload/{id}"))
         }
         "PUT" if path.contains("/manifests/") => {
             state.files.insert(path, request.body.clone());

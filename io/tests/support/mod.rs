@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod registry;
 
 use crate::tiny::gguf_writer::{GgufWriter, TensorType};
 use ollamamax_core::digest::Digest;

@@ -1,10 +1,18 @@
 //! `POST /api/pull` and `POST /api/push`: Ollama's registry protocol, streaming Ollama's progress lines.
+//!
+//! Only allowlisted registries are used (`OLLAMAMAX_REGISTRIES`, default `registry.ollama.ai`; see
+//! `ollamamax_io::registry::RegistryPolicy`, read once per process). A registry off the list is refused before
+//! any network I/O with `403 Forbidden` and Ollama's error body; a connection or redirect the policy refuses
+//! later fails the same way (or as the stream's last `{"error"}` line once progress has started).
 
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ollamamax_io::registry::{Registry, RegistryError, RegistryOptions, progress_channel};
+use ollamamax_io::registry::{
+    Registry, RegistryError, RegistryOptions, RegistryPolicy, progress_channel,
+};
 use ollamamax_io::store::ErrorKind;
 use tokio::sync::mpsc;
 
@@ -19,12 +27,20 @@ fn registry() -> Result<Arc<Registry>, ApiError> {
     if let Some(registry) = REGISTRY.get() {
         return Ok(registry.clone());
     }
-    let registry = Registry::new(RegistryOptions::default())
-        .map_err(|error| ApiError::internal(error.to_string()))?;
+    let policy =
+        RegistryPolicy::from_env().map_err(|error| ApiError::internal(error.to_string()))?;
+    let registry = Registry::new(RegistryOptions {
+        policy,
+        ..RegistryOptions::default()
+    })
+    .map_err(|error| ApiError::internal(error.to_string()))?;
     Ok(REGISTRY.get_or_init(|| Arc::new(registry)).clone())
 }
 
 fn registry_error(error: RegistryError) -> ApiError {
+    if error.is_forbidden() {
+        return ApiError::new(StatusCode::FORBIDDEN, error.to_string());
+    }
     match error.kind() {
         ErrorKind::NotFound => ApiError::not_found(error.to_string()),
         ErrorKind::Invalid => ApiError::bad_request(error.to_string()),
@@ -54,6 +70,9 @@ async fn transfer(
             .trim_start_matches("https://"),
     )?;
     let registry = registry()?;
+    registry
+        .check_allowed(&name, request.insecure)
+        .map_err(registry_error)?;
     let (progress, mut lines) = progress_channel();
     let (sender, receiver) = mpsc::channel(ollamamax_io::registry::PROGRESS_QUEUE_MAX);
     let forward = sender.clone();
