@@ -510,7 +510,8 @@ proptest! {
         claimed_extra in prop::sample::select(vec![0u64, 1, 1 << 20, 1 << 62]),
     ) {
         let bytes = mutated(&GgufWriter::example().to_bytes(), &edits, cut);
-        if let Err(error) = check(&bytes) {
+        let whole = check(&bytes);
+        if let Err(error) = &whole {
             prop_assert!(!error.is_need_more());
             prop_assert!(!error.to_string().is_empty());
         }
@@ -520,6 +521,12 @@ proptest! {
             validate(&bytes, file_len, &Limits::default())
         {
             prop_assert!(bytes_at_least > bytes.len() as u64 && bytes_at_least <= file_len);
+        }
+        // Any answer but "need more" from a prefix is the whole file's answer.
+        let half = &bytes[..bytes.len() / 2];
+        match validate(half, bytes.len() as u64, &Limits::default()) {
+            Err(GgufError::NeedMore { .. }) => {}
+            other => prop_assert_eq!(other, whole),
         }
     }
 
