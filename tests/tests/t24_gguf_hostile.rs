@@ -31,11 +31,16 @@ fn hostile_files() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             bad_magic,
             "supplied file was not in GGUF format",
         ),
-        // Cut inside the tensor directory.
+        // Cut inside the metadata count, and inside a string whose length then overruns the file.
         (
-            "truncated",
+            "truncated in a count",
+            valid[..20].to_vec(),
+            "the file ends inside the header",
+        ),
+        (
+            "truncated in the metadata",
             valid[..valid.len() / 2].to_vec(),
-            "ends inside the header",
+            "does not fit in the 13 bytes left in the file",
         ),
         (
             "offset past the end",
