@@ -19,6 +19,7 @@
 pub mod cluster_state;
 pub mod digest;
 pub mod failure_detector;
+pub mod gguf;
 pub mod hash;
 pub mod ids;
 pub mod limits;

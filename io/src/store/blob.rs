@@ -166,7 +166,9 @@ impl Store {
     }
 
     /// Makes the downloaded copy at [`Store::replica_path`] the blob: fsync, then rename. The caller has checked
-    /// its SHA-256 against `digest` (the transport's download does) and that it is `size` bytes long.
+    /// its SHA-256 against `digest` (the transport's download does) and that it is `size` bytes long. A copy that
+    /// looks like a GGUF file must pass the validator; one that does not is deleted and refused with
+    /// [`StoreError::Invalid`] (the transfer failed).
     pub fn adopt_replica(&self, digest: &Digest, size: u64) -> Result<(), StoreError> {
         let source = self.replica_path(digest);
         let file = std::fs::File::open(&source).map_err(StoreError::io("store replica"))?;
@@ -179,6 +181,13 @@ impl Store {
             return Err(StoreError::Invalid(format!(
                 "replica of {digest} has {length} bytes, not {size}"
             )));
+        }
+        // A peer's bytes are as untrusted as a client's: a malformed model is refused before it becomes a blob.
+        if super::gguf_check::looks_like_gguf(&source)?
+            && let Err(error) = super::gguf_check::check_gguf(&source)
+        {
+            let _ = std::fs::remove_file(&source);
+            return Err(error);
         }
         file.sync_all().map_err(StoreError::io("store replica"))?;
         set_blob_permissions(&file)?;

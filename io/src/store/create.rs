@@ -14,6 +14,7 @@
 //!
 //! Not supported (clear errors): adapters, safetensors import.
 
+use super::gguf_check;
 use super::gguf_info::{self, GgufInfo, human_number};
 use super::manifest::{media_type, sha256};
 use super::params::validate_parameters;
@@ -297,6 +298,7 @@ impl Store {
                 })?;
             let path = self.blob_path(&layer.digest);
             let gguf = if layer.media_type == media_type::MODEL && gguf_info::is_gguf(&path)? {
+                gguf_check::check_gguf(&path)?;
                 Some(gguf_info::read(&path)?)
             } else {
                 None
@@ -340,6 +342,7 @@ impl Store {
                     "supplied file was not in GGUF format".to_string(),
                 ));
             }
+            gguf_check::check_gguf(&path)?;
             let info = gguf_info::read(&path)?;
             if info.is_adapter() {
                 return Err(StoreError::Unsupported(

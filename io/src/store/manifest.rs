@@ -314,6 +314,7 @@ impl Store {
                 name.short()
             ))
         })?;
+        self.check_model_layers(&manifest)?;
         // Under the lock, a blob checked here cannot be collected before the manifest lands.
         let _lock = self.lock_manifests();
         for layer in manifest.blobs() {
@@ -327,6 +328,29 @@ impl Store {
         let path = self.manifest_path_for_write(name)?;
         write_atomically(&path, bytes, "write manifest")?;
         Ok(sha256(bytes))
+    }
+}
+
+impl Store {
+    /// Every model, projector and adapter layer that is a GGUF file passes the validator before a manifest
+    /// makes it servable. This is the one place create, pull and cluster sync all go through, so a malformed
+    /// file never becomes a model however it arrived. Absent blobs are left to the caller's presence check.
+    fn check_model_layers(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let weights = [
+            media_type::MODEL,
+            media_type::PROJECTOR,
+            media_type::ADAPTER,
+        ];
+        for layer in manifest.blobs() {
+            if !weights.contains(&layer.media_type.as_str()) || !self.has_blob(&layer.digest)? {
+                continue;
+            }
+            let path = self.blob_path(&layer.digest);
+            if super::gguf_info::is_gguf(&path)? {
+                super::gguf_check::check_gguf(&path)?;
+            }
+        }
+        Ok(())
     }
 }
 

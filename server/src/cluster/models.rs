@@ -177,7 +177,15 @@ fn follow(
             holding.contains(&layer.digest) && store.has_blob(&layer.digest).unwrap_or(false)
         });
         if complete {
-            store.write_manifest(name, &Manifest::from_core(manifest))?;
+            // A malformed model file here (the store validates GGUF layers) spoils only this model's round.
+            match store.write_manifest(name, &Manifest::from_core(manifest)) {
+                Ok(_) => {}
+                Err(StoreError::Invalid(why)) => {
+                    tracing::warn!(model = %name.short(), %why, "not serving a cluster model: its file is invalid");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
             tracing::info!(model = %name.short(), "this node now serves a cluster model");
             matching.insert(name.clone(), manifest.clone());
         } else if local.is_some() && changed {
