@@ -45,6 +45,14 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
     }
     let config = ServerConfig::from_env()?;
     crate::metrics::install();
+    // Bind first and apply the access policy before touching the models directory: a public bind without a key
+    // stops here, having changed nothing.
+    let address = config.host.authority();
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let api_address = listener.local_addr()?;
+    let auth = crate::auth::Auth::start(data_dir(&args), api_address, args.insecure_no_auth)?;
     let store = Store::open(&config.models_dir).with_context(|| {
         format!(
             "cannot open the models directory {}",
@@ -79,13 +87,6 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
         },
         num_parallel: config.num_parallel,
     });
-    let address = config.host.authority();
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
-    let api_address = listener.local_addr()?;
-    // Before anything else starts: a public bind without a key stops here.
-    let auth = crate::auth::Auth::start(data_dir(&args), api_address, args.insecure_no_auth)?;
     tracing::info!(address = %api_address, models = %config.models_dir.display(), version = env!("CARGO_PKG_VERSION"), "Listening");
     let store = Arc::new(store);
     let cluster = crate::cluster::Cluster::start(

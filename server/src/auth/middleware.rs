@@ -222,6 +222,66 @@ mod tests {
         }
     }
 
+    /// A router whose one route needs an inference key, under [`authorize`], with one key configured.
+    fn guarded() -> (axum::Router, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let created =
+            super::super::keys::create(dir.path(), super::super::Role::Admin, None).unwrap();
+        let auth = Auth::start(
+            dir.path().to_path_buf(),
+            "127.0.0.1:11434".parse().unwrap(),
+            false,
+        )
+        .unwrap();
+        let state = AuthLayerState {
+            auth: Arc::new(auth),
+            access: Arc::new(AccessMap::default()),
+        };
+        let router = axum::Router::new()
+            .route("/x", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(state, authorize));
+        (router, created.secret, dir)
+    }
+
+    fn status(router: &axum::Router, request: Request) -> StatusCode {
+        use tower::ServiceExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(router.clone().oneshot(request))
+            .unwrap()
+            .status()
+    }
+
+    #[test]
+    fn only_the_forwarded_extension_skips_the_key_check() {
+        let (router, secret, _dir) = guarded();
+        let plain = Request::builder()
+            .uri("/x")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(status(&router, plain), StatusCode::UNAUTHORIZED);
+        let header = Request::builder()
+            .uri("/x")
+            .header("x-ollamamax-routed-from", "7")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(status(&router, header), StatusCode::UNAUTHORIZED);
+        let forwarded = Request::builder()
+            .uri("/x")
+            .extension(Forwarded)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(status(&router, forwarded), StatusCode::OK);
+        let keyed = Request::builder()
+            .uri("/x")
+            .header("authorization", format!("Bearer {secret}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(status(&router, keyed), StatusCode::OK);
+    }
+
     #[test]
     fn only_the_events_route_takes_a_query_key() {
         let request = |uri: &str| {
