@@ -3,6 +3,7 @@
 //! reach the request types and the router directly.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -45,6 +45,14 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
     }
     let config = ServerConfig::from_env()?;
     crate::metrics::install();
+    // Bind first and apply the access policy before touching the models directory: a public bind without a key
+    // stops here, having changed nothing.
+    let address = config.host.authority();
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let api_address = listener.local_addr()?;
+    let auth = crate::auth::Auth::start(data_dir(&args), api_address, args.insecure_no_auth)?;
     let store = Store::open(&config.models_dir).with_context(|| {
         format!(
             "cannot open the models directory {}",
@@ -79,11 +87,6 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
         },
         num_parallel: config.num_parallel,
     });
-    let address = config.host.authority();
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
-    let api_address = listener.local_addr()?;
     tracing::info!(address = %api_address, models = %config.models_dir.display(), version = env!("CARGO_PKG_VERSION"), "Listening");
     let store = Arc::new(store);
     let cluster = crate::cluster::Cluster::start(
@@ -97,6 +100,7 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
         node,
         store,
         cluster: cluster.clone(),
+        auth: Arc::new(auth),
     };
     let router = api::router(state);
     if let Some(cluster) = &cluster {
@@ -145,11 +149,7 @@ fn cluster_settings(
         _ => None,
     };
     Ok(crate::cluster::ClusterSettings {
-        paths: DataPaths::new(
-            args.data_dir
-                .clone()
-                .unwrap_or_else(DataPaths::default_root),
-        ),
+        paths: DataPaths::new(data_dir(args)),
         listen,
         advertise: args.cluster_advertise.clone(),
         api_address: String::new(),
@@ -157,6 +157,13 @@ fn cluster_settings(
         queue_max,
         capacity,
     })
+}
+
+/// `--data-dir`, else `$OLLAMAMAX_DATA`, else `~/.ollamamax`.
+fn data_dir(args: &crate::cli::ServeArgs) -> std::path::PathBuf {
+    args.data_dir
+        .clone()
+        .unwrap_or_else(crate::cluster::paths::DataPaths::default_root)
 }
 
 /// Bytes available to this user on the file system of `directory` (0 where it cannot be read).

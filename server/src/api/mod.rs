@@ -22,10 +22,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, head, post};
 use ollamamax_io::store::Store;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::auth::RouteTable;
 use crate::config::{BODY_BYTES_MAX, ServerConfig};
 use crate::node::Node;
 use error::ApiError;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// This node's cluster part; `None` on a single server.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// API keys and the bind's access policy.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// Ollama's version string we report: clients check it for features, so we claim a recent Ollama.
@@ -245,60 +247,152 @@ fn matches(pattern: &str, origin: &str) -> bool {
     }
 }
 
-/// The whole router.
-pub fn router(state: AppState) -> Router {
-    let config = state.config.clone();
-    let uploads = Router::new()
-        .route(
+/// Every route with what it needs, for walking the table (tests); [`router`] serves the same table.
+pub fn route_table() -> RouteTable {
+    build(None)
+}
+
+/// Every route with what it needs (see [`crate::auth`]): `/` and the dashboard's page are public; running models
+/// and reading what is there (including `/metrics`, so a scraper's key cannot change anything) needs an inference
+/// key; changing models, the cluster's status and settings, and the dashboard's data stream need an admin key.
+/// With `state`, the model routes get the cluster's routing middlewares.
+fn build(state: Option<&AppState>) -> RouteTable {
+    use crate::auth::Access::{Needs, Public};
+    use crate::auth::Role::{Admin, Inference};
+    let uploads = RouteTable::new()
+        .add(
+            Method::HEAD,
             "/api/blobs/{digest}",
-            head(blobs::head_blob).post(blobs::post_blob),
+            Needs(Admin),
+            blobs::head_blob,
         )
-        .layer(DefaultBodyLimit::disable());
+        .add(
+            Method::POST,
+            "/api/blobs/{digest}",
+            Needs(Admin),
+            blobs::post_blob,
+        )
+        .map(|router| router.layer(DefaultBodyLimit::disable()));
     // Requests that run a model: on a cluster node the scheduler decides which node answers them.
-    let routed = Router::new()
-        .route("/api/generate", post(generate::generate))
-        .route("/api/chat", post(chat::chat))
-        .route("/api/embed", post(embed::embed))
-        .route("/api/embeddings", post(embed::embeddings))
-        .route("/api/show", post(models::show))
-        .route("/v1/chat/completions", post(openai::chat::chat_completions))
-        .route("/v1/completions", post(openai::completions::completions))
-        .route("/v1/embeddings", post(openai::embeddings::embeddings))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::cluster::route::route,
-        ));
+    let routed = RouteTable::new()
+        .add(
+            Method::POST,
+            "/api/generate",
+            Needs(Inference),
+            generate::generate,
+        )
+        .add(Method::POST, "/api/chat", Needs(Inference), chat::chat)
+        .add(Method::POST, "/api/embed", Needs(Inference), embed::embed)
+        .add(
+            Method::POST,
+            "/api/embeddings",
+            Needs(Inference),
+            embed::embeddings,
+        )
+        .add(Method::POST, "/api/show", Needs(Inference), models::show)
+        .add(
+            Method::POST,
+            "/v1/chat/completions",
+            Needs(Inference),
+            openai::chat::chat_completions,
+        )
+        .add(
+            Method::POST,
+            "/v1/completions",
+            Needs(Inference),
+            openai::completions::completions,
+        )
+        .add(
+            Method::POST,
+            "/v1/embeddings",
+            Needs(Inference),
+            openai::embeddings::embeddings,
+        )
+        .map(|router| match state {
+            Some(state) => router.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::cluster::route::route,
+            )),
+            None => router,
+        });
     // Model operations that read a model's blobs run on a node that holds it.
-    let at_holder = Router::new()
-        .route("/api/create", post(create::create))
-        .route("/api/push", post(transfer::push))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::cluster::route::route_to_holder,
-        ));
-    Router::new()
-        .route("/", get(root).head(root))
-        .route("/api/version", get(version).head(version))
+    let at_holder = RouteTable::new()
+        .add(Method::POST, "/api/create", Needs(Admin), create::create)
+        .add(Method::POST, "/api/push", Needs(Admin), transfer::push)
+        .map(|router| match state {
+            Some(state) => router.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::cluster::route::route_to_holder,
+            )),
+            None => router,
+        });
+    RouteTable::new()
+        .add(Method::GET, "/", Public, root)
+        .add(Method::HEAD, "/", Public, root)
+        .add(Method::GET, "/api/version", Needs(Inference), version)
+        .add(Method::HEAD, "/api/version", Needs(Inference), version)
         .merge(routed)
         .merge(at_holder)
-        .route("/api/tags", get(models::tags).head(models::tags))
-        .route("/api/copy", post(models::copy))
-        .route("/api/delete", axum::routing::delete(models::delete))
-        .route("/api/pull", post(transfer::pull))
-        .route("/api/ps", get(ps::ps))
-        .route("/v1/models", get(openai::models::list))
-        .route("/v1/models/{*model}", get(openai::models::retrieve))
-        .route("/metrics", get(metrics))
-        .route("/api/cluster", get(cluster_status))
-        .route("/api/cluster/replication", post(set_replication))
-        .route("/ui", get(crate::ui::page))
-        .route("/api/ui/events", get(crate::ui::events))
-        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .add(Method::GET, "/api/tags", Needs(Inference), models::tags)
+        .add(Method::HEAD, "/api/tags", Needs(Inference), models::tags)
+        .add(Method::POST, "/api/copy", Needs(Admin), models::copy)
+        .add(Method::DELETE, "/api/delete", Needs(Admin), models::delete)
+        .add(Method::POST, "/api/pull", Needs(Admin), transfer::pull)
+        .add(Method::GET, "/api/ps", Needs(Inference), ps::ps)
+        .add(
+            Method::GET,
+            "/v1/models",
+            Needs(Inference),
+            openai::models::list,
+        )
+        .add(
+            Method::GET,
+            "/v1/models/{*model}",
+            Needs(Inference),
+            openai::models::retrieve,
+        )
+        .add(Method::GET, "/metrics", Needs(Inference), metrics)
+        .add(Method::GET, "/api/cluster", Needs(Admin), cluster_status)
+        .add(
+            Method::POST,
+            "/api/cluster/replication",
+            Needs(Admin),
+            set_replication,
+        )
+        .add(Method::GET, "/ui", Public, crate::ui::page)
+        .add(
+            Method::GET,
+            "/api/ui/events",
+            Needs(Admin),
+            crate::ui::events,
+        )
+        .map(|router| router.layer(DefaultBodyLimit::max(BODY_BYTES_MAX)))
         .merge(uploads)
+}
+
+/// The whole router. Outermost first: CORS, request id, the Host check, auth (all outside the routes, so 404
+/// and 405 answers are covered too), then per route the metrics and the cluster's routing.
+pub fn router(state: AppState) -> Router {
+    let config = state.config.clone();
+    let auth = state.auth.clone();
+    let (router, access) = build(Some(&state)).into_parts();
+    let access = crate::auth::middleware::AuthLayerState {
+        auth: auth.clone(),
+        access: Arc::new(access),
+    };
+    router
         .route_layer(axum::middleware::from_fn(track))
-        .layer(axum::middleware::from_fn(request_id))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            crate::auth::middleware::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::middleware::allowed_hosts,
+        ))
+        .layer(axum::middleware::from_fn(request_id))
         .layer(cors(&config))
         .with_state(state)
 }

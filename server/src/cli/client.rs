@@ -52,10 +52,22 @@ impl std::fmt::Display for ApiFailure {
 impl std::error::Error for ApiFailure {}
 
 impl Client {
-    /// A client of `OLLAMA_HOST`.
+    /// A client of `OLLAMA_HOST`, sending `Authorization: Bearer $OLLAMAMAX_API_KEY` when that is set.
     pub fn from_env() -> Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = std::env::var("OLLAMAMAX_API_KEY")
+            .ok()
+            .filter(|key| !key.trim().is_empty())
+        {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+                    .context("OLLAMAMAX_API_KEY holds characters a header cannot carry")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .user_agent(concat!("ollamamax/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Self {

@@ -14,7 +14,14 @@ use clap::{Parser, Subcommand};
 
 /// OllamaMax: a distributed, Ollama-compatible LLM inference cluster.
 #[derive(Debug, Parser)]
-#[command(name = "ollamamax", version, about, long_about = None)]
+#[command(
+    name = "ollamamax",
+    version,
+    about,
+    long_about = None,
+    after_help = "Environment:\n  OLLAMA_HOST         the server to talk to (default 127.0.0.1:11434)\n  \
+                  OLLAMAMAX_API_KEY   sent as `Authorization: Bearer <key>` when set (see `ollamamax keys create`)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -29,6 +36,9 @@ pub enum Command {
     /// Manage the cluster this node belongs to.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Manage the API keys clients send as `Authorization: Bearer <key>` (a running server sees changes at once).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Create a model from a Modelfile.
     Create {
         /// Name of the new model.
@@ -131,7 +141,7 @@ pub struct ServeArgs {
     /// The join token `ollamamax cluster init` printed.
     #[arg(long, env = "OLLAMAMAX_TOKEN")]
     pub token: Option<String>,
-    /// The data directory (cluster identity, Raft log); default $OLLAMAMAX_DATA or ~/.ollamamax.
+    /// The data directory (cluster identity, Raft log, API keys); default $OLLAMAMAX_DATA or ~/.ollamamax.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Where the cluster endpoint (QUIC) listens; default the API's host with port 11435.
@@ -140,6 +150,10 @@ pub struct ServeArgs {
     /// The address other nodes dial for this node's cluster endpoint; default the listen address.
     #[arg(long, env = "OLLAMAMAX_CLUSTER_ADVERTISE")]
     pub cluster_advertise: Option<String>,
+    /// Allow listening on a non-loopback address with no API key (the API is then open to anyone who can
+    /// reach it; logged as a warning). Without it such a bind refuses to start until `ollamamax keys create`.
+    #[arg(long, env = "OLLAMAMAX_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub insecure_no_auth: bool,
     /// Log format on stderr: `text` for people, `json` (one object a line) for log collectors.
     #[arg(long, env = "OLLAMAMAX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -177,6 +191,40 @@ pub enum ClusterCommand {
     Set(ClusterSetting),
 }
 
+/// `keys` subcommands; they edit `<data-dir>/keys.json` directly, no server needed.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its secret (the only time it is shown; only its SHA-256 is stored).
+    Create {
+        /// `inference` (run models, list and show them) or `admin` (everything, including create, pull, push,
+        /// copy, delete and cluster settings).
+        #[arg(long, value_enum)]
+        role: crate::auth::Role,
+        /// A label shown by `keys list`.
+        #[arg(long)]
+        name: Option<String>,
+        /// The data directory; default $OLLAMAMAX_DATA or ~/.ollamamax.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the keys: ids, roles, names, creation times (never secrets).
+    #[command(alias = "ls")]
+    List {
+        /// The data directory; default $OLLAMAMAX_DATA or ~/.ollamamax.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Delete a key by its id (clients using it are refused within a second).
+    #[command(alias = "rm")]
+    Delete {
+        /// The key's id, as `keys list` shows it.
+        id: String,
+        /// The data directory; default $OLLAMAMAX_DATA or ~/.ollamamax.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
 /// `cluster set` settings.
 #[derive(Debug, Subcommand)]
 pub enum ClusterSetting {
@@ -189,9 +237,13 @@ pub enum ClusterSetting {
 
 /// Runs a client command.
 pub async fn run_client(command: Command) -> anyhow::Result<()> {
+    if let Command::Keys(command) = command {
+        return keys(command);
+    }
     let client = client::Client::from_env()?;
     match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Keys(_) => unreachable!("handled above"),
         Command::Cluster(command) => cluster(&client, command).await,
         Command::Create {
             model,
@@ -252,6 +304,47 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
                 },
             )
             .await
+        }
+    }
+}
+
+fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    use crate::auth::keys;
+    use crate::cluster::paths::DataPaths;
+    let root = |dir: Option<PathBuf>| dir.unwrap_or_else(DataPaths::default_root);
+    match command {
+        KeysCommand::Create {
+            role,
+            name,
+            data_dir,
+        } => {
+            let created = keys::create(&root(data_dir), role, name.as_deref())?;
+            eprintln!(
+                "Created {} key {}. Its secret follows; it is not stored and is shown only now:",
+                role.as_str(),
+                created.record.id
+            );
+            println!("{}", created.secret);
+            Ok(())
+        }
+        KeysCommand::List { data_dir } => {
+            let keys = keys::load(&keys::keys_file(&root(data_dir)))?;
+            println!("{:<10} {:<10} {:<24} NAME", "ID", "ROLE", "CREATED");
+            for key in keys {
+                println!(
+                    "{:<10} {:<10} {:<24} {}",
+                    key.id,
+                    key.role.as_str(),
+                    key.created,
+                    key.name.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Delete { id, data_dir } => {
+            let removed = keys::delete(&root(data_dir), &id)?;
+            println!("deleted {} key {}", removed.role.as_str(), removed.id);
+            Ok(())
         }
     }
 }

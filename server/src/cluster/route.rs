@@ -125,8 +125,10 @@ impl StreamHandler for ProxyService {
                     request = request.header(name.as_str(), value);
                 }
             }
+            // The accepting node checked the key: the extension (which no HTTP client can set) says so.
             let request = request
                 .header(ROUTED_HEADER, peer.0.to_string())
+                .extension(crate::auth::Forwarded)
                 .body(Body::from(body))
                 .map_err(|error| bad_request(error.to_string()))?;
             // The transport's reply head goes out at once; the HTTP head follows as the body's first chunk when

@@ -4,6 +4,11 @@
 //! missing copies; the models loaded on this node) and what happened since the last one (`event`: members
 //! joining, leaving, changing health, leaders changing, models appearing and disappearing). Its chat box talks
 //! to `/api/chat` like any client.
+//!
+//! Access: the page itself is public (it holds no data); the event stream needs an admin key, which the page
+//! sends as `?key=` because `EventSource` cannot send headers (the server takes a query key on that route only);
+//! its other calls send `Authorization: Bearer`. The page asks for the key when the server answers 401 or 403
+//! and keeps it in the tab's `sessionStorage`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;

@@ -208,6 +208,21 @@ pub struct Server {
     pub root: tempfile::TempDir,
     pub models: PathBuf,
     agent: ureq::Agent,
+    /// The API key the readiness probe and [`Server::check_after`] send, if the server needs one.
+    key: Option<String>,
+}
+
+/// How to start a server beyond Ollama's defaults ([`Server::start_with_options`]).
+#[derive(Default)]
+pub struct StartOptions<'a> {
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Extra arguments after `serve`.
+    pub args: &'a [&'a str],
+    /// The address in `OLLAMA_HOST` (default `127.0.0.1`; the tests still talk to it over 127.0.0.1).
+    pub bind: Option<&'a str>,
+    /// An API key for the readiness probe and the final check.
+    pub key: Option<&'a str>,
 }
 
 /// What may sit in a server's root besides what a test put there itself.
@@ -221,6 +236,21 @@ impl Server {
 
     /// A server with extra environment variables (e.g. `OLLAMA_MAX_QUEUE`).
     pub fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::start_with_options(StartOptions {
+            env,
+            ..StartOptions::default()
+        })
+    }
+
+    /// A server with extra environment, arguments, bind address and a key for the readiness probe.
+    pub fn start_with_options(options: StartOptions) -> Self {
+        let StartOptions {
+            env,
+            args,
+            bind,
+            key,
+        } = options;
+        let bind = bind.unwrap_or("127.0.0.1");
         let root = tempfile::Builder::new()
             .prefix("ollamamax-e2e-")
             .tempdir()
@@ -239,7 +269,8 @@ impl Server {
             clear_ollama_env(&mut command);
             command
                 .arg("serve")
-                .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
+                .args(args)
+                .env("OLLAMA_HOST", format!("{bind}:{port}"))
                 .env("OLLAMA_MODELS", &models)
                 .env("HOME", &home)
                 .stdin(Stdio::null())
@@ -249,13 +280,14 @@ impl Server {
                 command.env(key, value);
             }
             let mut child = command.spawn().expect("spawn ollamamax serve");
-            if wait_ready(&mut child, &agent, port) {
+            if wait_ready(&mut child, &agent, port, key) {
                 return Server {
                     child,
                     port,
                     root,
                     models,
                     agent,
+                    key: key.map(str::to_string),
                 };
             }
             let _ = child.kill();
@@ -305,6 +337,29 @@ impl Server {
 
     pub fn get(&self, path: &str) -> Reply {
         read(self.agent.get(self.url(path)).call(), path)
+    }
+
+    /// Any request: `method` on `path` with extra `headers` and, if given, a body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        let mut builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let result = match body {
+            Some(body) => self
+                .agent
+                .run(builder.body(body.to_string()).expect("a valid request")),
+            None => self.agent.run(builder.body(()).expect("a valid request")),
+        };
+        read(result, path)
     }
 
     pub fn head(&self, path: &str) -> Reply {
@@ -369,7 +424,12 @@ impl Server {
     /// directory holds Ollama's layout only.
     pub fn check_after(&mut self) {
         assert!(self.alive(), "the server exited; its log:\n{}", self.log());
-        let reply = self.get("/api/version");
+        let authorization = self.key.as_ref().map(|key| format!("Bearer {key}"));
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|value| ("Authorization", value.as_str()))
+            .collect();
+        let reply = self.request("GET", "/api/version", &headers, None);
         assert_eq!(
             reply.status, 200,
             "GET /api/version after the test: {:?}",
@@ -401,14 +461,18 @@ pub fn clear_ollama_env(command: &mut Command) {
     }
 }
 
-/// Polls `/api/version` until it answers 200 (true) or the child exits or the polls run out (false).
-fn wait_ready(child: &mut Child, agent: &ureq::Agent, port: u16) -> bool {
+/// Polls `/api/version` (with `key`, if any) until it answers 200 (true) or the child exits or the polls run out (false).
+fn wait_ready(child: &mut Child, agent: &ureq::Agent, port: u16, key: Option<&str>) -> bool {
     let url = format!("http://127.0.0.1:{port}/api/version");
     for _poll in 0..READY_POLLS_MAX {
         if let Ok(Some(_status)) = child.try_wait() {
             return false;
         }
-        if let Ok(response) = agent.get(&url).call()
+        let mut request = agent.get(&url);
+        if let Some(key) = key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        if let Ok(response) = request.call()
             && response.status() == 200
         {
             return true;
