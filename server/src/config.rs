@@ -133,7 +133,8 @@ pub struct ServerConfig {
     pub origins: Vec<String>,
     /// `OLLAMA_NOPRUNE`: keep unreferenced blobs at startup.
     pub no_prune: bool,
-    /// Memory the loaded models may use together.
+    /// Memory the loaded models may use together, KV caches included (`OLLAMAMAX_MEMORY`, e.g. `8GiB`; default
+    /// three quarters of physical memory).
     pub memory_budget_bytes: u64,
 }
 
@@ -197,6 +198,42 @@ fn total_memory_bytes() -> u64 {
         .unwrap_or(8 << 30)
 }
 
+/// A size in bytes: a whole number with an optional unit (`B`, `KB`/`MB`/`GB`/`TB` in powers of 1000,
+/// `KiB`/`MiB`/`GiB`/`TiB` in powers of 1024), e.g. `8GiB`, `512 MB`, `1000000`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 8GiB, 512MB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use B, MB, GB, MiB, GiB, ...)"
+            ));
+        }
+    };
+    let bytes = number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes == 0 {
+        return Err("a memory budget of 0 bytes cannot hold any model".into());
+    }
+    Ok(bytes)
+}
+
 impl ServerConfig {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -244,7 +281,15 @@ impl ServerConfig {
             context_length,
             origins,
             no_prune,
-            memory_budget_bytes: total_memory_bytes() / 4 * 3,
+            memory_budget_bytes: match std::env::var("OLLAMAMAX_MEMORY") {
+                Ok(value) if !value.trim().is_empty() => {
+                    parse_bytes(&value).map_err(|problem| ConfigError {
+                        name: "OLLAMAMAX_MEMORY",
+                        problem,
+                    })?
+                }
+                _ => total_memory_bytes() / 4 * 3,
+            },
         })
     }
 }
@@ -252,6 +297,25 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_bytes(" 512 MB "), Ok(512_000_000));
+        assert_eq!(parse_bytes("200mib"), Ok(200 << 20));
+        for bad in [
+            "",
+            "GiB",
+            "-1GiB",
+            "1.5GiB",
+            "8 parsecs",
+            "0",
+            "99999999999TiB",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ollama_host_parses_like_ollama() {

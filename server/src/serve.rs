@@ -44,6 +44,9 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
         logs.init();
     }
     let config = ServerConfig::from_env()?;
+    // A bad registry allowlist stops the start, rather than failing every later pull and push.
+    let registries = ollamamax_io::registry::RegistryPolicy::from_env()?;
+    tracing::info!(registries = %registries.allowed(), "pull and push allowed to");
     crate::metrics::install();
     // Bind first and apply the access policy before touching the models directory: a public bind without a key
     // stops here, having changed nothing.
