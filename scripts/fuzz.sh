@@ -6,6 +6,9 @@
 #   TARGET    targets to run (default: every target `cargo fuzz list` names)
 #   FUZZ_SANITIZER  cargo-fuzz's sanitizer (default none: the code under test is safe Rust, and without
 #                   AddressSanitizer targets run several times faster; `address` for unsafe dependencies)
+#   FUZZ_PROFILE    release (default) or dev: a dev build compiles in under half the time (about 9 min against
+#                   20 on 2 busy cores, fresh) but runs 10-25 times fewer inputs a second
+#   FUZZ_TARGET_DIR where to build (default fuzz/target)
 #
 # cargo-fuzz passes nightly-only flags (-Z sanitizer and friends); RUSTC_BOOTSTRAP=1 lets the stable toolchain
 # accept them, so no nightly is needed. All targets are built once, optimised with debug assertions and
@@ -26,14 +29,19 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
-export CARGO_TARGET_DIR="$PWD/target"
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$PWD/target}"
 
 seconds="${FUZZ_SECONDS:-60}"
 if [ "$#" -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
   seconds="$1"
   shift
 fi
-flags=(--release --debug-assertions --sanitizer "${FUZZ_SANITIZER:-none}")
+case "${FUZZ_PROFILE:-release}" in
+  release) flags=(--release --debug-assertions) ;;
+  dev) flags=(--dev) ;;
+  *) echo "fuzz: FUZZ_PROFILE must be release or dev" >&2; exit 2 ;;
+esac
+flags+=(--sanitizer "${FUZZ_SANITIZER:-none}")
 
 if [ "$#" -gt 0 ]; then
   targets=("$@")
@@ -45,7 +53,7 @@ started=$(date +%s)
 cargo fuzz build "${flags[@]}"
 echo "fuzz: built ${#targets[@]} target(s) in $(($(date +%s) - started))s"
 
-logs="$PWD/target/fuzz-logs"
+logs="$CARGO_TARGET_DIR/fuzz-logs"
 mkdir -p "$logs"
 failed=()
 summary=()
