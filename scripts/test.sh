@@ -46,7 +46,7 @@ step "unit, property and integration tests"
 cargo test --release --workspace 2>&1 | tee -a "$results"
 
 step "fuzzing: every cargo-fuzz target for 20 s, then the grown API corpus replayed through the live server"
-./scripts/fuzz.sh 20
+FUZZ_PROFILE=dev ./scripts/fuzz.sh 20   # dev: builds in about half the time; long runs: scripts/fuzz.sh (release)
 targets=$(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list | wc -l)
 echo "test result: ok. $targets passed; 0 failed (fuzz)" >>"$results"
 cargo test --release -p ollamamax-tests --test t25_fuzz_corpus_replay

@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(summary) = &whole {
         assert!(summary.header_bytes <= summary.data_offset);
-        assert!(summary.data_offset.is_multiple_of(u64::from(summary.alignment)));
+        assert!(
+            summary
+                .data_offset
+                .is_multiple_of(u64::from(summary.alignment))
+        );
         assert!(summary.tensor_count == 0 || summary.data_end <= data.len() as u64);
     }
     // The shell's view of a file it has read only part of.

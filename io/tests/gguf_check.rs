@@ -73,7 +73,7 @@ fn the_default_model_validates() {
 
 #[test]
 fn the_fuzz_seeds_are_what_their_names_say() {
-    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/gguf");
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/gguf");
     let valid = ["valid_v3", "valid_v2", "empty", "align_64", "all_scalars"];
     let mut seen = 0;
     for entry in std::fs::read_dir(&directory).expect("the seed folder") {
