@@ -3,8 +3,8 @@
 //! type, then the checks that need no model (options, keep-alive, names, digests, parameters, templates).
 //! Whatever the body, parsing and checking end in a value or a 4xx error, never a panic or a 5xx.
 //!
-//! The OpenAI routes' request types are private to their handlers; their shared pieces are reached instead
-//! (`Sampling`, flattened into each request, and `format_of` for `response_format`).
+//! The OpenAI routes go through each handler's own `check` (its parse and model-free checks), then the options
+//! their sampling fields make.
 //!
 //! tests/tests/t25_fuzz_corpus_replay.rs posts the corpus to the live server with the same table.
 #![no_main]
@@ -150,16 +150,18 @@ fn check(endpoint: usize, body: &Bytes) -> Result<(), ApiError> {
                     .trim_start_matches("https://"),
             )?;
         }
-        10 | 11 => {
+        10 => {
+            openai::chat::check(body)?;
             let sampling: openai::Sampling = json::parse(body)?;
             options(Some(&sampling.to_options()))?;
-            if endpoint == 10 {
-                let value: Value = json::parse(body)?;
-                openai::chat::format_of(value.get("response_format"))?;
-            }
+        }
+        11 => {
+            openai::completions::check(body)?;
+            let sampling: openai::Sampling = json::parse(body)?;
+            options(Some(&sampling.to_options()))?;
         }
         12 => {
-            let _: Value = json::parse(body)?;
+            openai::embeddings::check(body)?;
         }
         _ => {
             let _: BTreeMap<String, Value> = json::parse(body)?;

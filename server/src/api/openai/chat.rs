@@ -100,9 +100,18 @@ pub fn format_of(response_format: Option<&Value>) -> Result<Option<Value>, ApiEr
     }
 }
 
-async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let request: ChatCompletionRequest = super::parse(&body)?;
+/// A chat completion request parsed and checked as far as it can be without its model: the handler's first half,
+/// which the `api_bodies` fuzz target drives.
+pub struct Checked {
+    request: ChatCompletionRequest,
+    messages: Vec<Message>,
+    format: Option<Value>,
+    options: Value,
+}
+
+/// Parses and checks a `/v1/chat/completions` body.
+pub fn check(body: &Bytes) -> Result<Checked, ApiError> {
+    let request: ChatCompletionRequest = super::parse(body)?;
     if request.model.is_empty() {
         return Err(ApiError::bad_request("model is required"));
     }
@@ -128,6 +137,22 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     }
     let format = format_of(request.response_format.as_ref())?;
     let options = request.sampling.to_options();
+    Ok(Checked {
+        request,
+        messages,
+        format,
+        options,
+    })
+}
+
+async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let Checked {
+        request,
+        messages,
+        format,
+        options,
+    } = check(&body)?;
     let job = Job {
         model: &request.model,
         prompt: PromptSpec::Chat {

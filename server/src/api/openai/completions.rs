@@ -38,9 +38,17 @@ pub async fn completions(State(state): State<AppState>, json::Body(body): json::
     }
 }
 
-async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let request: CompletionRequest = super::parse(&body)?;
+/// A completion request parsed and checked as far as it can be without its model: the handler's first half,
+/// which the `api_bodies` fuzz target drives.
+pub struct Checked {
+    request: CompletionRequest,
+    prompt: String,
+    options: Value,
+}
+
+/// Parses and checks a `/v1/completions` body.
+pub fn check(body: &Bytes) -> Result<Checked, ApiError> {
+    let request: CompletionRequest = super::parse(body)?;
     if request.model.is_empty() {
         return Err(ApiError::bad_request("model is required"));
     }
@@ -63,6 +71,20 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         )));
     }
     let options = request.sampling.to_options();
+    Ok(Checked {
+        request,
+        prompt,
+        options,
+    })
+}
+
+async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let Checked {
+        request,
+        prompt,
+        options,
+    } = check(&body)?;
     let job = Job {
         model: &request.model,
         prompt: PromptSpec::Completion {

@@ -1,7 +1,5 @@
 //! `POST /v1/embeddings`.
 
-use std::time::Instant;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -32,9 +30,18 @@ pub async fn embeddings(State(state): State<AppState>, json::Body(body): json::B
     }
 }
 
-async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
-    let _started = Instant::now();
-    let request: EmbeddingRequest = super::parse(&body)?;
+/// An embeddings request parsed and checked as far as it can be without its model: the handler's first half,
+/// which the `api_bodies` fuzz target drives.
+pub struct Checked {
+    request: EmbeddingRequest,
+    texts: Vec<String>,
+    base64: bool,
+    dimensions: Option<usize>,
+}
+
+/// Parses and checks a `/v1/embeddings` body.
+pub fn check(body: &Bytes) -> Result<Checked, ApiError> {
+    let request: EmbeddingRequest = super::parse(body)?;
     if request.model.is_empty() {
         return Err(ApiError::bad_request("model is required"));
     }
@@ -70,6 +77,21 @@ async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         Some(d) if d >= 1 => Some(usize::try_from(d).unwrap_or(usize::MAX)),
         Some(d) => return Err(ApiError::bad_request(format!("invalid dimensions {d}"))),
     };
+    Ok(Checked {
+        request,
+        texts,
+        base64,
+        dimensions,
+    })
+}
+
+async fn handle(state: AppState, body: Bytes) -> Result<Response, ApiError> {
+    let Checked {
+        request,
+        texts,
+        base64,
+        dimensions,
+    } = check(&body)?;
     let recipe = state.recipe(&request.model).await?;
     let options = inference::resolve_options(&recipe, None)?;
     let keep_alive = state.config.keep_alive;
