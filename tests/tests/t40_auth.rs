@@ -8,15 +8,15 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Reply, Server, StartOptions, binary, clear_ollama_env, free_port, raw_exchange};
+use common::{
+    Reply, Server, StartOptions, binary, clear_ollama_env, free_port, raw_exchange, refused_start,
+};
 use ollamamax_server::auth::{Access, Role};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Polls (every 100 ms) for a reloaded keys file: the server looks at it at most once a second.
 const RELOAD_POLLS_MAX: u32 = 300;
-/// Polls (every 100 ms) for a refused start to exit.
-const EXIT_POLLS_MAX: u32 = 1200;
 
 /// `ollamamax keys ARGS --data-dir DATA`.
 fn keys(data: &Path, args: &[&str]) -> Output {
@@ -361,44 +361,8 @@ fn a_created_key_works_without_a_restart() {
 
 #[test]
 fn binding_a_public_address_without_a_key_refuses_to_start() {
-    let root = tempfile::tempdir().unwrap();
-    for directory in ["models", "home", "data"] {
-        std::fs::create_dir_all(root.path().join(directory)).unwrap();
-    }
-    let mut command = Command::new(binary());
-    clear_ollama_env(&mut command);
-    let mut child = command
-        .arg("serve")
-        .env("OLLAMA_HOST", format!("0.0.0.0:{}", free_port()))
-        .env("OLLAMA_MODELS", root.path().join("models"))
-        .env("HOME", root.path().join("home"))
-        .env("OLLAMAMAX_DATA", root.path().join("data"))
-        .env_remove("OLLAMAMAX_INSECURE_NO_AUTH")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ollamamax serve");
-    let mut status = None;
-    for _poll in 0..EXIT_POLLS_MAX {
-        if let Some(exited) = child.try_wait().unwrap() {
-            status = Some(exited);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
-        panic!("a public bind with no key kept running");
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let host = format!("0.0.0.0:{}", free_port());
+    let stderr = refused_start(&[("OLLAMA_HOST", &host)]);
     assert!(
         stderr.contains("ollamamax keys create --role admin"),
         "{stderr}"

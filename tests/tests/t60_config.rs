@@ -4,61 +4,8 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use common::{Server, binary, clear_ollama_env, free_port, model_path};
+use common::{Server, model_path, refused_start};
 use serde_json::json;
-
-/// Polls of 100 ms for the refused server to exit.
-const EXIT_POLLS_MAX: u32 = 600;
-
-/// Starts `ollamamax serve` with `env`, expects it to exit 1, and returns what it printed on stderr.
-fn refused_start(env: &[(&str, &str)]) -> String {
-    let root = tempfile::tempdir().unwrap();
-    let models = root.path().join("models");
-    let mut command = Command::new(binary());
-    clear_ollama_env(&mut command);
-    command
-        .arg("serve")
-        .env("OLLAMA_HOST", format!("127.0.0.1:{}", free_port()))
-        .env("OLLAMA_MODELS", &models)
-        .env("HOME", root.path())
-        .env("OLLAMAMAX_DATA", root.path().join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("spawn ollamamax serve");
-    let mut status = None;
-    for _poll in 0..EXIT_POLLS_MAX {
-        if let Some(exited) = child.try_wait().unwrap() {
-            status = Some(exited);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
-        panic!("the server kept running with {env:?}");
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(status.code(), Some(1), "{env:?}: {stderr}");
-    assert!(
-        !models.exists(),
-        "a refused start created the models directory"
-    );
-    stderr
-}
 
 #[test]
 fn a_bad_registry_allowlist_stops_the_start() {

@@ -453,6 +453,59 @@ impl Drop for Server {
 }
 
 /// Removes every inherited `OLLAMA_*` variable so the developer's own settings do not leak into a test server.
+/// Runs `ollamamax serve` with `env` (on top of a fresh models dir, home and data dir, and a loopback port unless
+/// `env` names `OLLAMA_HOST`), expects it to exit with status 1 within a minute, and returns its stderr. Asserts
+/// the refused start created no models directory.
+pub fn refused_start(env: &[(&str, &str)]) -> String {
+    /// Polls of 100 ms for the refused server to exit.
+    const EXIT_POLLS_MAX: u32 = 600;
+    let root = tempfile::tempdir().expect("temporary root");
+    let models = root.path().join("models");
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).expect("home dir");
+    let mut command = Command::new(binary());
+    clear_ollama_env(&mut command);
+    command
+        .arg("serve")
+        .env("OLLAMA_HOST", format!("127.0.0.1:{}", free_port()))
+        .env("OLLAMA_MODELS", &models)
+        .env("HOME", &home)
+        .env("OLLAMAMAX_DATA", root.path().join("data"))
+        .env_remove("OLLAMAMAX_INSECURE_NO_AUTH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("spawn ollamamax serve");
+    let mut status = None;
+    for _poll in 0..EXIT_POLLS_MAX {
+        if let Some(exited) = child.try_wait().expect("wait for serve") {
+            status = Some(exited);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the server kept running with {env:?}");
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{env:?}: {stderr}");
+    assert!(
+        !models.exists(),
+        "a refused start created the models directory"
+    );
+    stderr
+}
+
 pub fn clear_ollama_env(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("OLLAMA_") {
