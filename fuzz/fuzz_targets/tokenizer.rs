@@ -99,7 +99,9 @@ fuzz_target!(|data: &[u8]| {
     let spm = spm();
     let tokens = spm.encode(text, PLAIN);
     assert!(tokens.iter().all(|&t| (t as usize) < spm.vocab_size()));
-    assert_eq!(spm.detokenize(&tokens), text);
+    // SentencePiece writes spaces as U+2581 and reads U+2581 back as a space (as llama.cpp does), so a literal
+    // U+2581 in the text comes back as a space; everything else comes back as it was.
+    assert_eq!(spm.detokenize(&tokens), text.replace('\u{2581}', " "));
     let _ = spm.encode(text, EncodeOptions::PROMPT);
     // Arbitrary ids (a client's `context`) decode without a panic, in or out of the vocabulary.
     let ids: Vec<u32> = data
