@@ -27,24 +27,7 @@ use ollamamax_server::api::{chat, generate, inference, json, models, openai};
 use ollamamax_server::node::Recipe;
 use serde_json::Value;
 
-/// Method and path of each selector value (the selector byte modulo the table's length). Keep in step with
-/// tests/tests/t25_fuzz_corpus_replay.rs.
-const ENDPOINTS: [(&str, &str); 14] = [
-    ("POST", "/api/generate"),
-    ("POST", "/api/chat"),
-    ("POST", "/api/embed"),
-    ("POST", "/api/embeddings"),
-    ("POST", "/api/show"),
-    ("POST", "/api/create"),
-    ("POST", "/api/copy"),
-    ("DELETE", "/api/delete"),
-    ("POST", "/api/pull"),
-    ("POST", "/api/push"),
-    ("POST", "/v1/chat/completions"),
-    ("POST", "/v1/completions"),
-    ("POST", "/v1/embeddings"),
-    ("POST", "/api/cluster/replication"),
-];
+include!("../api_endpoints.rs");
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {

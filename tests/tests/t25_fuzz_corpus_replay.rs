@@ -14,23 +14,7 @@ use std::path::{Path, PathBuf};
 
 use common::{Server, agent, workspace_dir};
 
-/// Method and path per selector value: the table of fuzz/fuzz_targets/api_bodies.rs.
-const ENDPOINTS: [(&str, &str); 14] = [
-    ("POST", "/api/generate"),
-    ("POST", "/api/chat"),
-    ("POST", "/api/embed"),
-    ("POST", "/api/embeddings"),
-    ("POST", "/api/show"),
-    ("POST", "/api/create"),
-    ("POST", "/api/copy"),
-    ("DELETE", "/api/delete"),
-    ("POST", "/api/pull"),
-    ("POST", "/api/push"),
-    ("POST", "/v1/chat/completions"),
-    ("POST", "/v1/completions"),
-    ("POST", "/v1/embeddings"),
-    ("POST", "/api/cluster/replication"),
-];
+include!("../../fuzz/api_endpoints.rs");
 /// Most files of the grown corpus replayed (it grows with every fuzz run; its first files by name are a sample).
 const GROWN_FILES_MAX: usize = 4000;
 /// Most pulls and pushes of the grown corpus replayed (each waits out the registry client's retries).
