@@ -1,5 +1,6 @@
 //! The engine's hot kernels: `x · Wᵀ` with Q4_1 weights (SmolLM2-135M's blocks) and with Q8_0 weights (its tied
-//! output head), our AVX2 kernels against candle's own `QMatMul` on the same weights, at SmolLM2-135M's shapes.
+//! output head), our kernels on each instruction set this CPU has (`ours_avx2`, `ours_avx512vnni`, ...) against
+//! candle's own `QMatMul` on the same weights, at SmolLM2-135M's shapes.
 //! One decode step of one sequence multiplies one row; a step of four batched sequences four rows (the kernels
 //! share each weight block between up to four rows); a prompt prefill many.
 //!
@@ -8,6 +9,7 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ollamamax_io::engine::kernel::Isa;
 use ollamamax_io::engine::q4_1::Q4_1Matrix;
 use ollamamax_io::engine::q8_0::Q8_0Matrix;
 use std::hint::black_box;
@@ -39,6 +41,14 @@ fn input(tokens: usize, columns: usize) -> Tensor {
     Tensor::from_vec(values, (tokens, columns), &Device::Cpu).expect("tensor")
 }
 
+fn isa_name(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Portable => "portable",
+        Isa::Avx2 => "avx2",
+        Isa::Avx512Vnni => "avx512vnni",
+    }
+}
+
 fn q4_1_matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("q4_1_matmul");
     group.sample_size(30);
@@ -50,9 +60,12 @@ fn q4_1_matmul(c: &mut Criterion) {
             let x = input(tokens, columns);
             group.throughput(Throughput::Elements((rows * columns * tokens) as u64));
             let id = format!("{name}/{tokens}_tokens");
-            group.bench_with_input(BenchmarkId::new("ours", &id), &x, |b, x| {
-                b.iter(|| black_box(ours.forward(x).expect("matmul")))
-            });
+            for isa in Isa::available() {
+                let name = format!("ours_{}", isa_name(isa));
+                group.bench_with_input(BenchmarkId::new(name, &id), &x, |b, x| {
+                    b.iter(|| black_box(ours.forward_on(isa, x).expect("matmul")))
+                });
+            }
             group.bench_with_input(BenchmarkId::new("candle", &id), &x, |b, x| {
                 b.iter(|| black_box(candle.forward(x).expect("matmul")))
             });
@@ -72,9 +85,12 @@ fn q8_0_matmul(c: &mut Criterion) {
         let x = input(tokens, columns);
         group.throughput(Throughput::Elements((rows * columns * tokens) as u64));
         let id = format!("head_{rows}x{columns}/{tokens}_tokens");
-        group.bench_with_input(BenchmarkId::new("ours", &id), &x, |b, x| {
-            b.iter(|| black_box(ours.forward(x).expect("matmul")))
-        });
+        for isa in Isa::available() {
+            let name = format!("ours_{}", isa_name(isa));
+            group.bench_with_input(BenchmarkId::new(name, &id), &x, |b, x| {
+                b.iter(|| black_box(ours.forward_on(isa, x).expect("matmul")))
+            });
+        }
         group.bench_with_input(BenchmarkId::new("candle", &id), &x, |b, x| {
             b.iter(|| black_box(candle.forward(x).expect("matmul")))
         });

@@ -22,12 +22,17 @@ pub mod generate;
 mod ggml_math;
 pub mod gguf;
 pub mod grammar;
+pub mod kernel;
 pub mod kv;
 pub mod llama;
 pub mod options;
 pub mod pretokenize;
 pub mod q4_1;
+#[cfg(target_arch = "x86_64")]
+mod q4_1_x86;
 pub mod q8_0;
+#[cfg(target_arch = "x86_64")]
+mod q8_0_x86;
 pub mod runner;
 pub mod sampling;
 pub mod stop;

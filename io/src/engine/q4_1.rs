@@ -1,62 +1,48 @@
-//! Matmuls with Q4_1 weights, vectorised with AVX2.
+//! Matmuls with Q4_1 weights.
 //!
 //! candle 0.11 computes Q4_1 dot products with scalar code (two thirds of SmolLM2's decode time in a profile), so
-//! for that type we run our own kernel: activations are quantized per 32-value block to 8 bits (llama.cpp's
-//! Q8_1: a scale, the scaled sum of the quantized values, 32 signed bytes, scales rounded through f16 as ggml
-//! stores them), and each weight block's 4-bit values are multiplied with them in 8-bit integer SIMD
-//! (`maddubs`), accumulated in f32. Work is split over output columns on candle's own thread pool, so the
-//! engine's thread count stays candle's.
+//! for that type we run our own kernels (see [`super::kernel`] for what they share): activations are quantized
+//! per 32-value block to 8 bits (llama.cpp's Q8_1), and each weight block's 4-bit values are multiplied with them
+//! in 8-bit integer SIMD — `vpdpbusd` on AVX-512 VNNI CPUs, `maddubs` + `madd` on AVX2 — and accumulated in f32 with
+//! llama.cpp's order of operations. Several activation rows (a batch of sequences, or a prompt) share each
+//! unpacked weight block, and two weight rows are handled together.
 //!
-//! Several activation rows (a batch of sequences, or a prompt) share each weight block: it is unpacked once and
-//! multiplied with up to [`ROWS_PER_PASS`] rows, which is what makes a batch of four cheaper than four single
-//! rows. Each row keeps its own accumulators and exactly the operations, in the order, that it gets alone, so a
-//! row's result never depends on how many rows are multiplied with it. The activation quantization, the output
-//! buffer and the pass size are shared with the Q8_0 kernel ([`super::q8_0`]).
-//!
-//! Layout of a Q4_1 block (ggml): scale `d` (f16), minimum `m` (f16), then 16 bytes whose low nibbles are values
-//! 0..16 and high nibbles values 16..32; a weight is `d * q + m`.
+//! Layout of a Q4_1 block in a GGUF file (ggml): scale `d` (f16), minimum `m` (f16), then 16 bytes whose low
+//! nibbles are values 0..16 and high nibbles values 16..32; a weight is `d * q + m`. [`Q4_1Matrix`] regroups the
+//! same information for the kernels:
+//! - the scales in one array, so sixteen convert with one instruction;
+//! - the values of two consecutive blocks of a row in 32 bytes, the first block's 32 values in the low nibbles in
+//!   order and the second's in the high nibbles, so one load and one `and` (plus a shift for the second) give a
+//!   block's 32 values as bytes, where the file's order needs a load, two `and`s, a shift and a lane insert;
+//! - the minimums as f32, transposed in groups of [`ROW_GROUP`] rows, so the minimum terms of four rows are one
+//!   vector multiply and add per block (ggml adds them up in their own sum, `Σ m_w · s_x`, block after block,
+//!   apart from the lanes).
 
+use candle_core::Tensor;
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
 use half::f16;
 
-/// Values per block, for weights and activations alike.
-pub(super) const BLOCK_VALUES: usize = 32;
+use super::kernel::{self, BLOCK_VALUES, InputRow, Isa, LANES, ROW_GROUP, TileDots};
+
 /// Bytes of one Q4_1 block in a GGUF file.
 const WEIGHT_BLOCK_BYTES: usize = 20;
-/// Activation rows multiplied with each weight block while it is unpacked: one 8-lane accumulator per row, so four
-/// rows leave AVX2's sixteen vector registers room for the unpacked block, constants and temporaries.
-pub(super) const ROWS_PER_PASS: usize = 4;
-
-/// One block of 32 weights.
-#[derive(Clone, Copy, Debug)]
-struct WeightBlock {
-    scale: f16,
-    min: f16,
-    nibbles: [u8; 16],
-}
-
-/// One block of 32 quantized activations.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct InputBlock {
-    pub(super) scale: f32,
-    /// `scale * Σ values`, which meets each Q4_1 weight block's minimum (Q8_0 weights have none).
-    pub(super) scaled_sum: f32,
-    pub(super) values: [i8; BLOCK_VALUES],
-}
-
-/// A weight matrix whose rows are dotted with quantized activation rows, several activation rows per pass.
-pub(super) trait RowDots: Sync {
-    /// The dot products of weight row `row` with each of `inputs`. Each input's result must be the same, bit for
-    /// bit, whatever `N` is and whatever the other inputs are.
-    fn dots<const N: usize>(&self, row: usize, inputs: [&[InputBlock]; N]) -> [f32; N];
-}
+/// Bytes of nibbles per block in the file.
+const NIBBLE_BYTES: usize = 16;
+/// Bytes holding two blocks' values (see the module documentation).
+pub(super) const PAIR_BYTES: usize = 32;
 
 /// A `[rows, columns]` Q4_1 weight matrix; `forward` computes `x · Wᵀ` like candle's `QMatMul`.
 pub struct Q4_1Matrix {
     rows: usize,
     columns: usize,
-    blocks: Vec<WeightBlock>,
+    /// Blocks per row.
+    pub(super) blocks: usize,
+    /// Each block's scale `d`, row after row.
+    pub(super) scales: Vec<f16>,
+    /// Per row, `blocks.div_ceil(2)` pairs of blocks' values, [`PAIR_BYTES`] each.
+    pub(super) pairs: Vec<u8>,
+    /// Per group of [`ROW_GROUP`] rows, per block, the group's rows' minimums `m` (zero past the last row).
+    pub(super) minimums: Vec<f32>,
 }
 
 impl Q4_1Matrix {
@@ -70,306 +56,205 @@ impl Q4_1Matrix {
             return None;
         }
         let data = tensor.data().ok()?;
-        if data.len() != rows * columns / BLOCK_VALUES * WEIGHT_BLOCK_BYTES {
+        let blocks = columns / BLOCK_VALUES;
+        if data.len() != rows * blocks * WEIGHT_BLOCK_BYTES {
             return None;
         }
-        let blocks = data
-            .chunks_exact(WEIGHT_BLOCK_BYTES)
-            .map(|bytes| WeightBlock {
-                scale: f16::from_le_bytes([bytes[0], bytes[1]]),
-                min: f16::from_le_bytes([bytes[2], bytes[3]]),
-                nibbles: bytes[4..].try_into().expect("16 bytes"),
-            })
-            .collect();
-        Some(Self {
+        let pairs_per_row = blocks.div_ceil(2);
+        let mut matrix = Self {
             rows,
             columns,
             blocks,
-        })
+            scales: Vec::with_capacity(rows * blocks),
+            pairs: vec![0; rows * pairs_per_row * PAIR_BYTES],
+            minimums: vec![0.0; rows.div_ceil(ROW_GROUP) * blocks * ROW_GROUP],
+        };
+        for (index, bytes) in data.chunks_exact(WEIGHT_BLOCK_BYTES).enumerate() {
+            let (row, block) = (index / blocks, index % blocks);
+            matrix.scales.push(f16::from_le_bytes([bytes[0], bytes[1]]));
+            let minimum = f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
+            matrix.minimums[((row / ROW_GROUP) * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
+                minimum;
+            let at = (row * pairs_per_row + block / 2) * PAIR_BYTES;
+            let shift = if block % 2 == 0 { 0 } else { 4 };
+            let pair = &mut matrix.pairs[at..at + PAIR_BYTES];
+            for (j, &byte) in bytes[4..].iter().enumerate() {
+                pair[j] |= (byte & 0x0F) << shift;
+                pair[j + NIBBLE_BYTES] |= (byte >> 4) << shift;
+            }
+        }
+        Some(matrix)
     }
 
     /// `x · Wᵀ` for `x` of shape `[..., columns]`: the result has shape `[..., rows]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        forward(self, self.rows, self.columns, x)
+        self.forward_on(Isa::current(), x)
     }
-}
 
-impl RowDots for Q4_1Matrix {
-    fn dots<const N: usize>(&self, row: usize, inputs: [&[InputBlock]; N]) -> [f32; N] {
-        let blocks_per_row = self.columns / BLOCK_VALUES;
-        dots(
-            &self.blocks[row * blocks_per_row..(row + 1) * blocks_per_row],
-            inputs,
-        )
+    /// [`Q4_1Matrix::forward`] on the given instruction set, which the CPU must have ([`Isa::available`]).
+    pub fn forward_on(&self, isa: Isa, x: &Tensor) -> candle_core::Result<Tensor> {
+        assert!(isa <= Isa::detected(), "{isa:?} is not available here");
+        kernel::forward(self, self.rows, self.columns, isa, x)
     }
-}
 
-/// `x · Wᵀ` for `x` of shape `[..., columns]` and `weights` of shape `[rows, columns]`: the result has shape
-/// `[..., rows]`. Each row of `x` is quantized on its own ([`quantize_rows`]).
-pub(super) fn forward<K: RowDots>(
-    weights: &K,
-    rows: usize,
-    columns: usize,
-    x: &Tensor,
-) -> candle_core::Result<Tensor> {
-    let mut shape = x.dims().to_vec();
-    if shape.last() != Some(&columns) {
-        candle_core::bail!(
-            "quantized matmul: input {:?} does not end in {columns}",
-            x.shape()
-        );
+    /// Value `j` (0..32) of block `block` of row `row`, 0..16.
+    fn value(&self, row: usize, block: usize, j: usize) -> u8 {
+        let at = (row * self.blocks.div_ceil(2) + block / 2) * PAIR_BYTES + j;
+        let shift = if block % 2 == 0 { 0 } else { 4 };
+        (self.pairs[at] >> shift) & 0x0F
     }
-    let inputs = x.flatten_all()?.to_vec1::<f32>()?;
-    let count = inputs.len() / columns;
-    let quantized = quantize_rows(&inputs, columns);
-    let mut output = vec![0f32; count * rows];
-    matmul(weights, rows, &quantized, count, &mut output);
-    *shape.last_mut().expect("checked above") = rows;
-    Tensor::from_vec(output, shape, &Device::Cpu)
-}
 
-/// `output[i * rows + r] = input row i · weight row r` for `count` input rows: weight rows are split over candle's
-/// thread pool, and each weight row meets the input rows [`ROWS_PER_PASS`] at a time, the last pass taking the
-/// remainder.
-fn matmul<K: RowDots>(
-    weights: &K,
-    rows: usize,
-    input: &[InputBlock],
-    count: usize,
-    output: &mut [f32],
-) {
-    assert_eq!(
-        output.len(),
-        count * rows,
-        "one output per input row and weight row"
-    );
-    if count == 0 {
-        return;
+    /// The minimum of block `block` of row `row`.
+    fn minimum(&self, row: usize, block: usize) -> f32 {
+        self.minimums[((row / ROW_GROUP) * self.blocks + block) * ROW_GROUP + row % ROW_GROUP]
     }
-    assert!(
-        input.len().is_multiple_of(count),
-        "input rows of equal length"
-    );
-    let inputs: Vec<&[InputBlock]> = input.chunks_exact(input.len() / count).collect();
-    let target = OutputPointer(output.as_mut_ptr());
-    // The match below names every pass size.
-    const _: () = assert!(ROWS_PER_PASS == 4);
-    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-        for row in range {
-            for (pass, group) in inputs.chunks(ROWS_PER_PASS).enumerate() {
-                let results: &[f32] = match *group {
-                    [a, b, c, d] => &weights.dots(row, [a, b, c, d]),
-                    [a, b, c] => &weights.dots(row, [a, b, c]),
-                    [a, b] => &weights.dots(row, [a, b]),
-                    [a] => &weights.dots(row, [a]),
-                    _ => unreachable!("chunks hold 1 to ROWS_PER_PASS rows"),
-                };
-                for (offset, &value) in results.iter().enumerate() {
-                    let input_row = pass * ROWS_PER_PASS + offset;
-                    // SAFETY: each (input row, weight row) is written once, by the only work item holding `row`,
-                    // and `input_row * rows + row < count * rows == output.len()`.
-                    unsafe { target.write(input_row * rows + row, value) };
+
+    /// Weight rows `first..first + W`'s minimum terms `Σ m_w · s_x` with each input, summed block after block in
+    /// f32 as ggml does (a product, then a sum: no fused multiply-add). Plain Rust on every instruction set: with
+    /// the minimums transposed, the compiler vectorises the four rows of a tile.
+    pub(super) fn minimum_terms<const W: usize, const N: usize>(
+        &self,
+        first: usize,
+        inputs: &[InputRow<'_>; N],
+    ) -> [[f32; N]; W] {
+        let mut terms = [[0f32; W]; N];
+        let lane = first % ROW_GROUP;
+        if lane + W <= ROW_GROUP {
+            let group = &self.minimums[(first / ROW_GROUP) * self.blocks * ROW_GROUP..]
+                [..self.blocks * ROW_GROUP];
+            for (block, minimums) in group.chunks_exact(ROW_GROUP).enumerate() {
+                let minimums: &[f32; W] = minimums[lane..lane + W].try_into().expect("W lanes");
+                for (term, input) in terms.iter_mut().zip(inputs) {
+                    let sum = input.sums[block];
+                    for (t, &m) in term.iter_mut().zip(minimums) {
+                        *t += m * sum;
+                    }
+                }
+            }
+        } else {
+            for (term, input) in terms.iter_mut().zip(inputs) {
+                for (w, t) in term.iter_mut().enumerate() {
+                    for block in 0..self.blocks {
+                        *t += self.minimum(first + w, block) * input.sums[block];
+                    }
                 }
             }
         }
-    });
-}
-
-/// The output buffer, shared by the pool's workers, each writing disjoint elements.
-struct OutputPointer(*mut f32);
-
-// SAFETY: workers write disjoint elements (see `matmul`) and the buffer outlives the pool call.
-unsafe impl Sync for OutputPointer {}
-
-impl OutputPointer {
-    /// # Safety
-    /// `index` is in bounds and no other thread accesses that element during the call.
-    unsafe fn write(&self, index: usize, value: f32) {
-        // SAFETY: guaranteed by the caller.
-        unsafe { *self.0.add(index) = value };
+        std::array::from_fn(|w| std::array::from_fn(|n| terms[n][w]))
     }
 }
 
-/// Quantizes each row of `inputs` (rows of `columns` values) to 8-bit blocks as ggml's `quantize_row_q8_1` does
-/// on AVX2 CPUs: scale `max|x| / 127`, values rounded half to even, scale and scaled sum rounded through f16.
-/// The scale and values are also what ggml's `quantize_row_q8_0` gives.
-pub(super) fn quantize_rows(inputs: &[f32], columns: usize) -> Vec<InputBlock> {
-    assert!(
-        columns.is_multiple_of(BLOCK_VALUES),
-        "rows are whole blocks"
-    );
-    inputs
-        .chunks_exact(BLOCK_VALUES)
-        .map(|values| {
-            let largest = values.iter().fold(0.0f32, |max, v| max.max(v.abs()));
-            let scale = largest / 127.0;
-            let inverse = if largest == 0.0 { 0.0 } else { 127.0 / largest };
-            let mut block = InputBlock::default();
-            let mut sum = 0i32;
-            for (quantized, value) in block.values.iter_mut().zip(values) {
-                *quantized = (value * inverse).round_ties_even() as i8;
-                sum += i32::from(*quantized);
+impl TileDots for Q4_1Matrix {
+    fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    fn tile<const W: usize, const N: usize>(
+        &self,
+        isa: Isa,
+        first: usize,
+        inputs: [InputRow<'_>; N],
+    ) -> [[f32; N]; W] {
+        assert!(first + W <= self.rows, "weight rows in range");
+        for input in &inputs {
+            assert_eq!(input.scales.len(), self.blocks, "rows of equal length");
+            assert_eq!(input.values.len(), self.blocks * BLOCK_VALUES);
+        }
+        let terms = self.minimum_terms::<W, N>(first, &inputs);
+        let sums: [[f32; N]; W] = match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller only passes an instruction set the CPU has; shapes are checked above.
+            Isa::Avx512Vnni => unsafe { super::q4_1_x86::tile_avx512(self, first, &inputs) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { super::q4_1_x86::tile_avx2(self, first, &inputs) },
+            _ => std::array::from_fn(|w| {
+                inputs.map(|input| self.scaled_sum_portable(first + w, input))
+            }),
+        };
+        std::array::from_fn(|w| std::array::from_fn(|n| sums[w][n] + terms[w][n]))
+    }
+}
+
+impl Q4_1Matrix {
+    /// The scaled part of one dot product with the operations of llama.cpp's AVX2 `ggml_vec_dot_q4_1_q8_1`, lane
+    /// by lane: the products of each block summed four at a time into eight integer lanes, each lane accumulated
+    /// as `fma(d_w · d_x, lane, acc)` block after block, the lanes summed pairwise. ggml adds the minimum terms
+    /// ([`Q4_1Matrix::minimum_terms`]) last.
+    fn scaled_sum_portable(&self, row: usize, input: InputRow<'_>) -> f32 {
+        let mut lanes = [0f32; LANES];
+        for block in 0..self.blocks {
+            let values = &input.values[block * BLOCK_VALUES..(block + 1) * BLOCK_VALUES];
+            let combined = self.scales[row * self.blocks + block].to_f32() * input.scales[block];
+            for (lane, accumulator) in lanes.iter_mut().enumerate() {
+                let sum: i32 = (lane * 4..lane * 4 + 4)
+                    .map(|j| i32::from(self.value(row, block, j)) * i32::from(values[j]))
+                    .sum();
+                *accumulator = combined.mul_add(sum as f32, *accumulator);
             }
-            block.scale = f16::from_f32(scale).to_f32();
-            block.scaled_sum = f16::from_f32(scale * sum as f32).to_f32();
-            block
-        })
-        .collect()
-}
-
-/// The plain definition of the dot product, for tests and CPUs without AVX2.
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ),
-    allow(dead_code)
-)]
-fn dot_reference(weights: &[WeightBlock], input: &[InputBlock]) -> f32 {
-    assert_eq!(weights.len(), input.len(), "rows of equal length");
-    let mut total = 0.0f32;
-    for (weight, activation) in weights.iter().zip(input) {
-        let mut products = 0i32;
-        for (j, &byte) in weight.nibbles.iter().enumerate() {
-            products += i32::from(byte & 0x0F) * i32::from(activation.values[j]);
-            products += i32::from(byte >> 4) * i32::from(activation.values[j + 16]);
         }
-        total += weight.scale.to_f32() * activation.scale * products as f32
-            + weight.min.to_f32() * activation.scaled_sum;
+        kernel::sum_lanes(lanes)
     }
-    total
-}
-
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
-fn dots<const N: usize>(weights: &[WeightBlock], inputs: [&[InputBlock]; N]) -> [f32; N] {
-    inputs.map(|input| dot_reference(weights, input))
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-fn dots<const N: usize>(weights: &[WeightBlock], inputs: [&[InputBlock]; N]) -> [f32; N] {
-    // SAFETY: this build only runs on CPUs with AVX2 and FMA (both are compile-time target features).
-    unsafe { dots_avx2(weights, inputs) }
-}
-
-/// The dot products of one weight row with `N` activation rows, 32 values per step in AVX2 registers. Each weight
-/// block is unpacked once for all rows; each row has its own accumulators and sees the same operations in the
-/// same order for any `N`.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-fn dots_avx2<const N: usize>(weights: &[WeightBlock], inputs: [&[InputBlock]; N]) -> [f32; N] {
-    use std::arch::x86_64::*;
-    for input in inputs {
-        assert_eq!(weights.len(), input.len(), "rows of equal length");
-    }
-    let low_nibbles = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut scaled_products = [_mm256_setzero_ps(); N];
-    let mut minimums = [0.0f32; N];
-    for (index, weight) in weights.iter().enumerate() {
-        // SAFETY: an unaligned load of exactly 16 bytes from an array of that size.
-        let packed = unsafe { _mm_loadu_si128(weight.nibbles.as_ptr().cast()) };
-        let low = _mm_and_si128(packed, low_nibbles);
-        let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
-        let quantized = _mm256_set_m128i(high, low);
-        let (scale, min) = (weight.scale.to_f32(), weight.min.to_f32());
-        for row in 0..N {
-            let activation = &inputs[row][index];
-            // SAFETY: an unaligned load of exactly 32 bytes from an array of that size.
-            let values = unsafe { _mm256_loadu_si256(activation.values.as_ptr().cast()) };
-            // u8 × i8 pairs summed to i16 (at most 2 · 15 · 128, no overflow), then pairs of those to i32.
-            let products = _mm256_madd_epi16(_mm256_maddubs_epi16(quantized, values), ones);
-            let scales = _mm256_set1_ps(scale * activation.scale);
-            scaled_products[row] =
-                _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(products), scaled_products[row]);
-            minimums[row] += min * activation.scaled_sum;
-        }
-    }
-    std::array::from_fn(|row| horizontal_sum(scaled_products[row]) + minimums[row])
-}
-
-/// The sum of a register's eight lanes, in a fixed order.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-pub(super) fn horizontal_sum(lanes: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let half = _mm_add_ps(
-        _mm256_castps256_ps128(lanes),
-        _mm256_extractf128_ps(lanes, 1),
-    );
-    let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    let single = _mm_add_ss(quarter, _mm_movehdup_ps(quarter));
-    _mm_cvtss_f32(single)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::kernel::QuantizedRows;
+    use crate::engine::kernel::test_support::{bits, random};
     use candle_core::Module;
     use candle_core::quantized::QMatMul;
+    use proptest::prelude::*;
 
-    fn random(shape: (usize, usize), seed: u64) -> Tensor {
-        // A small deterministic generator: the values only need to be varied, not random.
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let values: Vec<f32> = (0..shape.0 * shape.1)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    /// The plain definition: `Σ (d_w q + m_w)(d_x x)` with ggml's quantized sums, in f64.
+    fn definition(matrix: &Q4_1Matrix, row: usize, input: InputRow<'_>) -> f64 {
+        let mut total = 0f64;
+        for block in 0..matrix.blocks {
+            let scale = matrix.scales[row * matrix.blocks + block].to_f32();
+            let products: i64 = (0..32)
+                .map(|j| {
+                    i64::from(matrix.value(row, block, j)) * i64::from(input.values[block * 32 + j])
+                })
+                .sum();
+            total += f64::from(scale) * f64::from(input.scales[block]) * products as f64
+                + f64::from(matrix.minimum(row, block)) * f64::from(input.sums[block]);
+        }
+        total
     }
 
     #[test]
-    fn matches_candle_and_the_reference() {
+    fn matches_the_definition_and_candle_on_every_instruction_set() {
         for (rows, columns, count) in [(8, 64, 1), (12, 576, 3), (7, 576, 4), (5, 1536, 17)] {
             let weights = QTensor::quantize(&random((rows, columns), 1), GgmlDType::Q4_1).unwrap();
             let ours = Q4_1Matrix::from_qtensor(&weights).expect("a Q4_1 matrix");
             let input = random((count, columns), 2);
-            let got = ours.forward(&input).unwrap().to_vec2::<f32>().unwrap();
             let candle = QMatMul::from_qtensor(weights)
                 .unwrap()
                 .forward(&input)
                 .unwrap();
             let candle = candle.to_vec2::<f32>().unwrap();
             let quantized =
-                quantize_rows(&input.flatten_all().unwrap().to_vec1().unwrap(), columns);
-            let per_row = columns / BLOCK_VALUES;
-            for row in 0..count {
-                for column in 0..rows {
-                    let weight_row = &ours.blocks[column * per_row..(column + 1) * per_row];
-                    let reference =
-                        dot_reference(weight_row, &quantized[row * per_row..(row + 1) * per_row]);
-                    let value = got[row][column];
-                    assert!(
-                        (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
-                        "{value} vs {reference}"
-                    );
-                    let other = candle[row][column];
-                    assert!(
-                        (value - other).abs() <= 2e-2 * (1.0 + other.abs()),
-                        "{value} vs candle {other}"
-                    );
+                QuantizedRows::new(&input.flatten_all().unwrap().to_vec1().unwrap(), columns);
+            for isa in Isa::available() {
+                let got = ours
+                    .forward_on(isa, &input)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                for row in 0..count {
+                    for column in 0..rows {
+                        let reference = definition(&ours, column, quantized.row(row)) as f32;
+                        let value = got[row][column];
+                        assert!(
+                            (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
+                            "{isa:?}: {value} vs {reference}"
+                        );
+                        let other = candle[row][column];
+                        assert!(
+                            (value - other).abs() <= 2e-2 * (1.0 + other.abs()),
+                            "{isa:?}: {value} vs candle {other}"
+                        );
+                    }
                 }
             }
         }
@@ -380,21 +265,48 @@ mod tests {
         let weights = QTensor::quantize(&random((9, 576), 4), GgmlDType::Q4_1).unwrap();
         let ours = Q4_1Matrix::from_qtensor(&weights).expect("a Q4_1 matrix");
         let input = random((9, 576), 5);
-        let bits = |x: &Tensor| -> Vec<Vec<u32>> {
-            let output = ours.forward(x).unwrap().to_vec2::<f32>().unwrap();
-            output
-                .iter()
-                .map(|row| row.iter().map(|v| v.to_bits()).collect())
-                .collect()
-        };
-        let all = bits(&input);
-        for (row, expected) in all.iter().enumerate() {
-            let alone = bits(&input.narrow(0, row, 1).unwrap());
-            assert_eq!(&alone[0], expected, "row {row} alone");
+        for isa in Isa::available() {
+            let all = bits(&ours.forward_on(isa, &input).unwrap());
+            for (row, expected) in all.iter().enumerate() {
+                let alone = bits(
+                    &ours
+                        .forward_on(isa, &input.narrow(0, row, 1).unwrap())
+                        .unwrap(),
+                );
+                assert_eq!(&alone[0], expected, "{isa:?}: row {row} alone");
+            }
+            for count in 1..=8 {
+                let some = bits(
+                    &ours
+                        .forward_on(isa, &input.narrow(0, 9 - count, count).unwrap())
+                        .unwrap(),
+                );
+                assert_eq!(some[..], all[9 - count..], "{isa:?}: the last {count} rows");
+            }
         }
-        for count in 1..=8 {
-            let some = bits(&input.narrow(0, 9 - count, count).unwrap());
-            assert_eq!(some[..], all[9 - count..], "the last {count} rows");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Every instruction set gives the portable kernel's bits, for any shape and any mix of rows.
+        #[test]
+        fn every_instruction_set_gives_the_portable_bits(
+            rows in 1usize..11,
+            blocks in 1usize..40,
+            count in 1usize..10,
+            seed in any::<u64>(),
+            scale in prop_oneof![Just(1e-3f32), Just(1.0f32), Just(300.0f32)],
+        ) {
+            let columns = blocks * BLOCK_VALUES;
+            let weights = (random((rows, columns), seed) * f64::from(scale)).unwrap();
+            let weights = QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
+            let ours = Q4_1Matrix::from_qtensor(&weights).expect("a Q4_1 matrix");
+            let input = (random((count, columns), seed ^ 0x5555) * f64::from(scale)).unwrap();
+            let expected = bits(&ours.forward_on(Isa::Portable, &input).unwrap());
+            for isa in Isa::available() {
+                prop_assert_eq!(&bits(&ours.forward_on(isa, &input).unwrap()), &expected, "{:?}", isa);
+            }
         }
     }
 
@@ -402,15 +314,5 @@ mod tests {
     fn other_types_are_declined() {
         let weights = QTensor::quantize(&random((4, 32), 3), GgmlDType::Q8_0).unwrap();
         assert!(Q4_1Matrix::from_qtensor(&weights).is_none());
-    }
-
-    #[test]
-    fn zero_blocks_quantize_to_zero() {
-        let blocks = quantize_rows(&[0.0; 64], 64);
-        assert!(
-            blocks
-                .iter()
-                .all(|b| b.scale == 0.0 && b.scaled_sum == 0.0 && b.values == [0; 32])
-        );
     }
 }

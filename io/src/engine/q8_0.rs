@@ -1,13 +1,13 @@
-//! Matmuls with Q8_0 weights, vectorised with AVX2.
+//! Matmuls with Q8_0 weights.
 //!
 //! SmolLM2's embedding table is Q8_0 and doubles as its output head (`[49152, 576]`). On candle's `QMatMul` the
 //! head took 16% of decode time in a profile, and a batch of rows cost as much as that many single rows: each row
-//! reloads every weight block. This kernel has the Q4_1 kernel's design ([`super::q4_1`]): activations quantized
-//! on their own per row to 8-bit blocks, each weight block loaded once for up to
-//! [`ROWS_PER_PASS`](super::q4_1::ROWS_PER_PASS) rows, weight rows split over candle's thread pool. Each row's
-//! arithmetic is that of llama.cpp's AVX2 `ggml_vec_dot_q8_0_q8_0` (which candle's is a copy of), whatever the
-//! number of rows; the activations are quantized as llama.cpp's `quantize_row_q8_0` does on AVX2 (candle's own
-//! quantization differs in rounding: ties away from zero, and `x * (1 / d)` rather than `x * (127 / max)`).
+//! reloads every weight block. These kernels have the Q4_1 kernels' design ([`super::kernel`]): activations
+//! quantized on their own per row to 8-bit blocks (as llama.cpp's `quantize_row_q8_0` does on AVX2; candle's own
+//! quantization rounds ties away from zero and computes `x * (1 / d)` rather than `x * (127 / max)`), each weight
+//! block loaded once for several rows, two weight rows at a time, weight rows split over candle's thread pool.
+//! Each (weight row, activation row) gets the operations of llama.cpp's AVX2 `ggml_vec_dot_q8_0_q8_0` (which
+//! candle's is a copy of) in its order.
 //!
 //! The weights are read in place from the [`QTensor`] they came in, so a tied head shares its bytes with the
 //! embedding lookup instead of holding a second copy.
@@ -20,10 +20,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
-use super::q4_1::{BLOCK_VALUES, InputBlock, RowDots, forward};
+use super::kernel::{self, BLOCK_VALUES, InputRow, Isa, LANES, TileDots};
 
 /// Bytes of one Q8_0 block: the f16 scale, then one byte per value.
-const WEIGHT_BLOCK_BYTES: usize = 2 + BLOCK_VALUES;
+pub(super) const WEIGHT_BLOCK_BYTES: usize = 2 + BLOCK_VALUES;
 
 /// A `[rows, columns]` Q8_0 weight matrix; `forward` computes `x · Wᵀ` like candle's `QMatMul`.
 pub struct Q8_0Matrix {
@@ -54,161 +54,128 @@ impl Q8_0Matrix {
 
     /// `x · Wᵀ` for `x` of shape `[..., columns]`: the result has shape `[..., rows]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_on(Isa::current(), x)
+    }
+
+    /// [`Q8_0Matrix::forward`] on the given instruction set, which the CPU must have ([`Isa::available`]).
+    pub fn forward_on(&self, isa: Isa, x: &Tensor) -> candle_core::Result<Tensor> {
+        assert!(isa <= Isa::detected(), "{isa:?} is not available here");
         // Borrowed, not copied: the tensor is in CPU memory (checked in `from_qtensor`).
         let bytes = self.tensor.data()?;
         let weights = WeightRows {
             bytes: &bytes,
-            row_bytes: self.columns / BLOCK_VALUES * WEIGHT_BLOCK_BYTES,
+            blocks: self.columns / BLOCK_VALUES,
         };
-        forward(&weights, self.rows, self.columns, x)
+        kernel::forward(&weights, self.rows, self.columns, isa, x)
     }
 }
 
 /// The matrix's bytes during one `forward`.
-struct WeightRows<'a> {
-    bytes: &'a [u8],
-    row_bytes: usize,
+pub(super) struct WeightRows<'a> {
+    pub(super) bytes: &'a [u8],
+    /// Blocks per row.
+    pub(super) blocks: usize,
 }
 
-impl RowDots for WeightRows<'_> {
-    fn dots<const N: usize>(&self, row: usize, inputs: [&[InputBlock]; N]) -> [f32; N] {
-        dots(
-            &self.bytes[row * self.row_bytes..(row + 1) * self.row_bytes],
-            inputs,
-        )
+impl WeightRows<'_> {
+    /// Block `index` (counting from the first row's first block): scale, then 32 bytes of values.
+    pub(super) fn block(&self, index: usize) -> &[u8] {
+        &self.bytes[index * WEIGHT_BLOCK_BYTES..(index + 1) * WEIGHT_BLOCK_BYTES]
+    }
+
+    /// One dot product with the operations of llama.cpp's AVX2 `ggml_vec_dot_q8_0_q8_0`, lane by lane: the
+    /// products of each block summed four at a time into eight integer lanes, each lane accumulated as
+    /// `fma(d_w · d_x, lane, acc)`, block after block, the lanes summed pairwise at the end.
+    fn dot_portable(&self, row: usize, input: InputRow<'_>) -> f32 {
+        let mut lanes = [0f32; LANES];
+        for block in 0..self.blocks {
+            let bytes = self.block(row * self.blocks + block);
+            let values = &input.values[block * BLOCK_VALUES..(block + 1) * BLOCK_VALUES];
+            let combined = block_scale(bytes) * input.scales[block];
+            for (lane, accumulator) in lanes.iter_mut().enumerate() {
+                let sum: i32 = (lane * 4..lane * 4 + 4)
+                    .map(|j| i32::from(bytes[2 + j] as i8) * i32::from(values[j]))
+                    .sum();
+                *accumulator = combined.mul_add(sum as f32, *accumulator);
+            }
+        }
+        kernel::sum_lanes(lanes)
+    }
+}
+
+impl TileDots for WeightRows<'_> {
+    fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    fn tile<const W: usize, const N: usize>(
+        &self,
+        isa: Isa,
+        first: usize,
+        inputs: [InputRow<'_>; N],
+    ) -> [[f32; N]; W] {
+        assert!(
+            (first + W) * self.blocks * WEIGHT_BLOCK_BYTES <= self.bytes.len(),
+            "weight rows in range"
+        );
+        for input in &inputs {
+            assert_eq!(input.scales.len(), self.blocks, "rows of equal length");
+            assert_eq!(input.values.len(), self.blocks * BLOCK_VALUES);
+        }
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller only passes an instruction set the CPU has; shapes are checked above.
+            Isa::Avx512Vnni => unsafe { super::q8_0_x86::tile_avx512(self, first, &inputs) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { super::q8_0_x86::tile_avx2(self, first, &inputs) },
+            _ => std::array::from_fn(|w| inputs.map(|input| self.dot_portable(first + w, input))),
+        }
     }
 }
 
 /// The scale of the Q8_0 block `block`.
-fn block_scale(block: &[u8]) -> f32 {
+pub(super) fn block_scale(block: &[u8]) -> f32 {
     f16::from_le_bytes([block[0], block[1]]).to_f32()
-}
-
-/// The plain definition of the dot product of one weight row (whole Q8_0 blocks) and one activation row, for
-/// tests and CPUs without AVX2. The SIMD kernel saturates a pair of products at `i16::MAX`, which only weights of
-/// -128 can reach; ggml's quantization writes none.
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ),
-    allow(dead_code)
-)]
-fn dot_reference(weights: &[u8], input: &[InputBlock]) -> f32 {
-    assert_eq!(
-        weights.len(),
-        input.len() * WEIGHT_BLOCK_BYTES,
-        "rows of equal length"
-    );
-    let mut total = 0.0f32;
-    for (block, activation) in weights.chunks_exact(WEIGHT_BLOCK_BYTES).zip(input) {
-        let products: i32 = block[2..]
-            .iter()
-            .zip(&activation.values)
-            .map(|(&weight, &value)| i32::from(weight as i8) * i32::from(value))
-            .sum();
-        total += block_scale(block) * activation.scale * products as f32;
-    }
-    total
-}
-
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
-fn dots<const N: usize>(weights: &[u8], inputs: [&[InputBlock]; N]) -> [f32; N] {
-    inputs.map(|input| dot_reference(weights, input))
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-fn dots<const N: usize>(weights: &[u8], inputs: [&[InputBlock]; N]) -> [f32; N] {
-    // SAFETY: this build only runs on CPUs with AVX2 and FMA (both are compile-time target features).
-    unsafe { dots_avx2(weights, inputs) }
-}
-
-/// The dot products of one weight row with `N` activation rows, one block of 32 values per step: each weight block
-/// is loaded once for all rows; each row has its own accumulator and sees the same operations in the same order
-/// for any `N`.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[target_feature(enable = "avx2,fma")]
-fn dots_avx2<const N: usize>(weights: &[u8], inputs: [&[InputBlock]; N]) -> [f32; N] {
-    use super::q4_1::horizontal_sum;
-    use std::arch::x86_64::*;
-    for input in inputs {
-        assert_eq!(
-            weights.len(),
-            input.len() * WEIGHT_BLOCK_BYTES,
-            "rows of equal length"
-        );
-    }
-    let ones = _mm256_set1_epi16(1);
-    let mut sums = [_mm256_setzero_ps(); N];
-    for (index, block) in weights.chunks_exact(WEIGHT_BLOCK_BYTES).enumerate() {
-        let scale = block_scale(block);
-        let values = &block[2..];
-        // SAFETY: an unaligned load of exactly 32 bytes from a slice of that length.
-        let values = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
-        // `maddubs` takes one unsigned operand: |w| and the activation carrying w's sign, as ggml does.
-        let magnitudes = _mm256_sign_epi8(values, values);
-        for row in 0..N {
-            let activation = &inputs[row][index];
-            // SAFETY: an unaligned load of exactly 32 bytes from an array of that size.
-            let other = unsafe { _mm256_loadu_si256(activation.values.as_ptr().cast()) };
-            let signed = _mm256_sign_epi8(other, values);
-            let products = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed), ones);
-            let scales = _mm256_set1_ps(scale * activation.scale);
-            sums[row] = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(products), sums[row]);
-        }
-    }
-    std::array::from_fn(|row| horizontal_sum(sums[row]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::q4_1::quantize_rows;
+    use crate::engine::kernel::QuantizedRows;
+    use crate::engine::kernel::test_support::{bits, random};
     use candle_core::Module;
     use candle_core::quantized::QMatMul;
-
-    fn random(shape: (usize, usize), seed: u64) -> Tensor {
-        // A small deterministic generator: the values only need to be varied, not random.
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let values: Vec<f32> = (0..shape.0 * shape.1)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
+    use proptest::prelude::*;
 
     fn q8_0(shape: (usize, usize), seed: u64) -> Arc<QTensor> {
         Arc::new(QTensor::quantize(&random(shape, seed), GgmlDType::Q8_0).unwrap())
     }
 
+    /// The plain definition `Σ (d_w w)(d_x x)` with ggml's quantized values, in f64.
+    fn definition(bytes: &[u8], blocks: usize, row: usize, input: InputRow<'_>) -> f64 {
+        let weights = WeightRows { bytes, blocks };
+        (0..blocks)
+            .map(|block| {
+                let weight = weights.block(row * blocks + block);
+                let products: i64 = weight[2..]
+                    .iter()
+                    .zip(&input.values[block * 32..(block + 1) * 32])
+                    .map(|(&w, &x)| i64::from(w as i8) * i64::from(x))
+                    .sum();
+                f64::from(block_scale(weight)) * f64::from(input.scales[block]) * products as f64
+            })
+            .sum()
+    }
+
     #[test]
-    fn matches_candle_and_the_reference() {
+    fn matches_the_definition_and_candle_on_every_instruction_set() {
         // 576 is SmolLM2's width; 64 and 1536 are not multiples of 256 either, so candle takes its plain
         // `vec_dot` path for all of them.
         for (rows, columns, count) in [(8, 64, 1), (40, 576, 5), (6, 1536, 17)] {
             let weights = q8_0((rows, columns), 1);
             let ours = Q8_0Matrix::from_qtensor(&weights).expect("a Q8_0 matrix");
             let input = random((count, columns), 2);
-            let got = ours.forward(&input).unwrap().to_vec2::<f32>().unwrap();
             let candle = QMatMul::from_arc(weights.clone())
                 .unwrap()
                 .forward(&input)
@@ -216,27 +183,30 @@ mod tests {
                 .to_vec2::<f32>()
                 .unwrap();
             let quantized =
-                quantize_rows(&input.flatten_all().unwrap().to_vec1().unwrap(), columns);
+                QuantizedRows::new(&input.flatten_all().unwrap().to_vec1().unwrap(), columns);
             let bytes = weights.data().unwrap();
-            let row_bytes = columns / BLOCK_VALUES * WEIGHT_BLOCK_BYTES;
-            let per_row = columns / BLOCK_VALUES;
-            for row in 0..count {
-                for column in 0..rows {
-                    let reference = dot_reference(
-                        &bytes[column * row_bytes..(column + 1) * row_bytes],
-                        &quantized[row * per_row..(row + 1) * per_row],
-                    );
-                    let value = got[row][column];
-                    assert!(
-                        (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
-                        "{value} vs {reference}"
-                    );
-                    // candle quantizes the activations with other rounding: a few values differ by one step.
-                    let other = candle[row][column];
-                    assert!(
-                        (value - other).abs() <= 1e-2 * (1.0 + other.abs()),
-                        "{value} vs candle {other}"
-                    );
+            for isa in Isa::available() {
+                let got = ours
+                    .forward_on(isa, &input)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                for row in 0..count {
+                    for column in 0..rows {
+                        let reference =
+                            definition(&bytes, columns / 32, column, quantized.row(row)) as f32;
+                        let value = got[row][column];
+                        assert!(
+                            (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
+                            "{isa:?}: {value} vs {reference}"
+                        );
+                        // candle quantizes the activations with other rounding: a few values differ by one step.
+                        let other = candle[row][column];
+                        assert!(
+                            (value - other).abs() <= 1e-2 * (1.0 + other.abs()),
+                            "{isa:?}: {value} vs candle {other}"
+                        );
+                    }
                 }
             }
         }
@@ -246,21 +216,48 @@ mod tests {
     fn a_rows_result_does_not_depend_on_the_other_rows() {
         let ours = Q8_0Matrix::from_qtensor(&q8_0((11, 576), 4)).expect("a Q8_0 matrix");
         let input = random((9, 576), 5);
-        let bits = |x: &Tensor| -> Vec<Vec<u32>> {
-            let output = ours.forward(x).unwrap().to_vec2::<f32>().unwrap();
-            output
-                .iter()
-                .map(|row| row.iter().map(|v| v.to_bits()).collect())
-                .collect()
-        };
-        let all = bits(&input);
-        for (row, expected) in all.iter().enumerate() {
-            let alone = bits(&input.narrow(0, row, 1).unwrap());
-            assert_eq!(&alone[0], expected, "row {row} alone");
+        for isa in Isa::available() {
+            let all = bits(&ours.forward_on(isa, &input).unwrap());
+            for (row, expected) in all.iter().enumerate() {
+                let alone = bits(
+                    &ours
+                        .forward_on(isa, &input.narrow(0, row, 1).unwrap())
+                        .unwrap(),
+                );
+                assert_eq!(&alone[0], expected, "{isa:?}: row {row} alone");
+            }
+            for count in 1..=8 {
+                let some = bits(
+                    &ours
+                        .forward_on(isa, &input.narrow(0, 9 - count, count).unwrap())
+                        .unwrap(),
+                );
+                assert_eq!(some[..], all[9 - count..], "{isa:?}: the last {count} rows");
+            }
         }
-        for count in 1..=8 {
-            let some = bits(&input.narrow(0, 9 - count, count).unwrap());
-            assert_eq!(some[..], all[9 - count..], "the last {count} rows");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Every instruction set gives the portable kernel's bits, for any shape and any mix of rows.
+        #[test]
+        fn every_instruction_set_gives_the_portable_bits(
+            rows in 1usize..11,
+            blocks in 1usize..40,
+            count in 1usize..10,
+            seed in any::<u64>(),
+            scale in prop_oneof![Just(1e-3f32), Just(1.0f32), Just(300.0f32)],
+        ) {
+            let columns = blocks * BLOCK_VALUES;
+            let weights = (random((rows, columns), seed) * f64::from(scale)).unwrap();
+            let weights = Arc::new(QTensor::quantize(&weights, GgmlDType::Q8_0).unwrap());
+            let ours = Q8_0Matrix::from_qtensor(&weights).expect("a Q8_0 matrix");
+            let input = (random((count, columns), seed ^ 0x5555) * f64::from(scale)).unwrap();
+            let expected = bits(&ours.forward_on(Isa::Portable, &input).unwrap());
+            for isa in Isa::available() {
+                prop_assert_eq!(&bits(&ours.forward_on(isa, &input).unwrap()), &expected, "{:?}", isa);
+            }
         }
     }
 

@@ -1,0 +1,434 @@
+//! What the quantized matmul kernels ([`super::q4_1`], [`super::q8_0`]) share: the instruction set they run on
+//! ([`Isa`], chosen at run time), the 8-bit quantization of activation rows ([`QuantizedRows`]), and the driver
+//! that tiles `x · Wᵀ` into passes of up to [`WEIGHT_ROWS_PER_PASS`] weight rows by [`INPUT_ROWS_PER_PASS`]
+//! activation rows and splits the weight rows over candle's thread pool.
+//!
+//! Every kernel gives each (weight row, activation row) dot product the operations of llama.cpp's AVX2
+//! `ggml_vec_dot_*` for its type, in the same order: the integer products of each 32-value block summed four at
+//! a time into eight i32 lanes, each block's lanes converted to f32 and accumulated with one fused multiply-add
+//! by the block's combined scale into eight f32 lanes, the lanes summed pairwise at the end. Integer sums are
+//! exact whatever the instructions (`maddubs` + `madd`, or VNNI's `vpdpbusd`), so each result is bit-identical
+//! across instruction sets, tile shapes and whatever else is in the batch: a sequence's output never depends on
+//! the machine's vector width or on the other sequences, and greedy output stays llama.cpp's.
+//!
+//! The portable implementations spell that order out lane by lane; they are the reference the SIMD kernels are
+//! tested against bit for bit, and what runs on CPUs without AVX2.
+
+use std::sync::OnceLock;
+
+use half::f16;
+
+/// Values per block, for weights and activations alike.
+pub(super) const BLOCK_VALUES: usize = 32;
+/// f32 lanes of an AVX2 register: each block's products are summed into this many lanes.
+pub(super) const LANES: usize = 8;
+/// Activation rows multiplied with each weight block while it is unpacked.
+pub(super) const INPUT_ROWS_PER_PASS: usize = 4;
+/// Weight rows handled together: four independent accumulation chains keep a single activation row (one
+/// sequence decoding) from waiting on each fused multiply-add's latency.
+pub(super) const WEIGHT_ROWS_PER_PASS: usize = 4;
+/// Weight rows per work item of the thread pool (a multiple of [`WEIGHT_ROWS_PER_PASS`]); kernels may lay out
+/// per-row data in groups of this many rows.
+pub(super) const ROW_GROUP: usize = 16;
+
+/// The instruction set a kernel runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// x86-64 AVX2 with FMA.
+    Avx2,
+    /// x86-64 AVX-512 (F, BW, VL) with VNNI, on 256-bit registers.
+    Avx512Vnni,
+}
+
+/// The environment variable that caps the instruction set (`portable`, `avx2` or `avx512`), e.g. to test the
+/// fallbacks on a machine that has more.
+pub const ISA_VARIABLE: &str = "OLLAMAMAX_KERNELS";
+
+impl Isa {
+    /// The best instruction set this CPU has.
+    pub fn detected() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("fma")
+            {
+                return Self::Avx512Vnni;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+
+    /// Every instruction set this CPU can run, from the simplest.
+    pub fn available() -> Vec<Self> {
+        [Self::Portable, Self::Avx2, Self::Avx512Vnni]
+            .into_iter()
+            .filter(|isa| *isa <= Self::detected())
+            .collect()
+    }
+
+    /// What the kernels use: the detected set, capped by [`ISA_VARIABLE`] when it is set (an unknown value is
+    /// ignored with a warning). Read once per process.
+    pub fn current() -> Self {
+        static CURRENT: OnceLock<Isa> = OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            let detected = Self::detected();
+            match std::env::var(ISA_VARIABLE) {
+                Ok(value) => match Self::parse(&value) {
+                    Some(cap) => cap.min(detected),
+                    None => {
+                        eprintln!(
+                            "warning: {ISA_VARIABLE}={value:?} is not portable, avx2 or avx512; using {detected:?}"
+                        );
+                        detected
+                    }
+                },
+                Err(_) => detected,
+            }
+        })
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "portable" | "none" | "scalar" => Some(Self::Portable),
+            "avx2" => Some(Self::Avx2),
+            "avx512" | "avx512vnni" => Some(Self::Avx512Vnni),
+            _ => None,
+        }
+    }
+}
+
+/// Activation rows quantized to 8 bits per 32-value block, as ggml's `quantize_row_q8_1` does on AVX2 CPUs
+/// (scale `max|x| / 127`, values rounded half to even, scale and scaled sum rounded through f16); the scales and
+/// values are also what `quantize_row_q8_0` gives. Stored a field at a time, so kernels load sixteen scales
+/// with one instruction.
+pub(super) struct QuantizedRows {
+    blocks: usize,
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+    values: Vec<i8>,
+    offsets: Vec<i32>,
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+pub(super) struct InputRow<'a> {
+    /// Each block's scale.
+    pub(super) scales: &'a [f32],
+    /// Each block's `scale * Σ values`, which meets each Q4_1 weight block's minimum.
+    pub(super) sums: &'a [f32],
+    /// The values, 32 per block.
+    pub(super) values: &'a [i8],
+    /// Per block, per lane of four values: `-128 * Σ values`. With it, VNNI's unsigned-by-signed `vpdpbusd` takes
+    /// signed weights as `w + 128` and still yields `Σ w · x` exactly.
+    pub(super) offsets: &'a [i32],
+}
+
+impl QuantizedRows {
+    /// Quantizes each row of `inputs` (rows of `columns` values, a whole number of blocks).
+    pub(super) fn new(inputs: &[f32], columns: usize) -> Self {
+        assert!(
+            columns > 0 && columns.is_multiple_of(BLOCK_VALUES),
+            "rows are whole blocks"
+        );
+        let count = inputs.len() / BLOCK_VALUES;
+        let mut rows = Self {
+            blocks: columns / BLOCK_VALUES,
+            scales: Vec::with_capacity(count),
+            sums: Vec::with_capacity(count),
+            values: vec![0; count * BLOCK_VALUES],
+            offsets: Vec::with_capacity(count * LANES),
+        };
+        for (block, quantized) in inputs
+            .chunks_exact(BLOCK_VALUES)
+            .zip(rows.values.chunks_exact_mut(BLOCK_VALUES))
+        {
+            let largest = block.iter().fold(0.0f32, |max, v| max.max(v.abs()));
+            let scale = largest / 127.0;
+            let inverse = if largest == 0.0 { 0.0 } else { 127.0 / largest };
+            let mut sum = 0i32;
+            for (q, value) in quantized.iter_mut().zip(block) {
+                *q = (value * inverse).round_ties_even() as i8;
+                sum += i32::from(*q);
+            }
+            rows.scales.push(f16::from_f32(scale).to_f32());
+            rows.sums.push(f16::from_f32(scale * sum as f32).to_f32());
+            rows.offsets.extend(
+                quantized
+                    .chunks_exact(4)
+                    .map(|four| -128 * four.iter().map(|&q| i32::from(q)).sum::<i32>()),
+            );
+        }
+        rows
+    }
+
+    /// How many rows.
+    pub(super) fn count(&self) -> usize {
+        self.scales.len() / self.blocks
+    }
+
+    /// Row `index`.
+    pub(super) fn row(&self, index: usize) -> InputRow<'_> {
+        let blocks = index * self.blocks..(index + 1) * self.blocks;
+        InputRow {
+            scales: &self.scales[blocks.clone()],
+            sums: &self.sums[blocks.clone()],
+            values: &self.values[blocks.start * BLOCK_VALUES..blocks.end * BLOCK_VALUES],
+            offsets: &self.offsets[blocks.start * LANES..blocks.end * LANES],
+        }
+    }
+}
+
+/// A weight matrix whose rows are dotted with quantized activation rows, a tile at a time.
+pub(super) trait TileDots: Sync {
+    /// Blocks per weight row.
+    fn blocks(&self) -> usize;
+
+    /// The dot products of weight rows `first..first + W` with each of `inputs`, as `[weight row][input]`, on
+    /// `isa` (which the CPU has). Each result must be the same, bit for bit, whatever `W`, `N`, the other rows
+    /// and the instruction set.
+    fn tile<const W: usize, const N: usize>(
+        &self,
+        isa: Isa,
+        first: usize,
+        inputs: [InputRow<'_>; N],
+    ) -> [[f32; N]; W];
+}
+
+/// `output[i * rows + r] = input row i · weight row r` for every row of `input`: weight rows are split over
+/// candle's thread pool and handled [`WEIGHT_ROWS_PER_PASS`] at a time, each meeting the input rows
+/// [`INPUT_ROWS_PER_PASS`] at a time (the last pass of each takes the remainder).
+pub(super) fn matmul<K: TileDots>(
+    weights: &K,
+    rows: usize,
+    isa: Isa,
+    input: &QuantizedRows,
+    output: &mut [f32],
+) {
+    let count = input.count();
+    assert_eq!(
+        output.len(),
+        count * rows,
+        "one output per input row and weight row"
+    );
+    assert_eq!(input.blocks, weights.blocks(), "rows of equal length");
+    if count == 0 || rows == 0 {
+        return;
+    }
+    let inputs: Vec<InputRow<'_>> = (0..count).map(|index| input.row(index)).collect();
+    let target = OutputPointer(output.as_mut_ptr());
+    // The matches below name every tile size.
+    const _: () = assert!(INPUT_ROWS_PER_PASS == 4 && WEIGHT_ROWS_PER_PASS == 4);
+    const _: () = assert!(ROW_GROUP.is_multiple_of(WEIGHT_ROWS_PER_PASS));
+    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(ROW_GROUP), |groups| {
+        let end = (groups.end * ROW_GROUP).min(rows);
+        let mut first = groups.start * ROW_GROUP;
+        while first < end {
+            let whole = end - first >= WEIGHT_ROWS_PER_PASS;
+            for (pass, group) in inputs.chunks(INPUT_ROWS_PER_PASS).enumerate() {
+                let at = Place {
+                    first,
+                    input: pass * INPUT_ROWS_PER_PASS,
+                    rows,
+                    target: &target,
+                };
+                match (whole, group) {
+                    (true, &[a, b, c, d]) => {
+                        at.write(weights.tile::<4, 4>(isa, first, [a, b, c, d]))
+                    }
+                    (true, &[a, b, c]) => at.write(weights.tile::<4, 3>(isa, first, [a, b, c])),
+                    (true, &[a, b]) => at.write(weights.tile::<4, 2>(isa, first, [a, b])),
+                    (true, &[a]) => at.write(weights.tile::<4, 1>(isa, first, [a])),
+                    (false, &[a, b, c, d]) => {
+                        at.write(weights.tile::<1, 4>(isa, first, [a, b, c, d]))
+                    }
+                    (false, &[a, b, c]) => at.write(weights.tile::<1, 3>(isa, first, [a, b, c])),
+                    (false, &[a, b]) => at.write(weights.tile::<1, 2>(isa, first, [a, b])),
+                    (false, &[a]) => at.write(weights.tile::<1, 1>(isa, first, [a])),
+                    _ => unreachable!("chunks hold 1 to INPUT_ROWS_PER_PASS rows"),
+                }
+            }
+            first += if whole { WEIGHT_ROWS_PER_PASS } else { 1 };
+        }
+    });
+}
+
+/// Where one tile's results go.
+struct Place<'a> {
+    first: usize,
+    input: usize,
+    rows: usize,
+    target: &'a OutputPointer,
+}
+
+impl Place<'_> {
+    fn write<const W: usize, const N: usize>(&self, results: [[f32; N]; W]) {
+        for (w, values) in results.iter().enumerate() {
+            for (n, &value) in values.iter().enumerate() {
+                let index = (self.input + n) * self.rows + self.first + w;
+                // SAFETY: each (input row, weight row) is written once, by the only work item holding that weight
+                // row, and `index < count * rows == output.len()` (checked by `matmul`'s caller arithmetic).
+                unsafe { self.target.write(index, value) };
+            }
+        }
+    }
+}
+
+/// The output buffer, shared by the pool's workers, each writing disjoint elements.
+struct OutputPointer(*mut f32);
+
+// SAFETY: workers write disjoint elements (see `matmul`) and the buffer outlives the pool call.
+unsafe impl Sync for OutputPointer {}
+
+impl OutputPointer {
+    /// # Safety
+    /// `index` is in bounds and no other thread accesses that element during the call.
+    unsafe fn write(&self, index: usize, value: f32) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { *self.0.add(index) = value };
+    }
+}
+
+/// `x · Wᵀ` for `x` of shape `[..., columns]` and `weights` of shape `[rows, columns]`: the result has shape
+/// `[..., rows]`. Each row of `x` is quantized on its own.
+pub(super) fn forward<K: TileDots>(
+    weights: &K,
+    rows: usize,
+    columns: usize,
+    isa: Isa,
+    x: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    let mut shape = x.dims().to_vec();
+    if shape.last() != Some(&columns) {
+        candle_core::bail!(
+            "quantized matmul: input {:?} does not end in {columns}",
+            x.shape()
+        );
+    }
+    let inputs = x.flatten_all()?.to_vec1::<f32>()?;
+    let quantized = QuantizedRows::new(&inputs, columns);
+    let mut output = vec![0f32; quantized.count() * rows];
+    matmul(weights, rows, isa, &quantized, &mut output);
+    *shape.last_mut().expect("checked above") = rows;
+    candle_core::Tensor::from_vec(output, shape, &candle_core::Device::Cpu)
+}
+
+/// The sum of eight lanes in the order of [`horizontal_sum`]'s instructions: halves, then quarters, then the pair.
+pub(super) fn sum_lanes(lanes: [f32; LANES]) -> f32 {
+    let half = [
+        lanes[0] + lanes[4],
+        lanes[1] + lanes[5],
+        lanes[2] + lanes[6],
+        lanes[3] + lanes[7],
+    ];
+    (half[0] + half[2]) + (half[1] + half[3])
+}
+
+/// The sum of a register's eight lanes, in the fixed order of [`sum_lanes`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn horizontal_sum(lanes: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let half = _mm_add_ps(
+        _mm256_castps256_ps128(lanes),
+        _mm256_extractf128_ps(lanes, 1),
+    );
+    let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    let single = _mm_add_ss(quarter, _mm_movehdup_ps(quarter));
+    _mm_cvtss_f32(single)
+}
+
+#[cfg(test)]
+pub(super) mod test_support {
+    use candle_core::{Device, Tensor};
+
+    /// Deterministic varied values in [-1, 1): they only need to be varied, not random.
+    pub(crate) fn random(shape: (usize, usize), seed: u64) -> Tensor {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let values: Vec<f32> = (0..shape.0 * shape.1)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The bits of a `[rows, columns]` result.
+    pub(crate) fn bits(x: &Tensor) -> Vec<Vec<u32>> {
+        x.to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .map(|row| row.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_blocks_quantize_to_zero() {
+        let rows = QuantizedRows::new(&[0.0; 64], 64);
+        assert_eq!(rows.count(), 1);
+        let row = rows.row(0);
+        assert!(row.scales.iter().all(|&s| s == 0.0));
+        assert!(row.sums.iter().all(|&s| s == 0.0));
+        assert!(row.values.iter().all(|&v| v == 0));
+        assert!(row.offsets.iter().all(|&o| o == 0));
+    }
+
+    #[test]
+    fn offsets_are_minus_128_times_each_lanes_sum() {
+        let inputs: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 7.0).collect();
+        let rows = QuantizedRows::new(&inputs, 32);
+        for index in 0..2 {
+            let row = rows.row(index);
+            for lane in 0..LANES {
+                let sum: i32 = row.values[lane * 4..lane * 4 + 4]
+                    .iter()
+                    .map(|&v| i32::from(v))
+                    .sum();
+                assert_eq!(row.offsets[lane], -128 * sum);
+            }
+        }
+    }
+
+    #[test]
+    fn the_lane_sum_matches_the_register_sum() {
+        let lanes = [1e8f32, 1.0, -1e8, 3.5, 0.25, -7.0, 1e-3, 2.0];
+        let expected = sum_lanes(lanes);
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detected() >= Isa::Avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (checked above); the load reads exactly eight floats.
+            let got = unsafe { horizontal_sum(std::arch::x86_64::_mm256_loadu_ps(lanes.as_ptr())) };
+            assert_eq!(got.to_bits(), expected.to_bits());
+        }
+        assert_eq!(
+            expected,
+            (1e8 + 0.25 + (-1e8 + 1e-3)) + (1.0 - 7.0 + (3.5 + 2.0))
+        );
+    }
+
+    #[test]
+    fn the_cap_parses() {
+        assert_eq!(Isa::parse("portable"), Some(Isa::Portable));
+        assert_eq!(Isa::parse(" AVX2 "), Some(Isa::Avx2));
+        assert_eq!(Isa::parse("avx512"), Some(Isa::Avx512Vnni));
+        assert_eq!(Isa::parse("sse9"), None);
+        assert!(Isa::available().contains(&Isa::Portable));
+        assert!(Isa::available().contains(&Isa::current()));
+    }
+}

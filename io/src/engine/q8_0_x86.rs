@@ -1,0 +1,126 @@
+//! The x86-64 Q8_0 kernels: AVX2 (`sign` + `maddubs` + `madd`, as ggml) and AVX-512 VNNI (`vpdpbusd` on 256-bit
+//! registers). Both give every (weight row, activation row) pair the operations of the portable kernel in its
+//! order, so their results are bit-identical to it (see [`super::kernel`]).
+
+use std::arch::x86_64::*;
+
+use super::kernel::{BLOCK_VALUES, InputRow, LANES, horizontal_sum};
+use super::q8_0::{WeightRows, block_scale};
+
+/// Blocks whose scales are converted and multiplied together: one 512-bit register of f32.
+const CHUNK: usize = 16;
+
+/// Weight rows `first..first + W` dotted with each of `inputs`, one block of 32 values per step, each weight block
+/// loaded once for all inputs.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the rows are in range and the inputs as long as the weight rows.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
+    matrix: &WeightRows<'_>,
+    first: usize,
+    inputs: &[InputRow<'_>; N],
+) -> [[f32; N]; W] {
+    let blocks = matrix.blocks;
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = [[_mm256_setzero_ps(); N]; W];
+    for block in 0..blocks {
+        for w in 0..W {
+            let bytes = matrix.block((first + w) * blocks + block);
+            let scale = block_scale(bytes);
+            // SAFETY: an unaligned load of exactly 32 bytes from the block's values.
+            let weights = unsafe { _mm256_loadu_si256(bytes[2..].as_ptr().cast()) };
+            // `maddubs` takes one unsigned operand: |w| and the activation carrying w's sign, as ggml does. A weight
+            // of -128 (which ggml's quantization never writes) would saturate a pair here, not under VNNI.
+            let magnitudes = _mm256_sign_epi8(weights, weights);
+            for n in 0..N {
+                let values = &inputs[n].values[block * BLOCK_VALUES..(block + 1) * BLOCK_VALUES];
+                // SAFETY: an unaligned load of exactly 32 bytes from a slice of that length.
+                let values = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
+                let signed = _mm256_sign_epi8(values, weights);
+                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed), ones);
+                let combined = _mm256_set1_ps(scale * inputs[n].scales[block]);
+                sums[w][n] = _mm256_fmadd_ps(combined, _mm256_cvtepi32_ps(products), sums[w][n]);
+            }
+        }
+    }
+    std::array::from_fn(|w| std::array::from_fn(|n| horizontal_sum(sums[w][n])))
+}
+
+/// [`tile_avx2`] with VNNI: weights offset to unsigned (`w + 128`, one `xor` per weight block, shared by the
+/// inputs) meet the signed activations in one `vpdpbusd` that starts from the input's `-128 · Σ x` per lane, which
+/// yields `Σ w · x` exactly; each chunk of sixteen blocks' combined scales computed with one 512-bit multiply per
+/// (weight row, input).
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW, VL and VNNI, and FMA; the rows are in range and the inputs as long as the weight
+/// rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
+    matrix: &WeightRows<'_>,
+    first: usize,
+    inputs: &[InputRow<'_>; N],
+) -> [[f32; N]; W] {
+    let blocks = matrix.blocks;
+    let sign_bits = _mm256_set1_epi8(i8::MIN);
+    let mut sums = [[_mm256_setzero_ps(); N]; W];
+    let mut start = 0;
+    while start < blocks {
+        let length = (blocks - start).min(CHUNK);
+        let mask: __mmask16 = if length == CHUNK {
+            0xFFFF
+        } else {
+            (1u16 << length) - 1
+        };
+        let mut combined = [[[0f32; CHUNK]; N]; W];
+        for w in 0..W {
+            let mut raw = [0u16; CHUNK];
+            for (offset, slot) in raw.iter_mut().enumerate().take(length) {
+                let bytes = matrix.block((first + w) * blocks + start + offset);
+                *slot = u16::from_le_bytes([bytes[0], bytes[1]]);
+            }
+            // SAFETY: a load of sixteen u16 from an array of sixteen.
+            let scales = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(raw.as_ptr().cast())) };
+            for n in 0..N {
+                // SAFETY: a masked load of the chunk's elements; a store of sixteen floats into an array of sixteen.
+                unsafe {
+                    let input_scales =
+                        _mm512_maskz_loadu_ps(mask, inputs[n].scales[start..].as_ptr());
+                    _mm512_storeu_ps(
+                        combined[w][n].as_mut_ptr(),
+                        _mm512_mul_ps(scales, input_scales),
+                    );
+                }
+            }
+        }
+        for offset in 0..length {
+            let block = start + offset;
+            let weights: [__m256i; W] = std::array::from_fn(|w| {
+                let bytes = matrix.block((first + w) * blocks + block);
+                // SAFETY: an unaligned load of exactly 32 bytes from the block's values.
+                _mm256_xor_si256(
+                    unsafe { _mm256_loadu_si256(bytes[2..].as_ptr().cast()) },
+                    sign_bits,
+                )
+            });
+            for n in 0..N {
+                let values = &inputs[n].values[block * BLOCK_VALUES..(block + 1) * BLOCK_VALUES];
+                let offsets = &inputs[n].offsets[block * LANES..(block + 1) * LANES];
+                // SAFETY: unaligned loads of exactly 32 bytes from slices of that length.
+                let (values, offsets) = unsafe {
+                    (
+                        _mm256_loadu_si256(values.as_ptr().cast()),
+                        _mm256_loadu_si256(offsets.as_ptr().cast()),
+                    )
+                };
+                for w in 0..W {
+                    let products = _mm256_dpbusd_epi32(offsets, weights[w], values);
+                    let scale = _mm256_set1_ps(combined[w][n][offset]);
+                    sums[w][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
+                }
+            }
+        }
+        start += length;
+    }
+    std::array::from_fn(|w| std::array::from_fn(|n| horizontal_sum(sums[w][n])))
+}
