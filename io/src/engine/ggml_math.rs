@@ -238,6 +238,22 @@ pub(super) fn rotate(values: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// ggml's rotary embedding of a head's two halves (`GGML_ROPE_TYPE_NEOX`, `rotate_pairs` with offset `d/2`): pair
+/// `i` is `(x[i], x[i + pairs])`, with [`rotate`]'s arithmetic (the same C expression, so the same contraction).
+pub(super) fn rotate_halves(values: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let pairs = cos.len();
+    assert_eq!(sin.len(), pairs, "a sine per cosine");
+    assert!(values.len().is_multiple_of(2 * pairs), "whole heads");
+    for head in values.chunks_exact_mut(2 * pairs) {
+        let (first, second) = head.split_at_mut(pairs);
+        for ((x0, x1), (c, s)) in first.iter_mut().zip(second).zip(cos.iter().zip(sin)) {
+            let (a, b) = (*x0, *x1);
+            *x0 = a.mul_add(*c, -(b * s));
+            *x1 = a.mul_add(*s, b * c);
+        }
+    }
+}
+
 /// ggml's vectorised `expf` (`ggml_v_expf`, AVX-512), one lane at a time: the same operations, so the same
 /// bits. Within 1.5 ulp of `exp`; infinity above about 88.4, zero below about -104.
 pub(super) fn expf(x: f32) -> f32 {

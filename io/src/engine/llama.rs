@@ -1,12 +1,14 @@
-//! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3 layouts) on candle-core tensors: quantized weight
+//! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3, Qwen2 layouts) on candle-core tensors: quantized weight
 //! matmuls (our AVX2 kernels for Q4_1 and Q8_0, see [`super::q4_1`] and [`super::q8_0`]; candle's `QMatMul` for
-//! other types), RMS norms, interleaved rotary embeddings computed for each call's own positions, grouped-query
+//! other types), RMS norms, rotary embeddings computed for each call's own positions, grouped-query
 //! causal attention over a preallocated per-sequence KV cache, and a SwiGLU feed-forward.
 //!
 //! Why not candle-transformers' `quantized_llama`: it keeps one cache inside the model (no per-sequence state),
 //! grows that cache by concatenation, caps rotary positions at 4096, keeps an f32 copy of the embedding table and
 //! fails batched prefill. Here the model holds only weights; all per-sequence state is in [`KvCache`], embeddings
 //! are dequantized per looked-up row, and tied output heads share the quantized embedding table.
+//!
+//! Architectures differ only in the flags of [`Architecture`] (rotary pairing, q/k/v biases), read at load.
 //!
 //! Numerics: norms, rotary embeddings, attention (f16 KV cache) and the SwiGLU reproduce llama.cpp's CPU
 //! arithmetic operation for operation (see [`super::kv`]), so greedy output equals llama.cpp's token for token.
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use super::architecture::{Architecture, RopeStyle};
 use super::ggml_math;
 use super::gguf::{GgufError, GgufFile, ModelConfig};
 use super::kv::AttentionShape;
@@ -46,6 +49,8 @@ struct Block {
     query: Linear,
     key: Linear,
     value: Linear,
+    /// The q/k/v projections' biases, where the architecture has them ([`Architecture::qkv_bias`]).
+    biases: Option<QkvBiases>,
     attention_output: Linear,
     ffn_norm: Tensor,
     ffn_gate: Linear,
@@ -53,9 +58,47 @@ struct Block {
     ffn_down: Linear,
 }
 
-/// A loaded llama model: weights only, shareable between sequences.
+/// The biases added to the query, key and value projections' outputs (each row), in f32 as ggml's `ggml_add`.
+struct QkvBiases {
+    query: Vec<f32>,
+    key: Vec<f32>,
+    value: Vec<f32>,
+}
+
+impl QkvBiases {
+    fn load(file: &mut GgufFile, block: u32, widths: [usize; 3]) -> Result<Self, GgufError> {
+        let mut read = |part: &str, width: usize| -> Result<Vec<f32>, GgufError> {
+            let name = format!("blk.{block}.attn_{part}.bias");
+            dense(file, &name, &[width])?
+                .to_vec1::<f32>()
+                .map_err(|error| GgufError::Tensor {
+                    name,
+                    problem: error.to_string(),
+                })
+        };
+        Ok(Self {
+            query: read("q", widths[0])?,
+            key: read("k", widths[1])?,
+            value: read("v", widths[2])?,
+        })
+    }
+}
+
+/// Adds `bias` to every row of `rows` (`[n][bias.len()]`).
+fn add_bias(rows: &mut [f32], bias: &[f32]) {
+    assert!(rows.len().is_multiple_of(bias.len()), "whole rows");
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (value, b) in row.iter_mut().zip(bias) {
+            *value += b;
+        }
+    }
+}
+
+/// A loaded llama-family model: weights only, shareable between sequences.
 pub struct Llama {
     config: ModelConfig,
+    /// The architecture's differences from llama.
+    architecture: &'static Architecture,
     /// `[vocab, hidden]`, quantized as in the file; rows are dequantized on lookup.
     embedding: Arc<QTensor>,
     blocks: Vec<Block>,
@@ -199,6 +242,7 @@ impl Llama {
         let kv_width = config.head_count_kv as usize * head_dimension;
         let ffn = config.feed_forward_length as usize;
         let vocab = config.vocab_size as usize;
+        let architecture = config.family();
 
         let embedding = Arc::new(file.tensor("token_embd.weight", &[vocab, hidden])?);
         let output = if file.tensor_info("output.weight").is_some() {
@@ -221,6 +265,11 @@ impl Llama {
                 query: matmul(file, &name("attn_q"), &[hidden, hidden])?,
                 key: matmul(file, &name("attn_k"), &[kv_width, hidden])?,
                 value: matmul(file, &name("attn_v"), &[kv_width, hidden])?,
+                biases: if architecture.qkv_bias {
+                    Some(QkvBiases::load(file, index, [hidden, kv_width, kv_width])?)
+                } else {
+                    None
+                },
                 attention_output: matmul(file, &name("attn_output"), &[hidden, hidden])?,
                 ffn_norm: dense(file, &name("ffn_norm"), &[hidden])?,
                 ffn_gate: matmul(file, &name("ffn_gate"), &[ffn, hidden])?,
@@ -245,6 +294,7 @@ impl Llama {
         };
         Ok(Self {
             config: config.clone(),
+            architecture,
             embedding,
             blocks,
             output_norm,
@@ -427,26 +477,28 @@ impl Llama {
         let head_dimension = self.config.head_dimension as usize;
         let pairs = head_dimension / 2;
 
-        let mut query = block
-            .query
-            .forward(normed)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut key = block.key.forward(normed)?.flatten_all()?.to_vec1::<f32>()?;
-        let value = block
-            .value
-            .forward(normed)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let project = |linear: &Linear| linear.forward(normed)?.flatten_all()?.to_vec1::<f32>();
+        let mut query = project(&block.query)?;
+        let mut key = project(&block.key)?;
+        let mut value = project(&block.value)?;
+        if let Some(biases) = &block.biases {
+            add_bias(&mut query, &biases.query);
+            add_bias(&mut key, &biases.key);
+            add_bias(&mut value, &biases.value);
+        }
+        let rotate = match self.architecture.rope {
+            RopeStyle::Adjacent => ggml_math::rotate,
+            RopeStyle::Halves => ggml_math::rotate_halves,
+        };
         for row in 0..rows {
             let angles = row * pairs..(row + 1) * pairs;
             let (cos, sin) = (&cos[angles.clone()], &sin[angles]);
-            ggml_math::rotate(
+            rotate(
                 &mut query[row * heads * head_dimension..(row + 1) * heads * head_dimension],
                 cos,
                 sin,
             );
-            ggml_math::rotate(
+            rotate(
                 &mut key[row * kv_heads * head_dimension..(row + 1) * kv_heads * head_dimension],
                 cos,
                 sin,
