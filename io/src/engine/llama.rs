@@ -33,7 +33,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use super::architecture::{Architecture, RopeStyle};
 use super::ggml_math;
@@ -129,6 +129,10 @@ struct Linear {
     /// Whether one call over many rows gives each row exactly what a call with that row alone gives (see the
     /// module documentation). Where it does not, rows are multiplied one at a time.
     rows_independent: bool,
+    /// Whether the weights are F16: ggml then converts the activations to F16 too (`vec_dot_type`) before its
+    /// f32-accumulating dot products, where candle multiplies the f32 activations by the widened weights. Rounding
+    /// the input through F16 first gives candle's matmul ggml's operands.
+    round_input_to_f16: bool,
 }
 
 enum Kernel {
@@ -146,6 +150,7 @@ impl Linear {
         Self {
             kernel: Kernel::Q4_1(matrix),
             rows_independent: true,
+            round_input_to_f16: false,
         }
     }
 
@@ -154,10 +159,11 @@ impl Linear {
         Self {
             kernel: Kernel::Q8_0(matrix),
             rows_independent: true,
+            round_input_to_f16: false,
         }
     }
 
-    fn candle(matmul: QMatMul) -> Self {
+    fn candle(matmul: QMatMul, weights: GgmlDType) -> Self {
         let rows_independent = match &matmul {
             QMatMul::QTensor(tensor) => {
                 let columns = tensor.shape().dims().last().copied().unwrap_or(0);
@@ -168,11 +174,19 @@ impl Linear {
         Self {
             kernel: Kernel::Candle(matmul),
             rows_independent,
+            round_input_to_f16: weights == GgmlDType::F16,
         }
     }
 
     /// `x · Wᵀ` for `x` of shape `[rows, columns]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let rounded;
+        let x = if self.round_input_to_f16 {
+            rounded = x.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+            &rounded
+        } else {
+            x
+        };
         let rows = x.dim(0)?;
         if self.rows_independent || rows == 1 {
             return self.kernel.forward(x);
@@ -216,8 +230,9 @@ fn matmul(file: &mut GgufFile, name: &str, shape: &[usize]) -> Result<Linear, Gg
     if let Some(matrix) = Q8_0Matrix::from_qtensor(&tensor) {
         return Ok(Linear::q8_0(matrix));
     }
+    let weights = tensor.dtype();
     QMatMul::from_arc(tensor)
-        .map(Linear::candle)
+        .map(|matmul| Linear::candle(matmul, weights))
         .map_err(|error| GgufError::Tensor {
             name: name.to_string(),
             problem: error.to_string(),
@@ -251,7 +266,7 @@ impl Llama {
             Linear::q8_0(matrix)
         } else {
             QMatMul::from_arc(embedding.clone())
-                .map(Linear::candle)
+                .map(|matmul| Linear::candle(matmul, embedding.dtype()))
                 .map_err(|error| GgufError::Tensor {
                     name: "token_embd.weight".to_string(),
                     problem: error.to_string(),

@@ -15,7 +15,11 @@ at each step its margin (top logit minus runner-up) and its top 5 logits as [id,
 
 llama.cpp runs on 2 threads, a 256-token context, flash attention off, its default f16 KV cache, the whole prompt
 in one batch, on the CPU the header's system info describes (the engine reproduces its AVX-512 build's
-arithmetic; see io/src/engine/kv.rs). The variants and prompts were fixed before any comparison with the engine.
+arithmetic; see io/src/engine/kv.rs), and with its weight repacking off (the model parameter `use_extra_bufts`,
+llama.cpp's `--no-repack`): on x86 llama.cpp otherwise moves Q4_0 and Q4_K weights into interleaved "extra
+buffer" layouts whose kernels sum in another order than its own `ggml_vec_dot_*` (on these models its Q4_0 logits
+move by up to 0.026 and Q4_K's by 0.19, and Q4_K's greedy tokens change); the engine reproduces the
+`ggml_vec_dot_*` path. The variants and prompts were fixed before any comparison with the engine.
 """
 import json
 import os
@@ -26,6 +30,19 @@ import tempfile
 import llama_cpp
 import numpy
 from llama_cpp import Llama
+from llama_cpp import llama as llama_module
+
+_default_model_params = llama_module.llama_cpp.llama_model_default_params
+
+
+def _model_params_without_repacking():
+    params = _default_model_params()
+    params.use_extra_bufts = False
+    return params
+
+
+# llama-cpp-python has no argument for it: `Llama` takes its model parameters from this function.
+llama_module.llama_cpp.llama_model_default_params = _model_params_without_repacking
 
 TOKENS = 16
 TOP = 5
@@ -40,6 +57,7 @@ VARIANTS = [
     ("llama-q4_1", "llama", "Q4_1", "Q4_1", False, 64, 128),
     ("llama-q5_0", "llama", "Q5_0", "Q5_0", False, 64, 128),
     ("llama-q5_1", "llama", "Q5_1", "Q5_1", False, 64, 128),
+    ("llama-f32-256", "llama", "F32", "F32", False, 256, 512),
     ("llama-q4_k", "llama", "Q4_K", "Q4_K", False, 256, 512),
     ("llama-q5_k", "llama", "Q5_K", "Q5_K", False, 256, 512),
     ("llama-q6_k", "llama", "Q6_K", "Q6_K", False, 256, 512),
@@ -93,7 +111,7 @@ def main() -> None:
     system = llama_cpp.llama_print_system_info().decode().strip(" |")
     sys.stdout.write(
         '{"generator": "llama.cpp via llama-cpp-python %s, 2 threads, flash attention off, f16 KV cache, '
-        'temperature 0, top_k 1, repeat_penalty 1.0",\n "system": %s,\n "tokens": %d,\n'
+        'temperature 0, top_k 1, repeat_penalty 1.0, weight repacking off",\n "system": %s,\n "tokens": %d,\n'
         % (llama_cpp.__version__, json.dumps(system), TOKENS)
     )
     sys.stdout.write(' "variants": [\n  ' + ",\n  ".join(lines) + "\n]}\n")
