@@ -39,12 +39,14 @@ fn tolerance(weights: TensorType) -> f32 {
         // As F32 once the activations are rounded to f16 as ggml does (`Linear::round_input_to_f16`): 3.8e-3.
         TensorType::F16 => 1e-2,
         // candle's Q8_1 activation blocks store the sum term as f16(f16(Σq) · f16(d)), ggml's as f16(Σq · d)
-        // (`quantize_row_q8_1`): every block's min term is off by up to an f16 rounding. 0.074 after the prompt,
-        // 0.11 over a run.
+        // (`quantize_row_q8_1`, d in f32): the same q and d, but s one f16 step off in 4 of 16 blocks of a random
+        // row, so one Q5_1 dot product is off by 1e-4 of its size (ggml's `vec_dot_q5_1_q8_1` called through
+        // `ggml_get_type_traits_cpu` against candle's `QMatMul`). 0.074 after the prompt, 0.11 over a run.
         TensorType::Q5_1 => 0.25,
-        // candle's K-quant dot products (and its repacked x86 tiles for Q4_K and Q6_K) sum in another order than
-        // ggml's: bit-exact or 4e-6 after the prompt for Q4_K and Q6_K, then amplified through the Q8_K
-        // requantization: 0.21 (Q4_K), 0.25 (Q5_K, 0.16 already after the prompt), 0.12 (Q6_K).
+        // candle's K-quant dot products against ggml's `vec_dot_q*_K_q8_K` on one row: Q4_K bit-exact, Q5_K and
+        // Q6_K within 4e-8 and 3e-7 of the result (float sums in another order). Through the Q8_K requantization
+        // of the next matmul's input and the f16 cache that grows to 0.21 (Q4_K), 0.25 (Q5_K, 0.16 already after
+        // the prompt), 0.12 (Q6_K) over a run.
         TensorType::Q4K | TensorType::Q5K | TensorType::Q6K => 0.5,
     }
 }
