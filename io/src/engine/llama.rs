@@ -35,7 +35,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::architecture::{Architecture, RopeStyle};
+use super::architecture::{Architecture, QkvBiases, RopeStyle};
 use super::ggml_math;
 use super::gguf::{GgufError, GgufFile, ModelConfig};
 use super::kv::AttentionShape;
@@ -56,42 +56,6 @@ struct Block {
     ffn_gate: Linear,
     ffn_up: Linear,
     ffn_down: Linear,
-}
-
-/// The biases added to the query, key and value projections' outputs (each row), in f32 as ggml's `ggml_add`.
-struct QkvBiases {
-    query: Vec<f32>,
-    key: Vec<f32>,
-    value: Vec<f32>,
-}
-
-impl QkvBiases {
-    fn load(file: &mut GgufFile, block: u32, widths: [usize; 3]) -> Result<Self, GgufError> {
-        let mut read = |part: &str, width: usize| -> Result<Vec<f32>, GgufError> {
-            let name = format!("blk.{block}.attn_{part}.bias");
-            dense(file, &name, &[width])?
-                .to_vec1::<f32>()
-                .map_err(|error| GgufError::Tensor {
-                    name,
-                    problem: error.to_string(),
-                })
-        };
-        Ok(Self {
-            query: read("q", widths[0])?,
-            key: read("k", widths[1])?,
-            value: read("v", widths[2])?,
-        })
-    }
-}
-
-/// Adds `bias` to every row of `rows` (`[n][bias.len()]`).
-fn add_bias(rows: &mut [f32], bias: &[f32]) {
-    assert!(rows.len().is_multiple_of(bias.len()), "whole rows");
-    for row in rows.chunks_exact_mut(bias.len()) {
-        for (value, b) in row.iter_mut().zip(bias) {
-            *value += b;
-        }
-    }
 }
 
 /// A loaded llama-family model: weights only, shareable between sequences.
@@ -497,9 +461,7 @@ impl Llama {
         let mut key = project(&block.key)?;
         let mut value = project(&block.value)?;
         if let Some(biases) = &block.biases {
-            add_bias(&mut query, &biases.query);
-            add_bias(&mut key, &biases.key);
-            add_bias(&mut value, &biases.value);
+            biases.add(&mut query, &mut key, &mut value);
         }
         let rotate = match self.architecture.rope {
             RopeStyle::Adjacent => ggml_math::rotate,
