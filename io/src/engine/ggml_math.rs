@@ -399,4 +399,32 @@ pub(super) mod tests {
         rotate(&mut head, &[1.0; 4], &[0.0; 4]);
         assert_eq!(head, before);
     }
+
+    /// NEOX rotation is the adjacent-pair rotation of the head with its halves interleaved: the same pairs, the
+    /// same arithmetic, bit for bit.
+    #[test]
+    fn half_rotation_is_adjacent_rotation_of_interleaved_halves() {
+        let (heads, pairs) = (3, 4);
+        let cos: Vec<f32> = (0..pairs).map(|i| (i as f32 * 0.7 + 0.3).cos()).collect();
+        let sin: Vec<f32> = (0..pairs).map(|i| (i as f32 * 0.7 + 0.3).sin()).collect();
+        let halves = values(heads * 2 * pairs, 7);
+        let interleave = |head: &[f32]| -> Vec<f32> {
+            (0..pairs)
+                .flat_map(|i| [head[i], head[i + pairs]])
+                .collect()
+        };
+        let mut adjacent: Vec<f32> = halves.chunks(2 * pairs).flat_map(interleave).collect();
+        let mut rotated = halves.clone();
+        rotate_halves(&mut rotated, &cos, &sin);
+        rotate(&mut adjacent, &cos, &sin);
+        let rotated: Vec<f32> = rotated.chunks(2 * pairs).flat_map(interleave).collect();
+        assert_eq!(rotated, adjacent);
+        assert_ne!(
+            rotated,
+            halves
+                .chunks(2 * pairs)
+                .flat_map(interleave)
+                .collect::<Vec<_>>()
+        );
+    }
 }
