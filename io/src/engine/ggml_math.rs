@@ -238,6 +238,22 @@ pub(super) fn rotate(values: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// ggml's rotary embedding of a head's two halves (`GGML_ROPE_TYPE_NEOX`, `rotate_pairs` with offset `d/2`): pair
+/// `i` is `(x[i], x[i + pairs])`, with [`rotate`]'s arithmetic (the same C expression, so the same contraction).
+pub(super) fn rotate_halves(values: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let pairs = cos.len();
+    assert_eq!(sin.len(), pairs, "a sine per cosine");
+    assert!(values.len().is_multiple_of(2 * pairs), "whole heads");
+    for head in values.chunks_exact_mut(2 * pairs) {
+        let (first, second) = head.split_at_mut(pairs);
+        for ((x0, x1), (c, s)) in first.iter_mut().zip(second).zip(cos.iter().zip(sin)) {
+            let (a, b) = (*x0, *x1);
+            *x0 = a.mul_add(*c, -(b * s));
+            *x1 = a.mul_add(*s, b * c);
+        }
+    }
+}
+
 /// ggml's vectorised `expf` (`ggml_v_expf`, AVX-512), one lane at a time: the same operations, so the same
 /// bits. Within 1.5 ulp of `exp`; infinity above about 88.4, zero below about -104.
 pub(super) fn expf(x: f32) -> f32 {
@@ -382,5 +398,33 @@ pub(super) mod tests {
         let before = head.clone();
         rotate(&mut head, &[1.0; 4], &[0.0; 4]);
         assert_eq!(head, before);
+    }
+
+    /// NEOX rotation is the adjacent-pair rotation of the head with its halves interleaved: the same pairs, the
+    /// same arithmetic, bit for bit.
+    #[test]
+    fn half_rotation_is_adjacent_rotation_of_interleaved_halves() {
+        let (heads, pairs) = (3, 4);
+        let cos: Vec<f32> = (0..pairs).map(|i| (i as f32 * 0.7 + 0.3).cos()).collect();
+        let sin: Vec<f32> = (0..pairs).map(|i| (i as f32 * 0.7 + 0.3).sin()).collect();
+        let halves = values(heads * 2 * pairs, 7);
+        let interleave = |head: &[f32]| -> Vec<f32> {
+            (0..pairs)
+                .flat_map(|i| [head[i], head[i + pairs]])
+                .collect()
+        };
+        let mut adjacent: Vec<f32> = halves.chunks(2 * pairs).flat_map(interleave).collect();
+        let mut rotated = halves.clone();
+        rotate_halves(&mut rotated, &cos, &sin);
+        rotate(&mut adjacent, &cos, &sin);
+        let rotated: Vec<f32> = rotated.chunks(2 * pairs).flat_map(interleave).collect();
+        assert_eq!(rotated, adjacent);
+        assert_ne!(
+            rotated,
+            halves
+                .chunks(2 * pairs)
+                .flat_map(interleave)
+                .collect::<Vec<_>>()
+        );
     }
 }

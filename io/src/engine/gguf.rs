@@ -17,8 +17,7 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 
-/// The model architectures (`general.architecture`) this engine can run.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+use super::architecture::Architecture;
 
 /// Why a GGUF file could not be opened or is not one we can run. Messages never contain the file's path.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +40,7 @@ pub enum GgufError {
         type_name: &'static str,
     },
     /// `general.architecture` names a model family this engine does not implement.
-    #[error("unsupported model architecture {0:?} (supported: {supported})", supported = SUPPORTED_ARCHITECTURES.join(", "))]
+    #[error("unsupported model architecture {0:?} (supported: {supported})", supported = Architecture::supported())]
     UnsupportedArchitecture(String),
     /// A metadata key the engine needs is absent.
     #[error("missing metadata key {0}")]
@@ -239,14 +238,11 @@ impl GgufFile {
         items.iter().map(|item| value_i32(key, item)).collect()
     }
 
-    /// `general.architecture`, checked against [`SUPPORTED_ARCHITECTURES`].
-    pub fn architecture(&self) -> Result<&str, GgufError> {
-        let architecture = self.string("general.architecture")?;
-        if SUPPORTED_ARCHITECTURES.contains(&architecture) {
-            Ok(architecture)
-        } else {
-            Err(GgufError::UnsupportedArchitecture(architecture.to_string()))
-        }
+    /// `general.architecture`, checked against [`super::architecture::ARCHITECTURES`].
+    pub fn architecture(&self) -> Result<&'static Architecture, GgufError> {
+        let name = self.string("general.architecture")?;
+        Architecture::named(name)
+            .ok_or_else(|| GgufError::UnsupportedArchitecture(name.to_string()))
     }
 
     /// The shape (outermost dimension first) and type of a tensor, if the file has it.
@@ -346,7 +342,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and checks the configuration of the file's model.
     pub fn read(file: &GgufFile) -> Result<Self, GgufError> {
-        let architecture = file.architecture()?.to_string();
+        let architecture = file.architecture()?.name.to_string();
         let key = |name: &str| format!("{architecture}.{name}");
         let head_count = file.u32(&key("attention.head_count"))?;
         let head_count_kv = match file.get(&key("attention.head_count_kv")) {
@@ -422,6 +418,11 @@ impl ModelConfig {
             );
         }
         Ok(())
+    }
+
+    /// The architecture's differences from llama (checked to exist when the configuration was read).
+    pub fn family(&self) -> &'static Architecture {
+        Architecture::named(&self.architecture).expect("ModelConfig::read checked the architecture")
     }
 
     /// Query heads that share one key/value head.
@@ -502,16 +503,16 @@ mod tests {
     #[test]
     fn unsupported_architecture_is_named() {
         let path =
-            std::env::temp_dir().join(format!("ollamamax-qwen2-{}.gguf", std::process::id()));
-        std::fs::write(&path, header("qwen2", 0)).expect("temp file");
+            std::env::temp_dir().join(format!("ollamamax-gemma3-{}.gguf", std::process::id()));
+        std::fs::write(&path, header("gemma3", 0)).expect("temp file");
         let file = GgufFile::open(&path);
         std::fs::remove_file(&path).expect("temp file");
-        let error =
-            ModelConfig::read(&file.expect("the header parses")).expect_err("qwen2 is unsupported");
-        assert!(matches!(&error, GgufError::UnsupportedArchitecture(name) if name == "qwen2"));
+        let error = ModelConfig::read(&file.expect("the header parses"))
+            .expect_err("gemma3 is unsupported");
+        assert!(matches!(&error, GgufError::UnsupportedArchitecture(name) if name == "gemma3"));
         assert_eq!(
             error.to_string(),
-            "unsupported model architecture \"qwen2\" (supported: llama)"
+            "unsupported model architecture \"gemma3\" (supported: llama, qwen2)"
         );
     }
 }

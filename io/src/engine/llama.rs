@@ -1,12 +1,14 @@
-//! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3 layouts) on candle-core tensors: quantized weight
+//! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3, Qwen2 layouts) on candle-core tensors: quantized weight
 //! matmuls (our AVX2 kernels for Q4_1 and Q8_0, see [`super::q4_1`] and [`super::q8_0`]; candle's `QMatMul` for
-//! other types), RMS norms, interleaved rotary embeddings computed for each call's own positions, grouped-query
+//! other types), RMS norms, rotary embeddings computed for each call's own positions, grouped-query
 //! causal attention over a preallocated per-sequence KV cache, and a SwiGLU feed-forward.
 //!
 //! Why not candle-transformers' `quantized_llama`: it keeps one cache inside the model (no per-sequence state),
 //! grows that cache by concatenation, caps rotary positions at 4096, keeps an f32 copy of the embedding table and
 //! fails batched prefill. Here the model holds only weights; all per-sequence state is in [`KvCache`], embeddings
 //! are dequantized per looked-up row, and tied output heads share the quantized embedding table.
+//!
+//! Architectures differ only in the flags of [`Architecture`] (rotary pairing, q/k/v biases), read at load.
 //!
 //! Numerics: norms, rotary embeddings, attention (f16 KV cache) and the SwiGLU reproduce llama.cpp's CPU
 //! arithmetic operation for operation (see [`super::kv`]), so greedy output equals llama.cpp's token for token.
@@ -31,8 +33,9 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
+use super::architecture::{Architecture, QkvBiases, RopeStyle};
 use super::ggml_math;
 use super::gguf::{GgufError, GgufFile, ModelConfig};
 use super::kv::AttentionShape;
@@ -46,6 +49,8 @@ struct Block {
     query: Linear,
     key: Linear,
     value: Linear,
+    /// The q/k/v projections' biases, where the architecture has them ([`Architecture::qkv_bias`]).
+    biases: Option<QkvBiases>,
     attention_output: Linear,
     ffn_norm: Tensor,
     ffn_gate: Linear,
@@ -53,9 +58,11 @@ struct Block {
     ffn_down: Linear,
 }
 
-/// A loaded llama model: weights only, shareable between sequences.
+/// A loaded llama-family model: weights only, shareable between sequences.
 pub struct Llama {
     config: ModelConfig,
+    /// The architecture's differences from llama.
+    architecture: &'static Architecture,
     /// `[vocab, hidden]`, quantized as in the file; rows are dequantized on lookup.
     embedding: Arc<QTensor>,
     blocks: Vec<Block>,
@@ -86,6 +93,10 @@ struct Linear {
     /// Whether one call over many rows gives each row exactly what a call with that row alone gives (see the
     /// module documentation). Where it does not, rows are multiplied one at a time.
     rows_independent: bool,
+    /// Whether the weights are F16: ggml then converts the activations to F16 too (`vec_dot_type`) before its
+    /// f32-accumulating dot products, where candle multiplies the f32 activations by the widened weights. Rounding
+    /// the input through F16 first gives candle's matmul ggml's operands.
+    round_input_to_f16: bool,
 }
 
 enum Kernel {
@@ -103,6 +114,7 @@ impl Linear {
         Self {
             kernel: Kernel::Q4_1(matrix),
             rows_independent: true,
+            round_input_to_f16: false,
         }
     }
 
@@ -111,10 +123,11 @@ impl Linear {
         Self {
             kernel: Kernel::Q8_0(matrix),
             rows_independent: true,
+            round_input_to_f16: false,
         }
     }
 
-    fn candle(matmul: QMatMul) -> Self {
+    fn candle(matmul: QMatMul, weights: GgmlDType) -> Self {
         let rows_independent = match &matmul {
             QMatMul::QTensor(tensor) => {
                 let columns = tensor.shape().dims().last().copied().unwrap_or(0);
@@ -125,11 +138,19 @@ impl Linear {
         Self {
             kernel: Kernel::Candle(matmul),
             rows_independent,
+            round_input_to_f16: weights == GgmlDType::F16,
         }
     }
 
     /// `x · Wᵀ` for `x` of shape `[rows, columns]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let rounded;
+        let x = if self.round_input_to_f16 {
+            rounded = x.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+            &rounded
+        } else {
+            x
+        };
         let rows = x.dim(0)?;
         if self.rows_independent || rows == 1 {
             return self.kernel.forward(x);
@@ -173,8 +194,9 @@ fn matmul(file: &mut GgufFile, name: &str, shape: &[usize]) -> Result<Linear, Gg
     if let Some(matrix) = Q8_0Matrix::from_qtensor(&tensor) {
         return Ok(Linear::q8_0(matrix));
     }
+    let weights = tensor.dtype();
     QMatMul::from_arc(tensor)
-        .map(Linear::candle)
+        .map(|matmul| Linear::candle(matmul, weights))
         .map_err(|error| GgufError::Tensor {
             name: name.to_string(),
             problem: error.to_string(),
@@ -199,6 +221,7 @@ impl Llama {
         let kv_width = config.head_count_kv as usize * head_dimension;
         let ffn = config.feed_forward_length as usize;
         let vocab = config.vocab_size as usize;
+        let architecture = config.family();
 
         let embedding = Arc::new(file.tensor("token_embd.weight", &[vocab, hidden])?);
         let output = if file.tensor_info("output.weight").is_some() {
@@ -207,7 +230,7 @@ impl Llama {
             Linear::q8_0(matrix)
         } else {
             QMatMul::from_arc(embedding.clone())
-                .map(Linear::candle)
+                .map(|matmul| Linear::candle(matmul, embedding.dtype()))
                 .map_err(|error| GgufError::Tensor {
                     name: "token_embd.weight".to_string(),
                     problem: error.to_string(),
@@ -221,6 +244,11 @@ impl Llama {
                 query: matmul(file, &name("attn_q"), &[hidden, hidden])?,
                 key: matmul(file, &name("attn_k"), &[kv_width, hidden])?,
                 value: matmul(file, &name("attn_v"), &[kv_width, hidden])?,
+                biases: if architecture.qkv_bias {
+                    Some(QkvBiases::load(file, index, [hidden, kv_width, kv_width])?)
+                } else {
+                    None
+                },
                 attention_output: matmul(file, &name("attn_output"), &[hidden, hidden])?,
                 ffn_norm: dense(file, &name("ffn_norm"), &[hidden])?,
                 ffn_gate: matmul(file, &name("ffn_gate"), &[ffn, hidden])?,
@@ -245,6 +273,7 @@ impl Llama {
         };
         Ok(Self {
             config: config.clone(),
+            architecture,
             embedding,
             blocks,
             output_norm,
@@ -427,26 +456,26 @@ impl Llama {
         let head_dimension = self.config.head_dimension as usize;
         let pairs = head_dimension / 2;
 
-        let mut query = block
-            .query
-            .forward(normed)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut key = block.key.forward(normed)?.flatten_all()?.to_vec1::<f32>()?;
-        let value = block
-            .value
-            .forward(normed)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let project = |linear: &Linear| linear.forward(normed)?.flatten_all()?.to_vec1::<f32>();
+        let mut query = project(&block.query)?;
+        let mut key = project(&block.key)?;
+        let mut value = project(&block.value)?;
+        if let Some(biases) = &block.biases {
+            biases.add(&mut query, &mut key, &mut value);
+        }
+        let rotate = match self.architecture.rope {
+            RopeStyle::Adjacent => ggml_math::rotate,
+            RopeStyle::Halves => ggml_math::rotate_halves,
+        };
         for row in 0..rows {
             let angles = row * pairs..(row + 1) * pairs;
             let (cos, sin) = (&cos[angles.clone()], &sin[angles]);
-            ggml_math::rotate(
+            rotate(
                 &mut query[row * heads * head_dimension..(row + 1) * heads * head_dimension],
                 cos,
                 sin,
             );
-            ggml_math::rotate(
+            rotate(
                 &mut key[row * kv_heads * head_dimension..(row + 1) * kv_heads * head_dimension],
                 cos,
                 sin,

@@ -15,6 +15,7 @@
 //! [`Model`] ties them together. Everything here is synchronous and CPU-bound: the shell runs it on dedicated
 //! threads, never on the async runtime's workers.
 
+pub mod architecture;
 pub mod constraint;
 pub mod detokenize;
 pub mod embed;

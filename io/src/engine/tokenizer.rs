@@ -147,6 +147,9 @@ pub struct Tokenizer {
     eos: Option<u32>,
     /// End of turn (`tokenizer.ggml.eot_token_id`).
     eot: Option<u32>,
+    /// Every other token that ends a generation as in llama.cpp (`special_eog_ids`), sorted: found by text and by
+    /// the end-of-message and fill-in-the-middle ids (see `load::end_of_generation_ids`).
+    end_of_generation: Vec<u32>,
     unknown: Option<u32>,
     add_bos: bool,
     add_eos: bool,
@@ -271,6 +274,7 @@ impl Tokenizer {
             bos: None,
             eos: None,
             eot: None,
+            end_of_generation: Vec::new(),
             unknown: None,
             add_bos: false,
             add_eos: false,
@@ -298,9 +302,12 @@ impl Tokenizer {
         self.unknown
     }
 
-    /// Whether generating `token` ends the response (end of sequence or end of turn).
+    /// Whether generating `token` ends the response: end of sequence, end of turn, or any token llama.cpp
+    /// counts as ending a generation (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, … by text).
     pub fn is_end_of_generation(&self, token: u32) -> bool {
-        Some(token) == self.eos || Some(token) == self.eot
+        Some(token) == self.eos
+            || Some(token) == self.eot
+            || self.end_of_generation.binary_search(&token).is_ok()
     }
 
     /// The id of a special token written exactly as `text` (e.g. `<|im_start|>`).

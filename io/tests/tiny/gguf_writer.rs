@@ -1,10 +1,13 @@
 //! A minimal GGUF v3 writer for tests: metadata of the types the engine reads, a tensor directory with aligned
-//! offsets, and tensor data in F32, Q4_1 or Q8_0 (quantized here with ggml's reference rules).
+//! offsets, and tensor data in F32, F16, Q4_1 or Q8_0 (quantized here with ggml's reference rules) or Q4_0, Q5_0,
+//! Q5_1, Q4_K, Q5_K, Q6_K (quantized with candle's quantizers, which write ggml's block layouts).
 //!
 //! Layout (ggml's `gguf.md`): magic `GGUF`, version 3, tensor count and metadata count (u64), the metadata
 //! key/value pairs, the tensor infos (name, dimension count, dimensions innermost first, ggml type, offset
 //! relative to the data section), padding to `general.alignment`, then each tensor's data, each padded.
 
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
 use half::f16;
 
 /// Alignment of the data section and of every tensor in it (ggml's default, written as `general.alignment`).
@@ -26,18 +29,121 @@ const TYPE_ARRAY: u32 = 9;
 pub enum TensorType {
     /// Plain little-endian f32.
     F32,
+    /// Little-endian IEEE half precision.
+    F16,
+    /// Blocks of 32: f16 scale, 16 bytes of nibbles.
+    Q4_0,
     /// Blocks of 32: f16 scale, f16 min, 16 bytes of nibbles.
     Q4_1,
+    /// Blocks of 32: f16 scale, 4 bytes of fifth bits, 16 bytes of nibbles.
+    Q5_0,
+    /// Blocks of 32: f16 scale, f16 min, fifth bits, nibbles.
+    Q5_1,
     /// Blocks of 32: f16 scale, 32 signed bytes.
     Q8_0,
+    /// Super-blocks of 256: 8 sub-blocks of 4 bits with 6-bit scales and mins.
+    Q4K,
+    /// Super-blocks of 256: as Q4_K with a fifth bit.
+    Q5K,
+    /// Super-blocks of 256: 16 sub-blocks of 6 bits with 8-bit scales.
+    Q6K,
 }
 
 impl TensorType {
+    /// Every type, for command lines and tests.
+    pub const ALL: [Self; 10] = [
+        Self::F32,
+        Self::F16,
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q4K,
+        Self::Q5K,
+        Self::Q6K,
+    ];
+
     fn ggml_id(self) -> u32 {
         match self {
             Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q5K => 13,
+            Self::Q6K => 14,
+        }
+    }
+
+    /// ggml's name for the type (`Q4_K`), as command lines and the goldens spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+        }
+    }
+
+    /// The type ggml calls `name` (case-insensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Values per block: a row's width must be a multiple of it.
+    pub fn block_values(self) -> usize {
+        match self {
+            Self::F32 | Self::F16 => 1,
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
+            _ => BLOCK,
+        }
+    }
+
+    /// The candle type whose quantizer encodes this one, for the types this file does not encode itself.
+    fn candle(self) -> Option<GgmlDType> {
+        match self {
+            Self::Q4_0 => Some(GgmlDType::Q4_0),
+            Self::Q5_0 => Some(GgmlDType::Q5_0),
+            Self::Q5_1 => Some(GgmlDType::Q5_1),
+            Self::Q4K => Some(GgmlDType::Q4K),
+            Self::Q5K => Some(GgmlDType::Q5K),
+            Self::Q6K => Some(GgmlDType::Q6K),
+            Self::F32 | Self::F16 | Self::Q4_1 | Self::Q8_0 => None,
+        }
+    }
+}
+
+/// `values` in `kind`'s encoding, whole blocks of `kind.block_values()`.
+pub fn encode(kind: TensorType, values: &[f32]) -> Vec<u8> {
+    assert!(
+        values.len().is_multiple_of(kind.block_values()),
+        "whole blocks only"
+    );
+    match kind {
+        TensorType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        TensorType::F16 => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        TensorType::Q4_1 => quantize_q4_1(values),
+        TensorType::Q8_0 => quantize_q8_0(values),
+        _ => {
+            let dtype = kind.candle().expect("the other types are candle's");
+            let tensor = Tensor::from_slice(values, values.len(), &Device::Cpu).expect("a tensor");
+            let quantized = QTensor::quantize(&tensor, dtype).expect("candle quantizes");
+            quantized.data().expect("quantized bytes").into_owned()
         }
     }
 }
@@ -150,11 +256,14 @@ impl GgufWriter {
         values: &[f32],
     ) -> &mut Self {
         assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
-        let data = match kind {
-            TensorType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            TensorType::Q4_1 => quantize_q4_1(values),
-            TensorType::Q8_0 => quantize_q8_0(values),
-        };
+        assert!(
+            shape
+                .last()
+                .is_none_or(|columns| columns.is_multiple_of(kind.block_values())),
+            "{name}: rows of whole {} blocks",
+            kind.name()
+        );
+        let data = encode(kind, values);
         self.tensors.push(TensorEntry {
             name: name.to_string(),
             shape: shape.to_vec(),
@@ -317,6 +426,27 @@ mod tests {
             }
         }
         assert_eq!(quantize_q4_1(&values).len(), 2 * 20);
+        // The other types: readable, and near the values (coarse bounds: 4-bit steps of a 6-wide range).
+        let wide: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let mut writer = GgufWriter::new();
+        for kind in TensorType::ALL {
+            writer.tensor(kind.name(), &[2, 256], kind, &wide);
+        }
+        std::fs::write(&path, writer.to_bytes()).expect("write");
+        let mut file = GgufFile::open(&path).expect("the writer's output parses");
+        for kind in TensorType::ALL {
+            let tensor = file.tensor(kind.name(), &[2, 256]).expect("tensor reads");
+            let back: Vec<f32> = tensor
+                .dequantize(&Device::Cpu)
+                .and_then(|t| t.flatten_all()?.to_vec1())
+                .expect("values");
+            let worst = back
+                .iter()
+                .zip(&wide)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 0.5, "{}: {worst}", kind.name());
+        }
         assert_eq!(quantize_q8_0(&values).len(), 2 * 34);
     }
 }

@@ -2,6 +2,11 @@
 //! byte tokens, a few merges including multi-byte characters cut across tokens, three control tokens), 2 blocks,
 //! width 64, 4 query heads over 2 key/value heads, feed-forward 128, context 256, random weights from a seeded
 //! [`Rng`].
+//!
+//! [`Layout`] varies the file: the weight types (any [`TensorType`]), a tied or separate output head, the width
+//! (K-quants need rows of 256: [`Layout::uniform`] picks width 256, feed-forward 512 for them) and the
+//! architecture (qwen2: `qwen2.*` keys, q/k/v biases, the qwen2 pre-tokenizer). The same seed and layout always
+//! give the same bytes, and llama layouts draw the same weights as before these options existed.
 
 #![allow(dead_code)]
 
@@ -62,16 +67,51 @@ const MERGES: &[(&[u8], &[u8])] = &[
     (b"\xE6\x97", b"\xA5"),
 ];
 
-/// How the weights are stored.
+/// The model family written (`general.architecture`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// `llama`: adjacent-pair rotary embeddings, no biases.
+    Llama,
+    /// `qwen2`: NEOX rotary embeddings, q/k/v biases, the qwen2 pre-tokenizer.
+    Qwen2,
+}
+
+impl Architecture {
+    /// `general.architecture` and the metadata key prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
+    /// The architecture called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Llama, Self::Qwen2]
+            .into_iter()
+            .find(|architecture| architecture.name() == name)
+    }
+}
+
+/// How the weights are stored, and the model's shape where it varies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// Type of the block matrices.
+    /// Type of the block matrices (and of `output.weight` when not tied).
     pub weights: TensorType,
     /// Type of the embedding table.
     pub embedding: TensorType,
     /// Whether the output head is the embedding table (no `output.weight`).
     pub tied: bool,
+    /// The model family.
+    pub architecture: Architecture,
+    /// Width of the residual stream: a multiple of [`HEADS`] and of the types' block widths.
+    pub width: usize,
+    /// Feed-forward hidden width: a multiple of the weight type's block width.
+    pub ffn: usize,
 }
+
+/// The width K-quant layouts get: one super-block per row.
+pub const K_QUANT_WIDTH: usize = 256;
 
 impl Layout {
     /// Q4_1 block matrices, a Q8_0 embedding table tied to the output head (SmolLM2's shape of file).
@@ -79,13 +119,35 @@ impl Layout {
         weights: TensorType::Q4_1,
         embedding: TensorType::Q8_0,
         tied: true,
+        architecture: Architecture::Llama,
+        width: EMBEDDING,
+        ffn: FFN,
     };
     /// Everything F32, with a separate output head.
     pub const DENSE: Self = Self {
         weights: TensorType::F32,
         embedding: TensorType::F32,
         tied: false,
+        architecture: Architecture::Llama,
+        width: EMBEDDING,
+        ffn: FFN,
     };
+
+    /// Every matrix (embedding table and separate output head included) of type `kind`; width 64 (feed-forward
+    /// 128), or 256 (feed-forward 512) where `kind`'s blocks need it.
+    pub fn uniform(kind: TensorType) -> Self {
+        let width = EMBEDDING
+            .max(kind.block_values())
+            .next_multiple_of(EMBEDDING);
+        Self {
+            weights: kind,
+            embedding: kind,
+            tied: false,
+            architecture: Architecture::Llama,
+            width,
+            ffn: 2 * width,
+        }
+    }
 }
 
 /// GPT-2's byte-to-unicode map (printable Latin-1 bytes stand for themselves, others for U+0100 onwards).
@@ -131,20 +193,28 @@ fn uniform(rng: &mut Rng, count: usize, scale: f32) -> Vec<f32> {
 pub fn model_writer(seed: u64, layout: Layout) -> GgufWriter {
     let (tokens, types, merges) = vocabulary();
     let vocab = tokens.len();
+    let (width, ffn) = (layout.width, layout.ffn);
+    assert!(width.is_multiple_of(HEADS), "whole heads");
+    let arch = layout.architecture.name();
+    let key = |name: &str| format!("{arch}.{name}");
+    let pre = match layout.architecture {
+        Architecture::Llama => "smollm",
+        Architecture::Qwen2 => "qwen2",
+    };
     let mut w = GgufWriter::new();
-    w.string("general.architecture", "llama")
+    w.string("general.architecture", arch)
         .string("general.name", "tiny")
-        .u32("llama.context_length", CONTEXT as u32)
-        .u32("llama.embedding_length", EMBEDDING as u32)
-        .u32("llama.block_count", BLOCKS as u32)
-        .u32("llama.feed_forward_length", FFN as u32)
-        .u32("llama.attention.head_count", HEADS as u32)
-        .u32("llama.attention.head_count_kv", KV_HEADS as u32)
-        .u32("llama.rope.dimension_count", (EMBEDDING / HEADS) as u32)
-        .f32("llama.rope.freq_base", ROPE_BASE)
-        .f32("llama.attention.layer_norm_rms_epsilon", RMS_EPS)
+        .u32(&key("context_length"), CONTEXT as u32)
+        .u32(&key("embedding_length"), width as u32)
+        .u32(&key("block_count"), BLOCKS as u32)
+        .u32(&key("feed_forward_length"), ffn as u32)
+        .u32(&key("attention.head_count"), HEADS as u32)
+        .u32(&key("attention.head_count_kv"), KV_HEADS as u32)
+        .u32(&key("rope.dimension_count"), (width / HEADS) as u32)
+        .f32(&key("rope.freq_base"), ROPE_BASE)
+        .f32(&key("attention.layer_norm_rms_epsilon"), RMS_EPS)
         .string("tokenizer.ggml.model", "gpt2")
-        .string("tokenizer.ggml.pre", "smollm")
+        .string("tokenizer.ggml.pre", pre)
         .strings("tokenizer.ggml.tokens", &tokens)
         .i32s("tokenizer.ggml.token_type", &types)
         .f32s("tokenizer.ggml.scores", &vec![0.0; vocab])
@@ -154,17 +224,17 @@ pub fn model_writer(seed: u64, layout: Layout) -> GgufWriter {
         .bool("tokenizer.ggml.add_bos_token", false);
 
     let mut rng = Rng::new(seed);
-    let mut embedding = uniform(&mut rng, vocab * EMBEDDING, 0.5);
-    embedding[..CONTROL.len() * EMBEDDING].fill(0.0);
+    let mut embedding = uniform(&mut rng, vocab * width, 0.5);
+    embedding[..CONTROL.len() * width].fill(0.0);
     w.tensor(
         "token_embd.weight",
-        &[vocab, EMBEDDING],
+        &[vocab, width],
         layout.embedding,
         &embedding,
     );
-    let kv = KV_HEADS * EMBEDDING / HEADS;
+    let kv = KV_HEADS * width / HEADS;
     let norm = |rng: &mut Rng| -> Vec<f32> {
-        uniform(rng, EMBEDDING, 0.2)
+        uniform(rng, width, 0.2)
             .into_iter()
             .map(|x| 1.0 + x)
             .collect()
@@ -174,46 +244,55 @@ pub fn model_writer(seed: u64, layout: Layout) -> GgufWriter {
         let attention_norm = norm(&mut rng);
         w.tensor(
             &name("attn_norm"),
-            &[EMBEDDING],
+            &[width],
             TensorType::F32,
             &attention_norm,
         );
         for (suffix, rows, columns) in [
-            ("attn_q", EMBEDDING, EMBEDDING),
-            ("attn_k", kv, EMBEDDING),
-            ("attn_v", kv, EMBEDDING),
-            ("attn_output", EMBEDDING, EMBEDDING),
+            ("attn_q", width, width),
+            ("attn_k", kv, width),
+            ("attn_v", kv, width),
+            ("attn_output", width, width),
         ] {
             let values = uniform(&mut rng, rows * columns, (3.0 / columns as f32).sqrt());
             w.tensor(&name(suffix), &[rows, columns], layout.weights, &values);
         }
         let ffn_norm = norm(&mut rng);
-        w.tensor(&name("ffn_norm"), &[EMBEDDING], TensorType::F32, &ffn_norm);
+        w.tensor(&name("ffn_norm"), &[width], TensorType::F32, &ffn_norm);
         for (suffix, rows, columns) in [
-            ("ffn_gate", FFN, EMBEDDING),
-            ("ffn_up", FFN, EMBEDDING),
-            ("ffn_down", EMBEDDING, FFN),
+            ("ffn_gate", ffn, width),
+            ("ffn_up", ffn, width),
+            ("ffn_down", width, ffn),
         ] {
             let values = uniform(&mut rng, rows * columns, (3.0 / columns as f32).sqrt());
             w.tensor(&name(suffix), &[rows, columns], layout.weights, &values);
         }
     }
+    if layout.architecture == Architecture::Qwen2 {
+        // Drawn after every block's weights, so llama layouts keep their weights.
+        for block in 0..BLOCKS {
+            for (suffix, rows) in [("attn_q", width), ("attn_k", kv), ("attn_v", kv)] {
+                let bias = uniform(&mut rng, rows, 0.5);
+                w.tensor(
+                    &format!("blk.{block}.{suffix}.bias"),
+                    &[rows],
+                    TensorType::F32,
+                    &bias,
+                );
+            }
+        }
+    }
     let output_norm = norm(&mut rng);
     w.tensor(
         "output_norm.weight",
-        &[EMBEDDING],
+        &[width],
         TensorType::F32,
         &output_norm,
     );
     if !layout.tied {
-        let mut output = uniform(&mut rng, vocab * EMBEDDING, 0.5);
-        output[..CONTROL.len() * EMBEDDING].fill(0.0);
-        w.tensor(
-            "output.weight",
-            &[vocab, EMBEDDING],
-            layout.weights,
-            &output,
-        );
+        let mut output = uniform(&mut rng, vocab * width, 0.5);
+        output[..CONTROL.len() * width].fill(0.0);
+        w.tensor("output.weight", &[vocab, width], layout.weights, &output);
     }
     w
 }

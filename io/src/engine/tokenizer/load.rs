@@ -8,9 +8,8 @@ use super::super::pretokenize::PreTokenizerKind;
 use super::{TokenType, Tokenizer, TokenizerError};
 
 /// Texts llama.cpp treats as ending a generation, from `llama-vocab.cpp`. It forces them to control tokens,
-/// which changes how text is partitioned (Phi-3's `</s>` is user-defined in the file), so we do too. Generation
-/// still ends only at EOS and `tokenizer.ggml.eot_token_id`, as before: making all of these end it (llama.cpp's
-/// `special_eog_ids`) changes which tokens a grammar allows at the end and is left to its own change.
+/// which changes how text is partitioned (Phi-3's `</s>` is user-defined in the file), so we do too, and a token
+/// with one of these texts ends a generation (llama.cpp's `special_eog_ids`; see [`end_of_generation_ids`]).
 const END_OF_GENERATION_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
@@ -35,6 +34,55 @@ const END_OF_GENERATION_TEXTS: &[&str] = &[
     "<｜end▁of▁sentence｜>",
     "[e~[",
 ];
+
+/// Fill-in-the-middle texts llama.cpp detects as its FIM pad, repository and file-separator tokens, which also end
+/// a generation. (Their type fix-up is not reproduced here: partitioning stays as before.)
+const FIM_END_OF_GENERATION_TEXTS: &[&str] = &[
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+];
+
+/// The metadata ids llama.cpp adds to the end-of-generation set besides EOS and EOT (which the tokenizer checks
+/// itself).
+const END_OF_GENERATION_KEYS: &[&str] = &[
+    "tokenizer.ggml.eom_token_id",
+    "tokenizer.ggml.fim_pad_token_id",
+    "tokenizer.ggml.fim_rep_token_id",
+    "tokenizer.ggml.fim_sep_token_id",
+];
+
+/// llama.cpp's end-of-generation set (`special_eog_ids`), less EOS and EOT: every token whose text is in
+/// [`END_OF_GENERATION_TEXTS`] or [`FIM_END_OF_GENERATION_TEXTS`], and `ids` (the metadata's end-of-message and FIM
+/// ids). Sorted, without duplicates. Two of llama.cpp's exceptions, found by asking llama.cpp 0.3.36
+/// (`llama_vocab_is_eog`) about vocabularies of these texts: with `<|return|>` and `<|call|>` or `<|calls|>` in the
+/// vocabulary (gpt-oss), `<|end|>` does not end a generation; with `<|tool_response>`, `</s>` does not.
+pub(super) fn end_of_generation_ids(texts: &[&str], ids: &[u32]) -> Vec<u32> {
+    let has = |text: &str| texts.contains(&text);
+    let harmony = has("<|return|>") && (has("<|call|>") || has("<|calls|>"));
+    let tool_response = has("<|tool_response>");
+    let mut set: Vec<u32> = texts
+        .iter()
+        .enumerate()
+        .filter(|(_, text)| {
+            END_OF_GENERATION_TEXTS.contains(text) || FIM_END_OF_GENERATION_TEXTS.contains(text)
+        })
+        .filter(|(_, text)| !(harmony && **text == "<|end|>"))
+        .filter(|(_, text)| !(tool_response && **text == "</s>"))
+        .map(|(id, _)| u32::try_from(id).expect("vocabulary ids fit in u32"))
+        .collect();
+    set.extend(ids.iter().filter(|&&id| (id as usize) < texts.len()));
+    set.sort_unstable();
+    set.dedup();
+    set
+}
 
 /// SentencePiece's default special tokens when the metadata names none (llama.cpp's for `"llama"`).
 const SPM_DEFAULT_BOS: u32 = 1;
@@ -106,6 +154,11 @@ impl Tokenizer {
         tokenizer.eot = optional_id("tokenizer.ggml.eot_token_id", None)?;
         tokenizer.add_bos = optional_flag(file, "tokenizer.ggml.add_bos_token", tokenizer.add_bos)?;
         tokenizer.add_eos = optional_flag(file, "tokenizer.ggml.add_eos_token", false)?;
+        let mut ids = Vec::with_capacity(END_OF_GENERATION_KEYS.len());
+        for key in END_OF_GENERATION_KEYS {
+            ids.extend(optional_id(key, None)?);
+        }
+        tokenizer.end_of_generation = end_of_generation_ids(&texts, &ids);
 
         if let Some(Value::String(name)) = file.get("general.name") {
             tokenizer.apply_name_attributes(name);
@@ -184,4 +237,37 @@ fn read_scores(file: &GgufFile, tokens: usize) -> Result<Vec<f32>, TokenizerErro
         });
     }
     Ok(scores[..tokens].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_of_generation_ids;
+
+    /// The expectations are what llama.cpp 0.3.36's `llama_vocab_is_eog` answered for vocabularies of these texts.
+    #[test]
+    fn end_of_generation_follows_llama_cpp() {
+        let texts = [
+            "<s>",
+            "hi",
+            "<|im_end|>",
+            "<|im_start|>",
+            "<end_of_turn>",
+            "</s>",
+            "<|fim_pad|>",
+        ];
+        assert_eq!(end_of_generation_ids(&texts, &[]), [2, 4, 5, 6]);
+        assert_eq!(
+            end_of_generation_ids(&texts, &[1, 9]),
+            [1, 2, 4, 5, 6],
+            "in-vocabulary ids join"
+        );
+        let harmony = ["<|end|>", "<|return|>", "<|call|>"];
+        assert_eq!(end_of_generation_ids(&harmony, &[]), [1, 2]);
+        assert_eq!(end_of_generation_ids(&harmony[..2], &[]), [0, 1]);
+        assert_eq!(
+            end_of_generation_ids(&["</s>", "<|tool_response>"], &[]),
+            [1]
+        );
+        assert!(end_of_generation_ids(&["<|im_start|>", "a"], &[]).is_empty());
+    }
 }
