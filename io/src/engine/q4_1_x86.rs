@@ -144,6 +144,9 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
                 }
             }
         }
+        // Read back from memory: each product then reaches the multiply-add as a broadcast memory operand, where
+        // the optimiser would otherwise keep the products in registers and spend two shuffles per broadcast.
+        let combined = std::hint::black_box(&combined);
         for offset in (0..length).step_by(2) {
             let block = start + offset;
             // SAFETY: pair `block / 2` of each row is in bounds.
@@ -157,7 +160,7 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
                 let x = unsafe { _mm256_loadu_si256(values[n].add(block * BLOCK_VALUES).cast()) };
                 for w in 0..W {
                     let products = _mm256_dpbusd_epi32(_mm256_setzero_si256(), first_block[w], x);
-                    let scale = _mm256_set1_ps(combined[w][n][offset]);
+                    let scale = _mm256_broadcast_ss(&combined[w][n][offset]);
                     sums[w][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
                 }
             }
@@ -173,7 +176,7 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
                     for w in 0..W {
                         let products =
                             _mm256_dpbusd_epi32(_mm256_setzero_si256(), second_block[w], x);
-                        let scale = _mm256_set1_ps(combined[w][n][offset + 1]);
+                        let scale = _mm256_broadcast_ss(&combined[w][n][offset + 1]);
                         sums[w][n] =
                             _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
                     }

@@ -93,6 +93,9 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
                 }
             }
         }
+        // Read back from memory: each product then reaches the multiply-add as a broadcast memory operand, where
+        // the optimiser would otherwise keep the products in registers and spend two shuffles per broadcast.
+        let combined = std::hint::black_box(&combined);
         for offset in 0..length {
             let block = start + offset;
             let weights: [__m256i; W] = std::array::from_fn(|w| {
@@ -115,7 +118,7 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
                 };
                 for w in 0..W {
                     let products = _mm256_dpbusd_epi32(offsets, weights[w], values);
-                    let scale = _mm256_set1_ps(combined[w][n][offset]);
+                    let scale = _mm256_broadcast_ss(&combined[w][n][offset]);
                     sums[w][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
                 }
             }
