@@ -191,9 +191,21 @@ pub(super) trait TileDots: Sync {
     /// Blocks per weight row.
     fn blocks(&self) -> usize;
 
+    /// Terms added last to each dot product of the [`ROW_GROUP`] weight rows of group `group` with each of
+    /// `inputs`, as `[input][row in the group]` (Q4_1's minimums, which ggml sums apart); `None` for types without.
+    /// Rows past the matrix's last get any value.
+    fn group_terms<const N: usize>(
+        &self,
+        group: usize,
+        inputs: &[InputRow<'_>; N],
+    ) -> Option<[[f32; ROW_GROUP]; N]> {
+        let _ = (group, inputs);
+        None
+    }
+
     /// The dot products of weight rows `first..first + W` with each of `inputs`, as `[weight row][input]`, on
-    /// `isa` (which the CPU has). Each result must be the same, bit for bit, whatever `W`, `N`, the other rows
-    /// and the instruction set.
+    /// `isa` (which the CPU has), before the [`TileDots::group_terms`]. Each result must be the same, bit for
+    /// bit, whatever `W`, `N`, the other rows and the instruction set.
     fn tile<const W: usize, const N: usize>(
         &self,
         isa: Isa,
@@ -224,55 +236,83 @@ pub(super) fn matmul<K: TileDots>(
     }
     let inputs: Vec<InputRow<'_>> = (0..count).map(|index| input.row(index)).collect();
     let target = OutputPointer(output.as_mut_ptr());
-    // The matches below name every tile size.
-    const _: () = assert!(INPUT_ROWS_PER_PASS == 4 && WEIGHT_ROWS_PER_PASS == 4);
+    // The match below names every pass size.
+    const _: () = assert!(INPUT_ROWS_PER_PASS == 4);
     const _: () = assert!(ROW_GROUP.is_multiple_of(WEIGHT_ROWS_PER_PASS));
     candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(ROW_GROUP), |groups| {
-        let end = (groups.end * ROW_GROUP).min(rows);
-        let mut first = groups.start * ROW_GROUP;
-        while first < end {
-            let whole = end - first >= WEIGHT_ROWS_PER_PASS;
-            for (pass, group) in inputs.chunks(INPUT_ROWS_PER_PASS).enumerate() {
+        for group in groups {
+            let start = group * ROW_GROUP;
+            let end = (start + ROW_GROUP).min(rows);
+            for (pass, inputs) in inputs.chunks(INPUT_ROWS_PER_PASS).enumerate() {
                 let at = Place {
-                    first,
+                    start,
                     input: pass * INPUT_ROWS_PER_PASS,
                     rows,
                     target: &target,
                 };
-                match (whole, group) {
-                    (true, &[a, b, c, d]) => {
-                        at.write(weights.tile::<4, 4>(isa, first, [a, b, c, d]))
-                    }
-                    (true, &[a, b, c]) => at.write(weights.tile::<4, 3>(isa, first, [a, b, c])),
-                    (true, &[a, b]) => at.write(weights.tile::<4, 2>(isa, first, [a, b])),
-                    (true, &[a]) => at.write(weights.tile::<4, 1>(isa, first, [a])),
-                    (false, &[a, b, c, d]) => {
-                        at.write(weights.tile::<1, 4>(isa, first, [a, b, c, d]))
-                    }
-                    (false, &[a, b, c]) => at.write(weights.tile::<1, 3>(isa, first, [a, b, c])),
-                    (false, &[a, b]) => at.write(weights.tile::<1, 2>(isa, first, [a, b])),
-                    (false, &[a]) => at.write(weights.tile::<1, 1>(isa, first, [a])),
+                match *inputs {
+                    [a, b, c, d] => group_pass(weights, isa, start..end, [a, b, c, d], &at),
+                    [a, b, c] => group_pass(weights, isa, start..end, [a, b, c], &at),
+                    [a, b] => group_pass(weights, isa, start..end, [a, b], &at),
+                    [a] => group_pass(weights, isa, start..end, [a], &at),
                     _ => unreachable!("chunks hold 1 to INPUT_ROWS_PER_PASS rows"),
                 }
             }
-            first += if whole { WEIGHT_ROWS_PER_PASS } else { 1 };
         }
     });
 }
 
-/// Where one tile's results go.
+/// Weight rows `rows` (one group, or the last group's part) with `N` inputs: tiles of [`WEIGHT_ROWS_PER_PASS`]
+/// rows, then single rows for a remainder, each result plus its group term.
+fn group_pass<K: TileDots, const N: usize>(
+    weights: &K,
+    isa: Isa,
+    rows: std::ops::Range<usize>,
+    inputs: [InputRow<'_>; N],
+    at: &Place<'_>,
+) {
+    let terms = weights.group_terms(rows.start / ROW_GROUP, &inputs);
+    let mut first = rows.start;
+    while first < rows.end {
+        if rows.end - first >= WEIGHT_ROWS_PER_PASS {
+            at.write(
+                first,
+                weights.tile::<WEIGHT_ROWS_PER_PASS, N>(isa, first, inputs),
+                &terms,
+            );
+            first += WEIGHT_ROWS_PER_PASS;
+        } else {
+            at.write(first, weights.tile::<1, N>(isa, first, inputs), &terms);
+            first += 1;
+        }
+    }
+}
+
+/// Where one group's results go.
 struct Place<'a> {
-    first: usize,
+    /// The group's first weight row.
+    start: usize,
+    /// The pass's first input row.
     input: usize,
     rows: usize,
     target: &'a OutputPointer,
 }
 
 impl Place<'_> {
-    fn write<const W: usize, const N: usize>(&self, results: [[f32; N]; W]) {
+    /// Writes the results of the tile starting at weight row `first`, each plus its group term.
+    fn write<const W: usize, const N: usize>(
+        &self,
+        first: usize,
+        results: [[f32; N]; W],
+        terms: &Option<[[f32; ROW_GROUP]; N]>,
+    ) {
         for (w, values) in results.iter().enumerate() {
             for (n, &value) in values.iter().enumerate() {
-                let index = (self.input + n) * self.rows + self.first + w;
+                let value = match terms {
+                    Some(terms) => value + terms[n][first + w - self.start],
+                    None => value,
+                };
+                let index = (self.input + n) * self.rows + first + w;
                 // SAFETY: each (input row, weight row) is written once, by the only work item holding that weight
                 // row, and `index < count * rows == output.len()` (checked by `matmul`'s caller arithmetic).
                 unsafe { self.target.write(index, value) };

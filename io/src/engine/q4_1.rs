@@ -108,40 +108,6 @@ impl Q4_1Matrix {
     fn minimum(&self, row: usize, block: usize) -> f32 {
         self.minimums[((row / ROW_GROUP) * self.blocks + block) * ROW_GROUP + row % ROW_GROUP]
     }
-
-    /// Weight rows `first..first + W`'s minimum terms `Σ m_w · s_x` with each input, summed block after block in
-    /// f32 as ggml does (a product, then a sum: no fused multiply-add). Plain Rust on every instruction set: with
-    /// the minimums transposed, the compiler vectorises the four rows of a tile.
-    pub(super) fn minimum_terms<const W: usize, const N: usize>(
-        &self,
-        first: usize,
-        inputs: &[InputRow<'_>; N],
-    ) -> [[f32; N]; W] {
-        let mut terms = [[0f32; W]; N];
-        let lane = first % ROW_GROUP;
-        if lane + W <= ROW_GROUP {
-            let group = &self.minimums[(first / ROW_GROUP) * self.blocks * ROW_GROUP..]
-                [..self.blocks * ROW_GROUP];
-            for (block, minimums) in group.chunks_exact(ROW_GROUP).enumerate() {
-                let minimums: &[f32; W] = minimums[lane..lane + W].try_into().expect("W lanes");
-                for (term, input) in terms.iter_mut().zip(inputs) {
-                    let sum = input.sums[block];
-                    for (t, &m) in term.iter_mut().zip(minimums) {
-                        *t += m * sum;
-                    }
-                }
-            }
-        } else {
-            for (term, input) in terms.iter_mut().zip(inputs) {
-                for (w, t) in term.iter_mut().enumerate() {
-                    for block in 0..self.blocks {
-                        *t += self.minimum(first + w, block) * input.sums[block];
-                    }
-                }
-            }
-        }
-        std::array::from_fn(|w| std::array::from_fn(|n| terms[n][w]))
-    }
 }
 
 impl TileDots for Q4_1Matrix {
@@ -160,8 +126,7 @@ impl TileDots for Q4_1Matrix {
             assert_eq!(input.scales.len(), self.blocks, "rows of equal length");
             assert_eq!(input.values.len(), self.blocks * BLOCK_VALUES);
         }
-        let terms = self.minimum_terms::<W, N>(first, &inputs);
-        let sums: [[f32; N]; W] = match isa {
+        match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller only passes an instruction set the CPU has; shapes are checked above.
             Isa::Avx512Vnni => unsafe { super::q4_1_x86::tile_avx512(self, first, &inputs) },
@@ -171,8 +136,30 @@ impl TileDots for Q4_1Matrix {
             _ => std::array::from_fn(|w| {
                 inputs.map(|input| self.scaled_sum_portable(first + w, input))
             }),
-        };
-        std::array::from_fn(|w| std::array::from_fn(|n| sums[w][n] + terms[w][n]))
+        }
+    }
+
+    /// The minimum terms `Σ m_w · s_x` of the group's rows, summed block after block in f32 as ggml does (a
+    /// product, then a sum: no fused multiply-add). Plain Rust on every instruction set: with the minimums
+    /// transposed, the compiler vectorises over the group's sixteen rows.
+    fn group_terms<const N: usize>(
+        &self,
+        group: usize,
+        inputs: &[InputRow<'_>; N],
+    ) -> Option<[[f32; ROW_GROUP]; N]> {
+        let mut terms = [[0f32; ROW_GROUP]; N];
+        let group_size = self.blocks * ROW_GROUP;
+        let minimums = &self.minimums[group * group_size..(group + 1) * group_size];
+        for (block, minimums) in minimums.chunks_exact(ROW_GROUP).enumerate() {
+            let minimums: &[f32; ROW_GROUP] = minimums.try_into().expect("a group of minimums");
+            for (terms, input) in terms.iter_mut().zip(inputs) {
+                let sum = input.sums[block];
+                for (term, &minimum) in terms.iter_mut().zip(minimums) {
+                    *term += minimum * sum;
+                }
+            }
+        }
+        Some(terms)
     }
 }
 
@@ -180,7 +167,7 @@ impl Q4_1Matrix {
     /// The scaled part of one dot product with the operations of llama.cpp's AVX2 `ggml_vec_dot_q4_1_q8_1`, lane
     /// by lane: the products of each block summed four at a time into eight integer lanes, each lane accumulated
     /// as `fma(d_w · d_x, lane, acc)` block after block, the lanes summed pairwise. ggml adds the minimum terms
-    /// ([`Q4_1Matrix::minimum_terms`]) last.
+    /// (its `group_terms`) last.
     fn scaled_sum_portable(&self, row: usize, input: InputRow<'_>) -> f32 {
         let mut lanes = [0f32; LANES];
         for block in 0..self.blocks {

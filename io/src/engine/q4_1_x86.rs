@@ -1,7 +1,7 @@
 //! The x86-64 Q4_1 kernels: AVX2 (`maddubs` + `madd`) and AVX-512 VNNI (`vpdpbusd`, on 256-bit registers). Both
 //! give every (weight row, activation row) pair the operations of the portable kernel in its order, so their
 //! results are bit-identical to it (see [`super::kernel`]). The minimum terms are added by the caller
-//! ([`Q4_1Matrix::minimum_terms`]).
+//! (`Q4_1Matrix::group_terms`).
 
 use std::arch::x86_64::*;
 
