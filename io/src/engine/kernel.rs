@@ -150,7 +150,15 @@ impl QuantizedRows {
             .chunks_exact(BLOCK_VALUES)
             .zip(rows.values.chunks_exact_mut(BLOCK_VALUES))
         {
-            let largest = block.iter().fold(0.0f32, |max, v| max.max(v.abs()));
+            // Lane-wise maxima first (which the compiler vectorises), then across lanes: the same value, as a
+            // maximum does not depend on the order.
+            let mut lanes = [0.0f32; LANES];
+            for eight in block.chunks_exact(LANES) {
+                for (lane, v) in lanes.iter_mut().zip(eight) {
+                    *lane = lane.max(v.abs());
+                }
+            }
+            let largest = lanes.iter().fold(0.0f32, |max, &v| max.max(v));
             let scale = largest / 127.0;
             let inverse = if largest == 0.0 { 0.0 } else { 127.0 / largest };
             let mut sum = 0i32;

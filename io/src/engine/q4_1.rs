@@ -76,7 +76,7 @@ impl Q4_1Matrix {
             matrix.minimums[((row / ROW_GROUP) * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
                 minimum;
             let at = (row * pairs_per_row + block / 2) * PAIR_BYTES;
-            let shift = if block % 2 == 0 { 0 } else { 4 };
+            let shift = if block.is_multiple_of(2) { 0 } else { 4 };
             let pair = &mut matrix.pairs[at..at + PAIR_BYTES];
             for (j, &byte) in bytes[4..].iter().enumerate() {
                 pair[j] |= (byte & 0x0F) << shift;
@@ -100,11 +100,12 @@ impl Q4_1Matrix {
     /// Value `j` (0..32) of block `block` of row `row`, 0..16.
     fn value(&self, row: usize, block: usize, j: usize) -> u8 {
         let at = (row * self.blocks.div_ceil(2) + block / 2) * PAIR_BYTES + j;
-        let shift = if block % 2 == 0 { 0 } else { 4 };
+        let shift = if block.is_multiple_of(2) { 0 } else { 4 };
         (self.pairs[at] >> shift) & 0x0F
     }
 
     /// The minimum of block `block` of row `row`.
+    #[cfg(test)]
     fn minimum(&self, row: usize, block: usize) -> f32 {
         self.minimums[((row / ROW_GROUP) * self.blocks + block) * ROW_GROUP + row % ROW_GROUP]
     }

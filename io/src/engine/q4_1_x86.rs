@@ -3,6 +3,9 @@
 //! results are bit-identical to it (see [`super::kernel`]). The minimum terms are added by the caller
 //! (`Q4_1Matrix::group_terms`).
 
+// The kernels index several per-row and per-input arrays with one loop variable; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use super::kernel::{BLOCK_VALUES, InputRow, horizontal_sum};

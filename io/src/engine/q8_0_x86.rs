@@ -2,6 +2,9 @@
 //! registers). Both give every (weight row, activation row) pair the operations of the portable kernel in its
 //! order, so their results are bit-identical to it (see [`super::kernel`]).
 
+// The kernels index several per-row and per-input arrays with one loop variable; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use super::kernel::{BLOCK_VALUES, InputRow, LANES, horizontal_sum};
