@@ -88,7 +88,8 @@ fn send(server: &Server, path: &str, id: &str, body: &Value) -> TcpStream {
 
 #[test]
 fn live_requests_show_while_they_run_and_leave_however_they_end() {
-    let Some(path) = model_path("live_requests_show_while_they_run_and_leave_however_they_end") else {
+    let Some(path) = model_path("live_requests_show_while_they_run_and_leave_however_they_end")
+    else {
         return;
     };
     let mut server = Server::start_with(&[("OLLAMA_NUM_PARALLEL", "1"), ("OLLAMA_MAX_QUEUE", "4")]);
@@ -118,9 +119,9 @@ fn live_requests_show_while_they_run_and_leave_however_they_end() {
     );
     wait_for(&server, "one generating, one queued", |requests| {
         requests.len() == 2
-            && requests
-                .iter()
-                .any(|(id, state, tokens)| id == "live-endless" && state == "generating" && *tokens > 0)
+            && requests.iter().any(|(id, state, tokens)| {
+                id == "live-endless" && state == "generating" && *tokens > 0
+            })
             && requests.contains(&("live-waiting".into(), "queued".into(), 0))
     });
 
@@ -129,7 +130,9 @@ fn live_requests_show_while_they_run_and_leave_however_they_end() {
     endless.shutdown(std::net::Shutdown::Both).unwrap();
     drop(endless);
     let mut answer = String::new();
-    waiting.read_to_string(&mut answer).expect("the waiting request's answer");
+    waiting
+        .read_to_string(&mut answer)
+        .expect("the waiting request's answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     wait_for(&server, "no live requests", <[_]>::is_empty);
 

@@ -228,14 +228,14 @@ pub fn generate(
     let load_duration_ns = slot.load_duration_ns;
     let model = slot.lease.model().recipe.name.clone();
     Ok(async_stream::stream! {
-        let _slot = slot;
+        let slot = slot;
         // Reports "cancelled" unless the generation reached its end (a client that left drops the stream).
         let mut report = GenerationReport::new(model, started);
         while let Some(event) = events.recv().await {
             match event {
                 Event::Text(text) => {
                     report.text();
-                    _slot.tracked.token(Instant::now());
+                    slot.tracked.token(Instant::now());
                     yield Piece::Text(text);
                 }
                 Event::Done(output) => {
