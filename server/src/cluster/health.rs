@@ -281,3 +281,46 @@ fn observe(cluster: &Cluster) {
         crate::metrics::liveness(node.0, peer.liveness);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::requests::Stage;
+
+    fn report(n: usize) -> RequestReport {
+        RequestReport {
+            id: format!("r{n}"),
+            model: "smollm2:latest".into(),
+            accepted_by: Some(2),
+            stage: Stage::Generating,
+            tokens: 42,
+            decode_ms: 900,
+            age_ms: 1500,
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_carries_the_requests_and_a_peer_cannot_send_more_than_the_bounds() {
+        let load = Load {
+            running: 1,
+            queued: 40,
+            slots: 1,
+            loaded: (0..LOADED_NAMES_MAX + 3).map(|n| format!("m{n}")).collect(),
+            requests: (0..REQUESTS_REPORTED_MAX + 9).map(report).collect(),
+            requests_total: 41,
+        };
+        let bytes = super::super::rpc::encode(Control::Heartbeat(load.clone()));
+        let Control::Heartbeat(decoded) = super::super::rpc::decode(&bytes).unwrap() else {
+            panic!("a heartbeat decodes as one");
+        };
+        assert_eq!(decoded, load);
+
+        let health = Health::new(NodeId(1));
+        health.heard(NodeId(1), decoded);
+        let kept = &health.peers()[&NodeId(1)].load;
+        assert_eq!(kept.requests.len(), REQUESTS_REPORTED_MAX);
+        assert_eq!(kept.requests[0], report(0));
+        assert_eq!(kept.loaded.len(), LOADED_NAMES_MAX);
+        assert_eq!(kept.requests_total, 41);
+    }
+}
