@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The dashboard in a real browser: tests/ui/test_dashboard.py starts a 3-node cluster, creates the default model,
 # and drives Debian's headless chromium (through its chromedriver, with selenium) against /ui: three members and
-# the model's copies shown, a chat typed into the page streams its answer, a kill -9'd node turns unhealthy
-# within the failure detector's timeout. Leaves the screenshot in target/ui-dashboard.png.
+# the model's copies shown, a chat typed into the page streams its answer while the live requests table shows it
+# generating on its serving node (and drops it when it ends), a kill -9'd node turns unhealthy within the failure
+# detector's timeout and its load is shown as unknown. Leaves the screenshots in target/ui-dashboard.png and
+# target/ui-dashboard-requests.png.
 #
 # Installs what it needs: chromium and chromium-driver with apt-get when /usr/bin/chromium is missing (as root,
 # or with sudo), selenium in a venv cached outside the repository ($OLLAMAMAX_CACHE/venv-ui).
@@ -24,7 +26,11 @@ cached_venv venv-ui tests/ui/requirements.txt
 
 cargo build --release -p ollamamax-server --bin ollamamax >&2
 target_dir="$(cargo metadata --format-version 1 --no-deps | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-export OLLAMAMAX_BIN="$target_dir/release/ollamamax"
+# A private copy: other builds sharing the target directory may replace the binary while the test runs.
+bin_dir="$(mktemp -d)"
+trap 'rm -rf "$bin_dir"' EXIT
+cp "$target_dir/release/ollamamax" "$bin_dir/ollamamax"
+export OLLAMAMAX_BIN="$bin_dir/ollamamax"
 export OLLAMAMAX_MODEL="${OLLAMAMAX_MODEL:-$(./scripts/fetch-model.sh)}"
 export SCREENSHOT="$target_dir/ui-dashboard.png"
 # Selenium must not look for drivers on the internet: the driver is given.

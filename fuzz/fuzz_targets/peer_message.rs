@@ -19,6 +19,7 @@ use ollamamax_io::transport::{
 };
 use ollamamax_server::cluster::health::Load;
 use ollamamax_server::cluster::rpc::{self, Control, ControlReply};
+use ollamamax_server::node::requests::{RequestReport, Stage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -113,6 +114,16 @@ fn emit_seeds() {
         queued: 2,
         slots: 4,
         loaded: vec!["smollm2:latest".into()],
+        requests: vec![RequestReport {
+            id: "5f2c9a1e0b7d4e33".into(),
+            model: "smollm2:latest".into(),
+            accepted_by: Some(2),
+            stage: Stage::Generating,
+            tokens: 42,
+            decode_ms: 900,
+            age_ms: 1500,
+        }],
+        requests_total: 1,
     };
     let controls = [
         rpc::encode(Control::Heartbeat(load.clone())),

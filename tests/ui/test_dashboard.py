@@ -1,8 +1,10 @@
 """The dashboard in a real browser: a 3-node cluster of real `ollamamax serve` processes on loopback, the model
 created on the first node and replicated; headless Chromium (Debian's package, driven by its chromedriver) opens
 `/ui` on the third node and must show three healthy members and the model's two copies, stream a chat answer
-typed into the page, and show a `kill -9`'d node as unhealthy within the failure detector's dead timeout (5 s;
-suspect after 1.5 s). Saves a screenshot.
+typed into the page while the live requests table shows that request (generating, with a tokens/s value, on the
+node that serves it, found independently in the nodes' logs) and drops it once the answer ends, and show a
+`kill -9`'d node as unhealthy within the failure detector's dead timeout (5 s; suspect after 1.5 s) with its load
+and requests unknown instead of its last numbers. Saves screenshots (during the chat, and at the end).
 
 Run by scripts/ui-test.sh, which installs what it needs:
     OLLAMAMAX_BIN=target/release/ollamamax OLLAMAMAX_MODEL=model.gguf SCREENSHOT=out.png python test_dashboard.py
@@ -10,6 +12,7 @@ Run by scripts/ui-test.sh, which installs what it needs:
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,6 +70,12 @@ class Node:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
             self.process = None
+
+    def log_text(self):
+        path = os.path.join(self.root, "server.log")
+        if not os.path.exists(path):
+            return ""
+        return re.sub(r"\x1b\[[0-9;]*m", "", open(path, errors="replace").read())
 
     def url(self, path):
         return f"http://127.0.0.1:{self.api}{path}"
@@ -142,23 +151,74 @@ def main():
             for name, replicas in rows("#models tr[data-model]", "data-model", "data-replicas")))
         print("ui: three members and the model's copies shown")
 
-        # A chat typed into the page streams its answer (watched while it grows).
+        # Node b's load is shown as current while it is alive.
+        def member_cells(member_id):
+            return driver.execute_script(
+                "const row = document.querySelector(`#members tr[data-member-id='${arguments[0]}']`);"
+                " return row && [row.dataset.load, row.cells[3].textContent, row.cells[4].textContent]",
+                member_id)
+
+        wait_for("node b's load shown as current", lambda: (member_cells(ids[1]) or [None])[0] == "current")
+        _, b_load, _ = member_cells(ids[1])
+        assert re.fullmatch(r"\d+/\d+", b_load), b_load
+
+        # A chat typed into the page streams its answer (watched while it grows); long enough (num_predict) that
+        # the live requests table shows it while it runs.
         wait_for("the model in the chat box",
                  lambda: ["smollm2:latest"] in rows("#model option", "value"))
-        driver.find_element(By.ID, "prompt").send_keys("Write three sentences about lighthouses.")
+        driver.find_element(By.ID, "prompt").send_keys("Write a long story about a lighthouse keeper.")
+        driver.find_element(By.ID, "num_predict").send_keys("600")
         driver.find_element(By.ID, "send").click()
         lengths = set()
+        seen = []
+
+        def answer_state():
+            return driver.execute_script(
+                "const a = document.getElementById('answer');"
+                " return [a.dataset.state, a.dataset.requestId || '', a.textContent.length]")
+
+        def generating_row():
+            state, request_id, length = answer_state()
+            lengths.add(length)
+            if not request_id:
+                return None
+            for row in rows("#requests tr[data-request-id]", "data-request-id", "data-node", "data-state",
+                            "data-tokens-per-s"):
+                if row[0] == request_id:
+                    seen.append(row)
+                    if row[2] == "generating" and row[3]:
+                        return row
+            assert state == "streaming", f"the answer ended ({state}) before the page showed it generating: {seen}"
+            return None
+
+        request_id, shown_node, _, rate = wait_for("the chat's request generating in the live requests",
+                                                   generating_row)
+        driver.save_screenshot(SCREENSHOT.replace(".png", "-requests.png"))
+        assert float(rate) > 0, rate
+        print(f"ui: request {request_id} shown generating on node {shown_node} at {float(rate):.1f} tokens/s")
 
         def answered():
-            answer = driver.find_element(By.ID, "answer")
-            lengths.add(len(answer.text))
-            return answer.get_attribute("data-state") in ("done", "error") and answer
+            state, _, length = answer_state()
+            lengths.add(length)
+            return state in ("done", "error")
 
-        answer = wait_for("the chat answer", answered)
+        wait_for("the chat answer", answered)
+        answer = driver.find_element(By.ID, "answer")
         assert answer.get_attribute("data-state") == "done", answer.text
         assert "tokens/s" in answer.text, answer.text
         assert len(lengths) > 2, f"the answer grew in steps (streamed), seen lengths {sorted(lengths)}"
         print(f"ui: chat answered: {answer.text[:80]!r}...")
+        wait_for("the finished request gone from the live requests",
+                 lambda: request_id not in [row[0] for row in rows("#requests tr[data-request-id]",
+                                                                   "data-request-id")])
+        # The serving node, from the logs: the accepting node (c) logs every request; a forwarded one is logged by
+        # the node that served it too.
+        others = [index for index in (0, 1) if f"id={request_id}" in nodes[index].log_text()]
+        assert f"id={request_id}" in nodes[2].log_text(), "the accepting node logged the request"
+        assert len(others) <= 1, others
+        serving = ids[others[0]] if others else ids[2]
+        assert shown_node == serving, f"shown on node {shown_node}, served by node {serving}"
+        print(f"ui: the request was gone from the page once answered; served by node {serving}")
 
         # Kill node b: the page shows it unhealthy within the detector's dead timeout.
         killed_at = time.time()
@@ -172,6 +232,17 @@ def main():
         print(f"ui: killed node shown suspect after {suspect_after:.1f}s, dead after {dead_after:.1f}s; "
               f"screenshot {SCREENSHOT}")
         assert dead_after <= UNHEALTHY_WITHIN + 1.0, f"dead only after {dead_after:.1f}s"
+        # Its load, loaded models and requests are unknown now, not its last report.
+        wait_for("the dead node's load shown as stale", lambda: (member_cells(ids[1]) or [None])[0] == "stale")
+        shown, load, loaded = member_cells(ids[1])
+        assert load == "—", f"the dead node's load is shown as {load!r} (was {b_load!r})"
+        assert "last report" in loaded and "smollm2" not in loaded, loaded
+        assert rows(f"#requests tr[data-stale-node='{ids[1]}']", "data-stale-node"), "requests unknown row"
+        dead_member = next(m for m in nodes[2].status()["members"] if str(m["id"]) == ids[1])
+        assert dead_member["running"] is None and dead_member["requests"] is None, dead_member
+        assert dead_member["report_age_ms"] >= 1500, dead_member
+        print(f"ui: the dead node's load shown as {load!r} {loaded!r}, not {b_load!r}")
+        driver.save_screenshot(SCREENSHOT)
         events = driver.find_element(By.ID, "events").text
         assert f"node {ids[1]}" in events, events
         print("ui: PASS")

@@ -20,6 +20,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::types::Metrics;
 use crate::duration::KeepAliveValue;
+use crate::node::requests::{Origin, Tracked, current_origin};
 use crate::node::{Lease, Recipe};
 
 /// The options a request runs with: Ollama's defaults, the model's parameters, then the request's own.
@@ -65,24 +66,62 @@ pub fn resolve_keep_alive(
     }
 }
 
-/// A slot on a loaded model, and how long getting it took (Ollama's `load_duration`).
+/// A slot on a loaded model, how long getting it took (Ollama's `load_duration`), and the request's entry in
+/// the node's live requests (it goes when the slot does).
 pub struct Slot {
     pub lease: Lease,
     pub load_duration_ns: u64,
+    pub tracked: Tracked,
 }
 
-/// Waits for a slot on `recipe`'s model.
+/// Waits for a slot on `recipe`'s model; the request shows as queued among the node's live requests meanwhile.
 pub async fn acquire(
     state: &AppState,
     recipe: Arc<Recipe>,
     keep_alive: KeepAlive,
 ) -> Result<Slot, ApiError> {
     let started = Instant::now();
+    let tracked = state
+        .node
+        .requests()
+        .track(current_origin(), &recipe.name, started);
     let lease = state.node.acquire(recipe, keep_alive).await?;
+    tracked.slot_taken();
     Ok(Slot {
         lease,
         load_duration_ns: elapsed_ns(started),
+        tracked,
     })
+}
+
+/// Runs a model request with its origin (its `X-Request-Id`, and the node that forwarded it here) readable by
+/// [`acquire`], which enters it among the node's live requests. Layered inside the cluster's routing, so it runs
+/// on the node that serves the request. Only a forwarded request (marked by the transport, which no HTTP client
+/// can do) names another node as the one that accepted it.
+pub async fn with_origin(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let origin = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+        };
+        let accepted_by = request
+            .extensions()
+            .get::<crate::auth::Forwarded>()
+            .and(header(crate::cluster::route::ROUTED_HEADER))
+            .and_then(|node| node.parse().ok());
+        Origin {
+            id: header(super::REQUEST_ID_HEADER)
+                .unwrap_or_default()
+                .to_string(),
+            accepted_by,
+        }
+    };
+    crate::node::requests::with_origin(origin, next.run(request)).await
 }
 
 /// Nanoseconds since `since`.
@@ -189,13 +228,14 @@ pub fn generate(
     let load_duration_ns = slot.load_duration_ns;
     let model = slot.lease.model().recipe.name.clone();
     Ok(async_stream::stream! {
-        let _slot = slot;
+        let slot = slot;
         // Reports "cancelled" unless the generation reached its end (a client that left drops the stream).
         let mut report = GenerationReport::new(model, started);
         while let Some(event) = events.recv().await {
             match event {
                 Event::Text(text) => {
                     report.text();
+                    slot.tracked.token(Instant::now());
                     yield Piece::Text(text);
                 }
                 Event::Done(output) => {

@@ -308,6 +308,7 @@ fn build(state: Option<&AppState>) -> RouteTable {
             Needs(Inference),
             openai::embeddings::embeddings,
         )
+        .map(|router| router.route_layer(axum::middleware::from_fn(inference::with_origin)))
         .map(|router| match state {
             Some(state) => router.route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
@@ -360,6 +361,7 @@ fn build(state: Option<&AppState>) -> RouteTable {
             set_replication,
         )
         .add(Method::GET, "/ui", Public, crate::ui::page)
+        .add(Method::GET, "/ui/app.js", Public, crate::ui::script)
         .add(
             Method::GET,
             "/api/ui/events",

@@ -1,5 +1,6 @@
 //! Heartbeats: every node tells every other member, a few times a second, that it is alive and how loaded it is
-//! (requests running and waiting, slots, loaded models), and hears the same back. The core's
+//! (requests running and waiting, slots, loaded models, and the oldest of the requests it serves, one by one,
+//! so any node's dashboard lists the whole cluster's), and hears the same back. The core's
 //! [`FailureDetector`] turns "last heard" into Alive / Suspect / Dead; the scheduler, placement and the status
 //! read the result from [`Health`].
 
@@ -16,6 +17,9 @@ use tokio::sync::watch;
 
 use super::rpc::{Control, ControlReply, call_control};
 use super::{Cluster, lock};
+use crate::node::requests::{
+    MODEL_NAME_BYTES_MAX, REQUEST_ID_BYTES_MAX, REQUESTS_REPORTED_MAX, RequestReport,
+};
 
 /// How often a node sends its heartbeat to each member.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(300);
@@ -23,6 +27,10 @@ pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(300);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Most loaded-model names a heartbeat carries.
 pub const LOADED_NAMES_MAX: usize = 64;
+
+// The request reports (two strings and a few numbers each) fill at most a quarter of a control message.
+const _: () =
+    assert!(REQUESTS_REPORTED_MAX * (REQUEST_ID_BYTES_MAX + MODEL_NAME_BYTES_MAX + 32) <= 16 << 10);
 
 /// A node's load, as its heartbeat reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +43,20 @@ pub struct Load {
     pub slots: u32,
     /// The models it has loaded (canonical names).
     pub loaded: Vec<String>,
+    /// The oldest requests it serves (at most [`REQUESTS_REPORTED_MAX`]).
+    pub requests: Vec<RequestReport>,
+    /// Every request it serves, reported or not.
+    pub requests_total: u32,
+}
+
+impl Load {
+    /// The load within this node's bounds: a peer that sends more names or requests than the limits has the
+    /// rest ignored.
+    fn bounded(mut self) -> Self {
+        self.loaded.truncate(LOADED_NAMES_MAX);
+        self.requests.truncate(REQUESTS_REPORTED_MAX);
+        self
+    }
 }
 
 /// One node's health as this node sees it.
@@ -143,7 +165,7 @@ impl Health {
             inner.detector.handle(now, Input::Heartbeat { node });
         }
         let reports = inner.loads.get(&node).map_or(0, |(_, reports)| *reports) + 1;
-        inner.loads.insert(node, (load, reports));
+        inner.loads.insert(node, (load.bounded(), reports));
         self.publish(&mut inner);
     }
 
@@ -257,5 +279,48 @@ fn observe(cluster: &Cluster) {
     crate::metrics::cluster_observed(&raft, state.members().len(), deficit);
     for (node, peer) in cluster.health.peers() {
         crate::metrics::liveness(node.0, peer.liveness);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::requests::Stage;
+
+    fn report(n: usize) -> RequestReport {
+        RequestReport {
+            id: format!("r{n}"),
+            model: "smollm2:latest".into(),
+            accepted_by: Some(2),
+            stage: Stage::Generating,
+            tokens: 42,
+            decode_ms: 900,
+            age_ms: 1500,
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_carries_the_requests_and_a_peer_cannot_send_more_than_the_bounds() {
+        let load = Load {
+            running: 1,
+            queued: 40,
+            slots: 1,
+            loaded: (0..LOADED_NAMES_MAX + 3).map(|n| format!("m{n}")).collect(),
+            requests: (0..REQUESTS_REPORTED_MAX + 9).map(report).collect(),
+            requests_total: 41,
+        };
+        let bytes = super::super::rpc::encode(Control::Heartbeat(load.clone()));
+        let Control::Heartbeat(decoded) = super::super::rpc::decode(&bytes).unwrap() else {
+            panic!("a heartbeat decodes as one");
+        };
+        assert_eq!(decoded, load);
+
+        let health = Health::new(NodeId(1));
+        health.heard(NodeId(1), decoded);
+        let kept = &health.peers()[&NodeId(1)].load;
+        assert_eq!(kept.requests.len(), REQUESTS_REPORTED_MAX);
+        assert_eq!(kept.requests[0], report(0));
+        assert_eq!(kept.loaded.len(), LOADED_NAMES_MAX);
+        assert_eq!(kept.requests_total, 41);
     }
 }

@@ -288,11 +288,17 @@ impl Cluster {
             .collect();
         loaded.truncate(health::LOADED_NAMES_MAX);
         let slots = num_parallel.max(1);
+        let (requests, requests_total) = self.local.requests().reports(
+            std::time::Instant::now(),
+            crate::node::requests::REQUESTS_REPORTED_MAX,
+        );
         health::Load {
             running: active.min(slots),
             queued: active.saturating_sub(slots),
             slots,
             loaded,
+            requests,
+            requests_total,
         }
     }
 }

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::Cluster;
 use super::health::Load;
 
-/// Version of [`Control`] and [`ControlReply`]; a node refuses messages of another version.
-pub const CONTROL_VERSION: u16 = 1;
+/// Version of [`Control`] and [`ControlReply`]; a node refuses messages of another version. 2: heartbeats
+/// carry the live requests.
+pub const CONTROL_VERSION: u16 = 2;
 /// Largest encoded control message.
 const CONTROL_BYTES_MAX: usize = 64 << 10;
 

@@ -4,6 +4,7 @@
 //! done.
 
 mod loaded;
+pub mod requests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use ollamamax_core::residency::{
 use tokio::sync::{mpsc, oneshot};
 
 pub use loaded::{LoadedModel, Recipe};
+pub use requests::LiveRequests;
 
 use crate::api::error::ApiError;
 
@@ -100,6 +102,8 @@ pub struct Node {
     /// Requests holding or waiting for a slot.
     active: Arc<AtomicU32>,
     num_parallel: u32,
+    /// The requests it serves, one by one.
+    requests: LiveRequests,
 }
 
 /// What the task needs to load a model.
@@ -132,6 +136,7 @@ impl Node {
             next_request: Arc::new(AtomicU64::new(1)),
             active: Arc::new(AtomicU32::new(0)),
             num_parallel,
+            requests: LiveRequests::default(),
         }
     }
 
@@ -171,6 +176,11 @@ impl Node {
     /// Requests holding or waiting for a slot, and the sequences one loaded model runs at once.
     pub fn activity(&self) -> (u32, u32) {
         (self.active.load(Ordering::Relaxed), self.num_parallel)
+    }
+
+    /// The requests this node serves, one by one.
+    pub fn requests(&self) -> &LiveRequests {
+        &self.requests
     }
 
     /// Asks for `model` to be unloaded as soon as it is idle.

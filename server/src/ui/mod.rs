@@ -25,6 +25,10 @@ use crate::api::AppState;
 
 /// The page.
 const INDEX_HTML: &str = include_str!("index.html");
+/// The page's script.
+const APP_JS: &str = include_str!("app.js");
+/// Most live requests one status event lists (the rest are counted in `requests_more`).
+pub const REQUESTS_SHOWN_MAX: usize = 128;
 /// How often the event stream sends the current view.
 const PERIOD: Duration = Duration::from_secs(1);
 
@@ -36,6 +40,18 @@ pub async fn page() -> Response {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         INDEX_HTML,
+    )
+        .into_response()
+}
+
+/// `GET /ui/app.js`.
+pub async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_JS,
     )
         .into_response()
 }
@@ -82,24 +98,67 @@ async fn view(state: &AppState) -> Value {
         Some(cluster) => {
             serde_json::to_value(crate::cluster::status::status(cluster)).unwrap_or_default()
         }
-        None => json!({
-            "node": 0,
-            "leader": null,
-            "term": 0,
-            "replication": 1,
-            "members": [{
-                "id": 0, "role": "single server", "api_address": state.config.host.authority(),
-                "cluster_address": "", "status": "active", "leader": false, "health": "alive",
-                "running": active.min(slots), "queued": active.saturating_sub(slots), "slots": slots,
-                "loaded": loaded.iter().filter_map(|model| model["name"].as_str()).collect::<Vec<_>>(),
-            }],
-            "models": [],
-        }),
+        None => {
+            let (requests, requests_total) = state
+                .node
+                .requests()
+                .reports(std::time::Instant::now(), REQUESTS_SHOWN_MAX);
+            let requests: Vec<Value> = requests
+                .iter()
+                .map(|request| {
+                    json!({
+                        "id": request.id, "model": request.model, "accepted_by": 0,
+                        "state": request.stage, "tokens": request.tokens,
+                        "tokens_per_s": request.tokens_per_s(), "age_ms": request.age_ms,
+                    })
+                })
+                .collect();
+            json!({
+                "node": 0,
+                "leader": null,
+                "term": 0,
+                "replication": 1,
+                "members": [{
+                    "id": 0, "role": "single server", "api_address": state.config.host.authority(),
+                    "cluster_address": "", "status": "active", "leader": false, "health": "alive",
+                    "running": active.min(slots), "queued": active.saturating_sub(slots), "slots": slots,
+                    "loaded": loaded.iter().filter_map(|model| model["name"].as_str()).collect::<Vec<_>>(),
+                    "requests": requests, "requests_total": requests_total, "report_age_ms": 0,
+                }],
+                "models": [],
+            })
+        }
     };
     status["local_models"] = Value::Array(loaded);
     status["cluster"] = Value::Bool(state.cluster.is_some());
+    flatten_requests(&mut status);
     ids_as_text(&mut status);
     status
+}
+
+/// Moves every member's `requests` into one top-level list, each with the `node` that serves it, at most
+/// [`REQUESTS_SHOWN_MAX`] of them; `requests_more` counts those not listed (members report at most 32 each and
+/// count the rest in `requests_total`).
+fn flatten_requests(status: &mut Value) {
+    let mut shown = Vec::new();
+    let mut total: u64 = 0;
+    for member in status["members"].as_array_mut().into_iter().flatten() {
+        let node = member["id"].clone();
+        total += member["requests_total"].as_u64().unwrap_or(0);
+        let Some(Value::Array(requests)) =
+            member.as_object_mut().and_then(|m| m.remove("requests"))
+        else {
+            continue;
+        };
+        for mut request in requests {
+            if shown.len() < REQUESTS_SHOWN_MAX {
+                request["node"] = node.clone();
+                shown.push(request);
+            }
+        }
+    }
+    status["requests_more"] = json!(total.saturating_sub(shown.len() as u64));
+    status["requests"] = Value::Array(shown);
 }
 
 /// Node ids are 64-bit; JavaScript's numbers hold 53 bits, so the page gets them as text.
@@ -113,6 +172,10 @@ fn ids_as_text(status: &mut Value) {
     text(&mut status["leader"]);
     for member in status["members"].as_array_mut().into_iter().flatten() {
         text(&mut member["id"]);
+    }
+    for request in status["requests"].as_array_mut().into_iter().flatten() {
+        text(&mut request["node"]);
+        text(&mut request["accepted_by"]);
     }
     for model in status["models"].as_array_mut().into_iter().flatten() {
         for node in model["nodes"].as_array_mut().into_iter().flatten() {
@@ -187,6 +250,37 @@ fn changes(before: &Value, now: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_flattened_with_their_node_and_capped() {
+        let many: Vec<Value> = (0..REQUESTS_SHOWN_MAX + 10)
+            .map(|n| json!({"id": n.to_string(), "accepted_by": 2}))
+            .collect();
+        let mut status = json!({
+            "members": [
+                {"id": 1, "requests": [{"id": "a", "accepted_by": 2}], "requests_total": 3},
+                {"id": 2, "requests": null, "requests_total": null, "report_age_ms": 9000},
+                {"id": 3, "requests": many, "requests_total": REQUESTS_SHOWN_MAX + 10},
+            ],
+        });
+        flatten_requests(&mut status);
+        ids_as_text(&mut status);
+        let requests = status["requests"].as_array().unwrap();
+        assert_eq!(requests.len(), REQUESTS_SHOWN_MAX);
+        assert_eq!(
+            requests[0],
+            json!({"id": "a", "node": "1", "accepted_by": "2"})
+        );
+        assert_eq!(requests[1]["node"], "3");
+        assert_eq!(status["requests_more"], 141 - REQUESTS_SHOWN_MAX);
+        assert!(
+            status["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m.get("requests").is_none())
+        );
+    }
 
     #[test]
     fn changes_name_joins_health_leaders_and_models() {
