@@ -132,18 +132,29 @@ fn run(model: &Arc<Model>, count: u32, tokens: u32) -> (f64, f64) {
             runner.submit(request).expect("accepted")
         })
         .collect();
-    let outputs: Vec<Output> = receivers
-        .iter_mut()
-        .map(|receiver| {
-            loop {
-                match receiver.blocking_recv().expect("a final event") {
-                    Event::Text(_) => {}
-                    Event::Done(output) => break output,
-                    Event::Error(error) => panic!("generation failed: {error}"),
-                }
-            }
-        })
-        .collect();
+    // Every stream is read at once, one thread each: the runner pauses a sequence whose reader falls behind (its
+    // channel is bounded), so reading them one after another would serialise the sequences past the channel's
+    // capacity and measure the reader, not the engine.
+    let outputs: Vec<Output> = std::thread::scope(|scope| {
+        let readers: Vec<_> = receivers
+            .iter_mut()
+            .map(|receiver| {
+                scope.spawn(move || {
+                    loop {
+                        match receiver.blocking_recv().expect("a final event") {
+                            Event::Text(_) => {}
+                            Event::Done(output) => break output,
+                            Event::Error(error) => panic!("generation failed: {error}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|reader| reader.join().expect("a reader thread"))
+            .collect()
+    });
     let wall_s = started.elapsed().as_secs_f64();
     let steps: u32 = outputs.iter().map(|output| output.stats.eval_count).sum();
     let decode_s = outputs
