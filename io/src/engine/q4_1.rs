@@ -69,18 +69,30 @@ impl Q4_1Matrix {
             pairs: vec![0; rows * pairs_per_row * PAIR_BYTES],
             minimums: vec![0.0; rows.div_ceil(ROW_GROUP) * blocks * ROW_GROUP],
         };
-        for (index, bytes) in data.chunks_exact(WEIGHT_BLOCK_BYTES).enumerate() {
-            let (row, block) = (index / blocks, index % blocks);
-            matrix.scales.push(f16::from_le_bytes([bytes[0], bytes[1]]));
-            let minimum = f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
-            matrix.minimums[((row / ROW_GROUP) * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
-                minimum;
-            let at = (row * pairs_per_row + block / 2) * PAIR_BYTES;
-            let shift = if block.is_multiple_of(2) { 0 } else { 4 };
-            let pair = &mut matrix.pairs[at..at + PAIR_BYTES];
-            for (j, &byte) in bytes[4..].iter().enumerate() {
-                pair[j] |= (byte & 0x0F) << shift;
-                pair[j + NIBBLE_BYTES] |= (byte >> 4) << shift;
+        for (row, row_bytes) in data.chunks_exact(blocks * WEIGHT_BLOCK_BYTES).enumerate() {
+            let group = row / ROW_GROUP;
+            for (block, bytes) in row_bytes.chunks_exact(WEIGHT_BLOCK_BYTES).enumerate() {
+                matrix.scales.push(f16::from_le_bytes([bytes[0], bytes[1]]));
+                matrix.minimums[(group * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
+                    f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
+            }
+            let row_pairs = &mut matrix.pairs
+                [row * pairs_per_row * PAIR_BYTES..(row + 1) * pairs_per_row * PAIR_BYTES];
+            for (pair, two) in row_pairs
+                .chunks_exact_mut(PAIR_BYTES)
+                .zip(row_bytes.chunks(2 * WEIGHT_BLOCK_BYTES))
+            {
+                let first: &[u8; NIBBLE_BYTES] =
+                    two[4..WEIGHT_BLOCK_BYTES].try_into().expect("16 bytes");
+                let second: [u8; NIBBLE_BYTES] = match two.get(WEIGHT_BLOCK_BYTES + 4..) {
+                    Some(bytes) => bytes.try_into().expect("16 bytes"),
+                    None => [0; NIBBLE_BYTES],
+                };
+                let (low, high) = pair.split_at_mut(NIBBLE_BYTES);
+                for j in 0..NIBBLE_BYTES {
+                    low[j] = (first[j] & 0x0F) | (second[j] << 4);
+                    high[j] = (first[j] >> 4) | (second[j] & 0xF0);
+                }
             }
         }
         Some(matrix)
