@@ -12,7 +12,7 @@ mod common;
 
 use common::{chat, model};
 use ollamamax_io::engine::detokenize::Detokenizer;
-use ollamamax_io::engine::gguf::ModelConfig;
+use ollamamax_io::engine::gguf::{ModelConfig, Pooling};
 use ollamamax_io::engine::sampling::argmax;
 use ollamamax_io::engine::tokenizer::{EncodeOptions, TokenType};
 
@@ -30,6 +30,7 @@ fn t10_configuration_is_read_from_metadata() {
         rope_freq_base: 100_000.0,
         rms_norm_eps: 1e-5,
         vocab_size: 49152,
+        pooling: Pooling::Mean,
     };
     assert_eq!(model().config(), &expected);
 }

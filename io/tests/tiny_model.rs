@@ -7,7 +7,7 @@ mod tiny;
 use std::ops::ControlFlow;
 
 use ollamamax_io::engine::generate::{DoneReason, Output};
-use ollamamax_io::engine::gguf::ModelConfig;
+use ollamamax_io::engine::gguf::{ModelConfig, Pooling};
 use ollamamax_io::engine::options::GenerateOptions;
 use ollamamax_io::engine::tokenizer::{EncodeOptions, TokenType};
 use tiny::gguf_writer::{GgufWriter, TensorType};
@@ -66,6 +66,7 @@ fn the_tiny_model_loads_with_its_config_read_back_exactly() {
         rope_freq_base: tiny::ROPE_BASE,
         rms_norm_eps: tiny::RMS_EPS,
         vocab_size: tokens.len() as u32,
+        pooling: Pooling::Mean,
     };
     assert_eq!(model.config(), &expected);
     assert!(tokens.len() > 270, "{} tokens", tokens.len());
@@ -380,4 +381,71 @@ fn malformed_files_are_errors_not_panics() {
     missing.string("general.architecture", "llama");
     missing.tensor("token_embd.weight", &[32], TensorType::F32, &[0.0; 32]);
     assert!(load_bytes(&missing.to_bytes()).is_err());
+}
+
+/// The tiny model with `llama.pooling_type` set to `value`.
+fn pooled_model(
+    value: u32,
+) -> Result<ollamamax_io::engine::Model, ollamamax_io::engine::LoadError> {
+    let mut writer = model_writer(1, Layout::QUANTIZED);
+    writer.u32("llama.pooling_type", value);
+    load_bytes(&writer.to_bytes())
+}
+
+/// `vector / |vector|` in f64, as the engine scales embeddings.
+fn unit(vector: Vec<f32>) -> Vec<f32> {
+    let norm = vector
+        .iter()
+        .map(|x| f64::from(*x).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    vector
+        .iter()
+        .map(|x| (f64::from(*x) / norm) as f32)
+        .collect()
+}
+
+#[test]
+fn embeddings_pool_as_the_file_says() {
+    let tokens = [40u32, 41, 42, 43, 44];
+    // The final normed hidden states every pooling starts from.
+    let reference = pooled_model(1).expect("loads");
+    let mut cache = reference
+        .llama()
+        .new_cache(tokens.len() as u32)
+        .expect("a cache");
+    let hidden = reference
+        .llama()
+        .normed_hidden_states(&tokens, &mut cache)
+        .expect("runs")
+        .to_vec2::<f32>()
+        .expect("rows");
+    let mean: Vec<f32> = (0..hidden[0].len())
+        .map(|column| hidden.iter().map(|row| row[column]).sum::<f32>() / tokens.len() as f32)
+        .collect();
+    for (value, pooling, expected) in [
+        (0, Pooling::Mean, unit(mean.clone())),
+        (1, Pooling::Mean, unit(mean)),
+        (2, Pooling::Cls, unit(hidden[0].clone())),
+        (3, Pooling::Last, unit(hidden[tokens.len() - 1].clone())),
+    ] {
+        let model = pooled_model(value).expect("loads");
+        assert_eq!(model.config().pooling, pooling, "pooling_type {value}");
+        let got = model.embed(&tokens).expect("embeds");
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() < 1e-5, "pooling_type {value}: {g} vs {e}");
+        }
+    }
+    // The pools differ on this input, so each comparison above tells them apart.
+    let (cls, last) = (
+        pooled_model(2).unwrap().embed(&tokens).unwrap(),
+        pooled_model(3).unwrap().embed(&tokens).unwrap(),
+    );
+    assert_ne!(cls, last);
+    assert_ne!(cls, pooled_model(1).unwrap().embed(&tokens).unwrap());
+    let error = pooled_model(4)
+        .err()
+        .expect("rank pooling is refused")
+        .to_string();
+    assert!(error.contains("pooling type 4 is not supported"), "{error}");
 }

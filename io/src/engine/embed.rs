@@ -1,10 +1,11 @@
 //! Embeddings: one vector per input text, as `/api/embed` returns them.
 //!
-//! The model's final hidden states (after the output norm) are mean-pooled over the input's tokens and scaled
-//! to unit length, which is what llama.cpp (and so Ollama) does for a decoder model whose GGUF names no other
-//! pooling. Truncation to the context is the caller's decision (`truncate` in the API): here an input that does
+//! The model's final hidden states (after the output norm) are pooled over the input's tokens as the GGUF's
+//! `{arch}.pooling_type` says ([`Pooling`]: the mean, which is what llama.cpp (and so Ollama) does for a decoder
+//! model whose GGUF names no pooling; the first token's; the last token's) and scaled to unit length. Truncation to the context is the caller's decision (`truncate` in the API): here an input that does
 //! not fit is an error.
 
+use super::gguf::Pooling;
 use super::{GenerateError, Model};
 
 impl Model {
@@ -15,8 +16,12 @@ impl Model {
         self.check_prompt(tokens, context.saturating_add(1))?;
         let mut cache = self.llama.new_cache(tokens.len() as u32)?;
         let hidden = self.llama.normed_hidden_states(tokens, &mut cache)?;
-        let mean = hidden.mean(0)?.to_vec1::<f32>()?;
-        Ok(normalized(mean))
+        let pooled = match self.config.pooling {
+            Pooling::Mean => hidden.mean(0)?,
+            Pooling::Cls => hidden.get(0)?,
+            Pooling::Last => hidden.get(tokens.len() - 1)?,
+        };
+        Ok(normalized(pooled.to_vec1::<f32>()?))
     }
 }
 

@@ -337,6 +337,34 @@ pub struct ModelConfig {
     pub rms_norm_eps: f32,
     /// Number of tokens in the vocabulary (rows of the embedding table).
     pub vocab_size: u32,
+    /// How embeddings pool the hidden states (`{arch}.pooling_type`; mean when absent or "none").
+    pub pooling: Pooling,
+}
+
+/// How an embedding pools the final hidden states of its tokens: llama.cpp's `llama_pooling_type` as a GGUF
+/// stores it in `{arch}.pooling_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the tokens (1; also what llama.cpp and Ollama use for a decoder model whose file says none).
+    #[default]
+    Mean,
+    /// The first token's state (2, BERT's `[CLS]`).
+    Cls,
+    /// The last token's state (3).
+    Last,
+}
+
+impl Pooling {
+    /// The value of `{arch}.pooling_type`: 0 (none) and 1 (mean) pool by the mean; 2 and 3 as named; others
+    /// (rank, 4, which needs a classifier head) are refused.
+    pub fn from_gguf(value: u32) -> Option<Self> {
+        match value {
+            0 | 1 => Some(Self::Mean),
+            2 => Some(Self::Cls),
+            3 => Some(Self::Last),
+            _ => None,
+        }
+    }
 }
 
 impl ModelConfig {
@@ -355,6 +383,18 @@ impl ModelConfig {
             None => 10_000.0,
         };
         let vocab_size = file.array("tokenizer.ggml.tokens")?.len();
+        let pooling = match file.get(&key("pooling_type")) {
+            Some(value) => {
+                let value = value_u32(&key("pooling_type"), value)?;
+                Pooling::from_gguf(value).ok_or_else(|| GgufError::BadValue {
+                    key: key("pooling_type"),
+                    problem: format!(
+                        "pooling type {value} is not supported (none, mean, cls or last)"
+                    ),
+                })?
+            }
+            None => Pooling::Mean,
+        };
         let config = Self {
             context_length: file.u32(&key("context_length"))?,
             embedding_length,
@@ -368,6 +408,7 @@ impl ModelConfig {
             vocab_size: u32::try_from(vocab_size)
                 .map_err(|_| out_of_range("tokenizer.ggml.tokens", vocab_size))?,
             architecture,
+            pooling,
         };
         config.check(file)?;
         Ok(config)
