@@ -390,6 +390,13 @@ pub(super) fn sum_lanes(lanes: [f32; LANES]) -> f32 {
     (half[0] + half[2]) + (half[1] + half[3])
 }
 
+/// The mask of a chunk's first `length` (1 to 16) lanes.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn chunk_mask(length: usize) -> u16 {
+    debug_assert!((1..=16).contains(&length));
+    (((1u32 << length) - 1) & 0xFFFF) as u16
+}
+
 /// The sum of a register's eight lanes, in the fixed order of [`sum_lanes`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -406,6 +413,7 @@ pub(super) fn horizontal_sum(lanes: std::arch::x86_64::__m256) -> f32 {
 
 #[cfg(test)]
 pub(super) mod test_support {
+    use super::Isa;
     use candle_core::{Device, Tensor};
 
     /// Deterministic varied values in [-1, 1): they only need to be varied, not random.
@@ -431,6 +439,42 @@ pub(super) mod test_support {
             .iter()
             .map(|row| row.iter().map(|v| v.to_bits()).collect())
             .collect()
+    }
+
+    /// Checks, on every instruction set, that each row of `input` gets the same bits from `forward` alone, with
+    /// all the others, and with any number of its neighbours.
+    pub(crate) fn assert_rows_independent(
+        forward: impl Fn(Isa, &Tensor) -> Tensor,
+        input: &Tensor,
+    ) {
+        let count = input.dim(0).unwrap();
+        for isa in Isa::available() {
+            let all = bits(&forward(isa, input));
+            for (row, expected) in all.iter().enumerate() {
+                let alone = bits(&forward(isa, &input.narrow(0, row, 1).unwrap()));
+                assert_eq!(&alone[0], expected, "{isa:?}: row {row} alone");
+            }
+            for some in 1..count {
+                let last = bits(&forward(isa, &input.narrow(0, count - some, some).unwrap()));
+                assert_eq!(
+                    last[..],
+                    all[count - some..],
+                    "{isa:?}: the last {some} rows"
+                );
+            }
+        }
+    }
+
+    /// The bits `forward` gives on the portable kernel, and whether every other instruction set gives the same
+    /// (the instruction set that differs, if one does).
+    pub(crate) fn first_isa_that_differs(
+        forward: impl Fn(Isa, &Tensor) -> Tensor,
+        input: &Tensor,
+    ) -> Option<Isa> {
+        let expected = bits(&forward(Isa::Portable, input));
+        Isa::available()
+            .into_iter()
+            .find(|&isa| bits(&forward(isa, input)) != expected)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{BLOCK_VALUES, InputRow, horizontal_sum};
+use super::kernel::{BLOCK_VALUES, InputRow, chunk_mask, horizontal_sum};
 use super::q4_1::{PAIR_BYTES, Q4_1Matrix};
 
 /// Blocks whose scales are converted and multiplied together: one 512-bit register of f32. Even, so pairs of
@@ -125,11 +125,7 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
     let mut start = 0;
     while start < blocks {
         let length = (blocks - start).min(CHUNK);
-        let mask: __mmask16 = if length == CHUNK {
-            0xFFFF
-        } else {
-            (1u16 << length) - 1
-        };
+        let mask: __mmask16 = chunk_mask(length);
         // `d_w · d_x` of each block of the chunk, per (weight row, input).
         for (w, combined) in combined.iter_mut().enumerate() {
             // SAFETY: masked loads of the chunk's `length` scales, inside the row and the inputs; stores of sixteen

@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{BLOCK_VALUES, InputRow, LANES, horizontal_sum};
+use super::kernel::{BLOCK_VALUES, InputRow, LANES, chunk_mask, horizontal_sum};
 use super::q8_0::{WeightRows, block_scale};
 
 /// Blocks whose scales are converted and multiplied together: one 512-bit register of f32.
@@ -70,11 +70,7 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
     let mut start = 0;
     while start < blocks {
         let length = (blocks - start).min(CHUNK);
-        let mask: __mmask16 = if length == CHUNK {
-            0xFFFF
-        } else {
-            (1u16 << length) - 1
-        };
+        let mask: __mmask16 = chunk_mask(length);
         let mut combined = [[[0f32; CHUNK]; N]; W];
         for w in 0..W {
             let mut raw = [0u16; CHUNK];
