@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod registry;
+pub mod store;
 
 use crate::tiny::gguf_writer::{GgufWriter, TensorType};
 use ollamamax_core::digest::Digest;
