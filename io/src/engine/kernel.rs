@@ -225,7 +225,7 @@ pub(super) trait TileDots: Sync {
 /// Writes `output[i * rows + r] = input row i · weight row r` for every row of `input`, every element once: weight rows are split over
 /// candle's thread pool and handled [`WEIGHT_ROWS_PER_PASS`] at a time, each meeting the input rows
 /// [`INPUT_ROWS_PER_PASS`] at a time (the last pass of each takes the remainder).
-pub(super) fn matmul<K: TileDots>(
+fn matmul<K: TileDots>(
     weights: &K,
     rows: usize,
     isa: Isa,
