@@ -4,6 +4,7 @@
 //! vectorised `expf` and SiLU.
 
 use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 /// f32 lanes of one AVX-512 vector: ggml's and tinyBLAS's vector width in the build the goldens came from.
 pub(super) const LANES: usize = 16;
@@ -83,6 +84,26 @@ pub(super) fn dot_vec(x: &[f32], y: &[f32]) -> f32 {
     dot_vec_portable(x, y)
 }
 
+/// [`dot_vec`] of `x` with the f16 values `y` (their bits), zero-padded to `x.len()`: the bits of converting `y` to
+/// f32 (which is exact), padding it with zeros and calling [`dot_vec`], without that copy. Attention's decode path
+/// reads its f16 cache through this, inside the thread pool, instead of converting the visible cache first.
+pub(super) fn dot_vec_f16(x: &[f32], y: &[u16]) -> f32 {
+    assert!(y.len() <= x.len(), "y is padded to x's length, not cut");
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    if x.len().is_multiple_of(DOT_STEP) {
+        return simd::dot_vec_f16(x, y);
+    }
+    let mut padded = vec![0f32; x.len()];
+    y.reinterpret_cast::<f16>()
+        .convert_to_f32_slice(&mut padded[..y.len()]);
+    dot_vec(x, &padded)
+}
+
 /// [`dot_tiled_portable`], with AVX2 where the build has it (the same lanes and order, so the same bits).
 pub(super) fn dot_tiled(x: &[f32], y: &[f32]) -> f32 {
     #[cfg(all(
@@ -129,6 +150,22 @@ mod simd {
             }
         }
 
+        /// `x[..16] · y[..16] + self` with `y` as f16 bits, widened exactly; one rounding per lane.
+        #[cfg(target_feature = "f16c")]
+        fn fma_f16(self, x: &[f32; LANES], y: &[u16; LANES]) -> Self {
+            // SAFETY: AVX2, FMA and F16C are enabled at compile time; each load reads inside its array (8 f32 or
+            // 8 u16 values from offsets 0 and 8).
+            unsafe {
+                let (x, y) = (x.as_ptr(), y.as_ptr());
+                let low = _mm256_cvtph_ps(_mm_loadu_si128(y.cast()));
+                let high = _mm256_cvtph_ps(_mm_loadu_si128(y.add(8).cast()));
+                Self(
+                    _mm256_fmadd_ps(_mm256_loadu_ps(x), low, self.0),
+                    _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8)), high, self.1),
+                )
+            }
+        }
+
         fn add(self, other: Self) -> Self {
             // SAFETY: AVX2 is enabled at compile time.
             unsafe {
@@ -170,6 +207,37 @@ mod simd {
             for (j, sum) in sums.iter_mut().enumerate() {
                 let part = j * LANES..(j + 1) * LANES;
                 *sum = sum.fma(lanes(&xs[part.clone()]), lanes(&ys[part]));
+            }
+        }
+        sums[0].add(sums[2]).add(sums[1].add(sums[3])).reduce()
+    }
+
+    /// [`super::dot_vec_f16`] for whole steps: [`dot_vec`]'s operations, each 8 values of `y` widened from f16
+    /// in a register (`vcvtph2ps`, exact); the step that runs past `y`'s end reads a zero-padded copy.
+    #[cfg(target_feature = "f16c")]
+    pub(super) fn dot_vec_f16(x: &[f32], y: &[u16]) -> f32 {
+        assert!(
+            x.len().is_multiple_of(DOT_STEP),
+            "whole steps; the caller handles tails"
+        );
+        assert!(y.len() <= x.len(), "y is padded to x's length");
+        let mut sums = [Vector::zero(); 4];
+        let mut tail = [0u16; DOT_STEP];
+        for (step, xs) in x.chunks_exact(DOT_STEP).enumerate() {
+            let start = step * DOT_STEP;
+            let ys: &[u16; DOT_STEP] = match y.get(start..start + DOT_STEP) {
+                Some(ys) => ys.try_into().expect("a whole step"),
+                None => {
+                    let rest = y.get(start..).unwrap_or(&[]);
+                    tail[..rest.len()].copy_from_slice(rest);
+                    tail[rest.len()..].fill(0);
+                    &tail
+                }
+            };
+            for (j, sum) in sums.iter_mut().enumerate() {
+                let part = j * LANES..(j + 1) * LANES;
+                let halves: &[u16; LANES] = ys[part.clone()].try_into().expect("16 values");
+                *sum = sum.fma_f16(lanes(&xs[part]), halves);
             }
         }
         sums[0].add(sums[2]).add(sums[1].add(sums[3])).reduce()
@@ -324,6 +392,34 @@ pub(super) mod tests {
         assert_eq!(expf(-500.0), 0.0);
         assert_eq!(expf(500.0), f32::INFINITY);
         assert!((silu(1.5) - 1.5 / (1.0 + (-1.5f32).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_f16_dot_product_equals_converting_first() {
+        for (length, y_length) in [
+            (64, 64),
+            (64, 1),
+            (128, 100),
+            (256, 193),
+            (80, 80),
+            (100, 37),
+        ] {
+            let x = values(length, 3);
+            let y: Vec<u16> = values(y_length, 4)
+                .iter()
+                .map(|&v| f16::from_f32(v * 40.0).to_bits())
+                .collect();
+            let mut widened: Vec<f32> = y
+                .iter()
+                .map(|&bits| f16::from_bits(bits).to_f32())
+                .collect();
+            widened.resize(length, 0.0);
+            assert_eq!(
+                dot_vec_f16(&x, &y).to_bits(),
+                dot_vec(&x, &widened).to_bits(),
+                "{length} by {y_length}"
+            );
+        }
     }
 
     #[test]

@@ -42,7 +42,9 @@
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
-use super::ggml_math::{DOT_STEP, LANES, dot_tiled, dot_vec, round_through_f16, softmax};
+use super::ggml_math::{
+    DOT_STEP, LANES, dot_tiled, dot_vec, dot_vec_f16, round_through_f16, softmax,
+};
 
 /// One block's keys and values.
 struct BlockCache {
@@ -175,17 +177,28 @@ impl KvCache {
         );
         assert_eq!(values.len(), keys.len(), "values are shaped like keys");
         assert_eq!(output.len(), queries.len(), "one output per query value");
+        if count == 1 {
+            // One new position: the decode path, which a batch of decoding sequences shares.
+            let mut entry = [DecodeEntry {
+                cache: self,
+                query: queries,
+                key: keys,
+                value: values,
+                output,
+            }];
+            attend_decode(block, heads, &mut entry);
+            return;
+        }
         let group = heads / kv_heads;
         let cache = &mut self.blocks[block];
         store(cache, shape, kv_heads, dim, capacity, keys, values);
 
-        // For one new token ggml multiplies with `ggml_vec_dot_f16`; for a batch, llamafile's tinyBLAS takes over
-        // where the shapes allow it (width a multiple of the vector, rows a multiple of 4; llama.cpp's cache view
-        // is a multiple of 256 positions).
+        // For one new token ggml multiplies with `ggml_vec_dot_f16` (`attend_decode`); for a batch, llamafile's
+        // tinyBLAS takes over where the shapes allow it (width a multiple of the vector, rows a multiple of 4;
+        // llama.cpp's cache view is a multiple of 256 positions).
         let total = start + count;
-        let batched = |width: usize, rows: usize| {
-            count >= 2 && width.is_multiple_of(LANES) && rows.is_multiple_of(4)
-        };
+        let batched =
+            |width: usize, rows: usize| width.is_multiple_of(LANES) && rows.is_multiple_of(4);
         let dots = Dots {
             keys: if batched(dim, total.next_multiple_of(256)) {
                 dot_tiled
@@ -259,6 +272,126 @@ impl KvCache {
             });
         });
     }
+}
+
+/// One sequence's single new position in a decode step's attention ([`attend_decode`]).
+pub(super) struct DecodeEntry<'a> {
+    pub cache: &'a mut KvCache,
+    /// `[heads][dim]`.
+    pub query: &'a [f32],
+    /// `[kv heads][dim]`, rotary embedding applied.
+    pub key: &'a [f32],
+    /// `[kv heads][dim]`.
+    pub value: &'a [f32],
+    /// `[heads][dim]`, written.
+    pub output: &'a mut [f32],
+}
+
+/// [`KvCache::attend`] of one new position for each entry, in block `block`: each entry's key and value are stored
+/// at its cache's next position, then every (entry, query head) is one work item of a single call to the thread
+/// pool. The work items read the f16 cache directly ([`dot_vec_f16`]): no f32 copy of the visible positions is made
+/// first, so nothing but the store runs outside the pool. The arithmetic is the one-token case of
+/// [`KvCache::attend`]: `ggml_vec_dot_f16` for the scores and for the weighted sum of values.
+pub(super) fn attend_decode(block: usize, heads: usize, entries: &mut [DecodeEntry<'_>]) {
+    struct View<'a> {
+        cache: &'a BlockCache,
+        /// The new position; `start + 1` positions are visible.
+        start: usize,
+        capacity: usize,
+        query: &'a [f32],
+        output: OutputPointer,
+    }
+    let Some(first) = entries.first() else {
+        return;
+    };
+    let kv_heads = first.cache.kv_heads as usize;
+    let dim = first.cache.head_dimension as usize;
+    assert!(
+        heads.is_multiple_of(kv_heads),
+        "query heads share key/value heads evenly"
+    );
+    let group = heads / kv_heads;
+    for entry in entries.iter_mut() {
+        let cache = &mut *entry.cache;
+        assert_eq!(
+            (cache.kv_heads as usize, cache.head_dimension as usize),
+            (kv_heads, dim),
+            "one model's caches"
+        );
+        let (start, capacity) = (cache.len as usize, cache.capacity as usize);
+        assert!(start < capacity, "the caller checks the capacity");
+        assert_eq!(entry.query.len(), heads * dim, "queries are [heads][dim]");
+        assert_eq!(entry.key.len(), kv_heads * dim, "keys are [kv heads][dim]");
+        assert_eq!(
+            entry.value.len(),
+            entry.key.len(),
+            "values are shaped like keys"
+        );
+        assert_eq!(
+            entry.output.len(),
+            entry.query.len(),
+            "one output per query value"
+        );
+        let shape = AttentionShape {
+            count: 1,
+            start,
+            heads,
+        };
+        store(
+            &mut cache.blocks[block],
+            shape,
+            kv_heads,
+            dim,
+            capacity,
+            entry.key,
+            entry.value,
+        );
+    }
+    let views: Vec<View<'_>> = entries
+        .iter_mut()
+        .map(|entry| View {
+            cache: &entry.cache.blocks[block],
+            start: entry.cache.len as usize,
+            capacity: entry.cache.capacity as usize,
+            query: entry.query,
+            output: OutputPointer(entry.output.as_mut_ptr()),
+        })
+        .collect();
+    let longest = views.iter().map(|view| view.start + 1).max().unwrap_or(1);
+    let scale = 1.0 / (dim as f32).sqrt();
+    candle_core::utils::barrier_pool().execute_chunked(views.len() * heads, |items| {
+        let mut query = vec![0f32; dim];
+        let mut weights = vec![0f32; longest.next_multiple_of(DOT_STEP)];
+        for item in items {
+            let (view, head) = (&views[item / heads], item % heads);
+            let kv_head = head / group;
+            let visible = view.start + 1;
+            round_through_f16(&view.query[head * dim..(head + 1) * dim], &mut query);
+            let head_keys = &view.cache.keys[kv_head * view.capacity * dim..][..visible * dim];
+            for (score, key) in weights.iter_mut().zip(head_keys.chunks_exact(dim)) {
+                *score = dot_vec_f16(&query, key);
+            }
+            softmax(
+                &mut weights[..visible.next_multiple_of(LANES)],
+                visible,
+                scale,
+            );
+            // The weights meet the values as f16; masked positions are exact zeros.
+            let weights = &mut weights[..visible.next_multiple_of(DOT_STEP)];
+            weights[visible..].fill(0.0);
+            for weight in weights[..visible].iter_mut() {
+                *weight = f16::from_f32(*weight).to_f32();
+            }
+            for d in 0..dim {
+                let value_row =
+                    &view.cache.values[(kv_head * dim + d) * view.capacity..][..visible];
+                let result = dot_vec_f16(weights, value_row);
+                // SAFETY: item `item` alone writes element `head * dim + d` of its entry's output, and the
+                // outputs (`&mut` borrows held by `entries`) outlive the pool call.
+                unsafe { view.output.write(head * dim + d, result) };
+            }
+        }
+    });
 }
 
 thread_local! {

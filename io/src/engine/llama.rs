@@ -32,29 +32,28 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Tensor};
 
 use super::architecture::{Architecture, QkvBiases, RopeStyle};
 use super::ggml_math;
 use super::gguf::{GgufError, GgufFile, ModelConfig};
-use super::kv::AttentionShape;
 pub use super::kv::KvCache;
-use super::q4_1::Q4_1Matrix;
+use super::kv::{AttentionShape, DecodeEntry, attend_decode};
+use super::linear::{Linear, Stack, matmul};
 use super::q8_0::Q8_0Matrix;
 
 /// The weights of one transformer block.
 struct Block {
     attention_norm: Tensor,
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// The query, key and value projections.
+    qkv: Stack,
     /// The q/k/v projections' biases, where the architecture has them ([`Architecture::qkv_bias`]).
     biases: Option<QkvBiases>,
     attention_output: Linear,
     ffn_norm: Tensor,
-    ffn_gate: Linear,
-    ffn_up: Linear,
+    /// The feed-forward's gate and up projections.
+    gate_up: Stack,
     ffn_down: Linear,
 }
 
@@ -80,123 +79,6 @@ fn dense(file: &mut GgufFile, name: &str, shape: &[usize]) -> Result<Tensor, Ggu
     let tensor = file.tensor(name, shape)?;
     tensor
         .dequantize(&Device::Cpu)
-        .map_err(|error| GgufError::Tensor {
-            name: name.to_string(),
-            problem: error.to_string(),
-        })
-}
-
-/// A weight matrix: our AVX2 kernels for Q4_1 (candle's is scalar) and Q8_0 (candle's redoes each weight block for
-/// every row), candle's `QMatMul` for every other type.
-struct Linear {
-    kernel: Kernel,
-    /// Whether one call over many rows gives each row exactly what a call with that row alone gives (see the
-    /// module documentation). Where it does not, rows are multiplied one at a time.
-    rows_independent: bool,
-    /// Whether the weights are F16: ggml then converts the activations to F16 too (`vec_dot_type`) before its
-    /// f32-accumulating dot products, where candle multiplies the f32 activations by the widened weights. Rounding
-    /// the input through F16 first gives candle's matmul ggml's operands.
-    round_input_to_f16: bool,
-}
-
-enum Kernel {
-    Q4_1(Q4_1Matrix),
-    Q8_0(Q8_0Matrix),
-    Candle(QMatMul),
-}
-
-/// Width of candle's k-quant super-blocks: its repacked x86 kernels only take widths that are multiples of it.
-const K_QUANT_BLOCK_VALUES: usize = 256;
-
-impl Linear {
-    fn q4_1(matrix: Q4_1Matrix) -> Self {
-        // Per-row activation quantization and per-row arithmetic: see `q4_1::RowDots`.
-        Self {
-            kernel: Kernel::Q4_1(matrix),
-            rows_independent: true,
-            round_input_to_f16: false,
-        }
-    }
-
-    fn q8_0(matrix: Q8_0Matrix) -> Self {
-        // The same design as Q4_1's.
-        Self {
-            kernel: Kernel::Q8_0(matrix),
-            rows_independent: true,
-            round_input_to_f16: false,
-        }
-    }
-
-    fn candle(matmul: QMatMul, weights: GgmlDType) -> Self {
-        let rows_independent = match &matmul {
-            QMatMul::QTensor(tensor) => {
-                let columns = tensor.shape().dims().last().copied().unwrap_or(0);
-                !candle_may_repack(tensor.dtype(), columns)
-            }
-            QMatMul::Tensor(_) | QMatMul::TensorF16(_) => false,
-        };
-        Self {
-            kernel: Kernel::Candle(matmul),
-            rows_independent,
-            round_input_to_f16: weights == GgmlDType::F16,
-        }
-    }
-
-    /// `x · Wᵀ` for `x` of shape `[rows, columns]`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let rounded;
-        let x = if self.round_input_to_f16 {
-            rounded = x.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
-            &rounded
-        } else {
-            x
-        };
-        let rows = x.dim(0)?;
-        if self.rows_independent || rows == 1 {
-            return self.kernel.forward(x);
-        }
-        let parts = (0..rows)
-            .map(|row| self.kernel.forward(&x.narrow(0, row, 1)?))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 0)
-    }
-}
-
-impl Kernel {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Q4_1(matrix) => matrix.forward(x),
-            Self::Q8_0(matrix) => matrix.forward(x),
-            Self::Candle(matmul) => matmul.forward(x),
-        }
-    }
-}
-
-/// Whether candle 0.11 may run this type through a repacked kernel whose choice or arithmetic depends on the row
-/// count (`quantized::repack::try_matmul_f32`). Conservative: it ignores the other conditions candle checks.
-fn candle_may_repack(dtype: GgmlDType, columns: usize) -> bool {
-    use GgmlDType::{Q4_0, Q4K, Q5K, Q6K, Q8_0};
-    if cfg!(target_arch = "x86_64") {
-        matches!(dtype, Q4K | Q6K | Q8_0) && columns.is_multiple_of(K_QUANT_BLOCK_VALUES)
-    } else if cfg!(target_arch = "aarch64") {
-        matches!(dtype, Q4_0 | Q4K | Q5K | Q6K | Q8_0)
-    } else {
-        false
-    }
-}
-
-fn matmul(file: &mut GgufFile, name: &str, shape: &[usize]) -> Result<Linear, GgufError> {
-    let tensor = file.tensor(name, shape)?;
-    if let Some(matrix) = Q4_1Matrix::from_qtensor(&tensor) {
-        return Ok(Linear::q4_1(matrix));
-    }
-    let tensor = Arc::new(tensor);
-    if let Some(matrix) = Q8_0Matrix::from_qtensor(&tensor) {
-        return Ok(Linear::q8_0(matrix));
-    }
-    let weights = tensor.dtype();
-    QMatMul::from_arc(tensor)
-        .map(|matmul| Linear::candle(matmul, weights))
         .map_err(|error| GgufError::Tensor {
             name: name.to_string(),
             problem: error.to_string(),
@@ -241,9 +123,17 @@ impl Llama {
             let name = |suffix: &str| format!("blk.{index}.{suffix}.weight");
             blocks.push(Block {
                 attention_norm: dense(file, &name("attn_norm"), &[hidden])?,
-                query: matmul(file, &name("attn_q"), &[hidden, hidden])?,
-                key: matmul(file, &name("attn_k"), &[kv_width, hidden])?,
-                value: matmul(file, &name("attn_v"), &[kv_width, hidden])?,
+                qkv: Stack::new(vec![
+                    (matmul(file, &name("attn_q"), &[hidden, hidden])?, hidden),
+                    (
+                        matmul(file, &name("attn_k"), &[kv_width, hidden])?,
+                        kv_width,
+                    ),
+                    (
+                        matmul(file, &name("attn_v"), &[kv_width, hidden])?,
+                        kv_width,
+                    ),
+                ]),
                 biases: if architecture.qkv_bias {
                     Some(QkvBiases::load(file, index, [hidden, kv_width, kv_width])?)
                 } else {
@@ -251,8 +141,10 @@ impl Llama {
                 },
                 attention_output: matmul(file, &name("attn_output"), &[hidden, hidden])?,
                 ffn_norm: dense(file, &name("ffn_norm"), &[hidden])?,
-                ffn_gate: matmul(file, &name("ffn_gate"), &[ffn, hidden])?,
-                ffn_up: matmul(file, &name("ffn_up"), &[ffn, hidden])?,
+                gate_up: Stack::new(vec![
+                    (matmul(file, &name("ffn_gate"), &[ffn, hidden])?, ffn),
+                    (matmul(file, &name("ffn_up"), &[ffn, hidden])?, ffn),
+                ]),
                 ffn_down: matmul(file, &name("ffn_down"), &[hidden, ffn])?,
             });
         }
@@ -404,9 +296,7 @@ impl Llama {
             let attention = self.attention(block, index, &normed, &rotary, batch)?;
             hidden = (hidden + attention)?;
             let normed = rms_norm(&hidden, &block.ffn_norm, eps)?;
-            let gate = block.ffn_gate.forward(&normed)?;
-            let up = block.ffn_up.forward(&normed)?;
-            let swiglu = swiglu(&gate, &up)?;
+            let swiglu = swiglu(&block.gate_up.forward(&normed)?, block.gate_up.widths()[0])?;
             hidden = (hidden + block.ffn_down.forward(&swiglu)?)?;
         }
         for entry in batch.iter_mut() {
@@ -456,10 +346,18 @@ impl Llama {
         let head_dimension = self.config.head_dimension as usize;
         let pairs = head_dimension / 2;
 
-        let project = |linear: &Linear| linear.forward(normed)?.flatten_all()?.to_vec1::<f32>();
-        let mut query = project(&block.query)?;
-        let mut key = project(&block.key)?;
-        let mut value = project(&block.value)?;
+        let (q, kv_rows) = (heads * head_dimension, kv_heads * head_dimension);
+        let qkv = block.qkv.forward(normed)?;
+        let mut query = Vec::with_capacity(rows * q);
+        let mut key = Vec::with_capacity(rows * kv_rows);
+        let mut value = Vec::with_capacity(rows * kv_rows);
+        for row in qkv.chunks_exact(q + 2 * kv_rows) {
+            let (row_query, rest) = row.split_at(q);
+            let (row_key, row_value) = rest.split_at(kv_rows);
+            query.extend_from_slice(row_query);
+            key.extend_from_slice(row_key);
+            value.extend_from_slice(row_value);
+        }
         if let Some(biases) = &block.biases {
             biases.add(&mut query, &mut key, &mut value);
         }
@@ -482,27 +380,39 @@ impl Llama {
             );
         }
 
-        let mut output = vec![0f32; rows * heads * head_dimension];
+        let mut output = vec![0f32; rows * q];
+        // Sequences with one new token (decoding) share one call; each other one attends on its own.
+        let mut decoding = Vec::with_capacity(batch.len());
+        let mut unwritten = output.as_mut_slice();
         let mut offset = 0;
         for entry in batch.iter_mut() {
             let count = entry.tokens.len();
+            let (written, rest) = std::mem::take(&mut unwritten).split_at_mut(count * q);
+            unwritten = rest;
+            let query = &query[offset * q..(offset + count) * q];
+            let key = &key[offset * kv_rows..(offset + count) * kv_rows];
+            let value = &value[offset * kv_rows..(offset + count) * kv_rows];
+            offset += count;
+            if count == 1 {
+                decoding.push(DecodeEntry {
+                    cache: &mut *entry.cache,
+                    query,
+                    key,
+                    value,
+                    output: written,
+                });
+                continue;
+            }
             let shape = AttentionShape {
                 count,
                 start: entry.cache.len as usize,
                 heads,
             };
-            let (q, kv_rows) = (heads * head_dimension, kv_heads * head_dimension);
-            entry.cache.attend(
-                index,
-                shape,
-                &query[offset * q..(offset + count) * q],
-                &key[offset * kv_rows..(offset + count) * kv_rows],
-                &value[offset * kv_rows..(offset + count) * kv_rows],
-                &mut output[offset * q..(offset + count) * q],
-            );
-            offset += count;
+            entry.cache.attend(index, shape, query, key, value, written);
         }
         assert_eq!(offset, rows, "every row belongs to one sequence");
+        attend_decode(index, heads, &mut decoding);
+        drop(decoding);
         let output = Tensor::from_vec(output, (rows, heads * head_dimension), &Device::Cpu)?;
         block.attention_output.forward(&output)
     }
@@ -527,23 +437,23 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<Tensor
     Tensor::from_vec(values, (rows, width), &Device::Cpu)
 }
 
-/// ggml's SwiGLU, `silu(gate) · up`: whole vectors of 16 with ggml's vectorised SiLU ([`ggml_math::silu`]), any tail
-/// with libm's `expf` as ggml's scalar loop does.
-fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-    let shape = gate.shape().clone();
-    let (rows, width) = gate.dims2()?;
-    let mut values = gate.flatten_all()?.to_vec1::<f32>()?;
-    let up = up.flatten_all()?.to_vec1::<f32>()?;
+/// ggml's SwiGLU, `silu(gate) · up`, of `gate_up` (`[rows][2 · width]`: each row's gate, then its up values):
+/// whole vectors of 16 with ggml's vectorised SiLU ([`ggml_math::silu`]), any tail with libm's `expf` as ggml's
+/// scalar loop does. Returns `[rows, width]`.
+fn swiglu(gate_up: &[f32], width: usize) -> candle_core::Result<Tensor> {
+    let rows = gate_up.len() / (2 * width);
+    assert_eq!(gate_up.len(), rows * 2 * width, "whole rows");
     let vectorised = width - width % 16;
-    for (row, up) in values.chunks_exact_mut(width).zip(up.chunks_exact(width)) {
-        for (i, (g, u)) in row.iter_mut().zip(up).enumerate() {
-            *g = if i < vectorised {
+    let mut values = Vec::with_capacity(rows * width);
+    for row in gate_up.chunks_exact(2 * width) {
+        let (gate, up) = row.split_at(width);
+        for (i, (g, u)) in gate.iter().zip(up).enumerate() {
+            values.push(if i < vectorised {
                 ggml_math::silu(*g) * u
             } else {
                 *g / (1.0 + (-*g).exp()) * u
-            };
+            });
         }
     }
-    assert_eq!(values.len(), rows * width, "one output per input");
-    Tensor::from_vec(values, shape, &Device::Cpu)
+    Tensor::from_vec(values, (rows, width), &Device::Cpu)
 }

@@ -25,6 +25,7 @@ pub mod gguf;
 pub mod grammar;
 pub mod kernel;
 pub mod kv;
+mod linear;
 pub mod llama;
 pub mod options;
 pub mod pretokenize;

@@ -98,9 +98,45 @@ impl Q4_1Matrix {
         Some(matrix)
     }
 
+    /// Several matrices of one width as one, their rows one after the other (a block's query, key and value
+    /// projections; its gate and up projections): one `forward` then quantizes the input once and splits every
+    /// row over the thread pool in one call. Each output is the same dot product as in its own matrix, so the same
+    /// bits. `None` for no parts, different widths, or a part other than the last whose rows are not whole groups
+    /// of [`ROW_GROUP`] (its minimums would share a group with the next part's).
+    pub fn stack(parts: &[&Self]) -> Option<Self> {
+        let (last, others) = parts.split_last()?;
+        if others
+            .iter()
+            .any(|part| !part.rows.is_multiple_of(ROW_GROUP))
+            || parts.iter().any(|part| part.columns != last.columns)
+        {
+            return None;
+        }
+        let mut stacked = Self {
+            rows: 0,
+            columns: last.columns,
+            blocks: last.blocks,
+            scales: Vec::new(),
+            pairs: Vec::new(),
+            minimums: Vec::new(),
+        };
+        for part in parts {
+            stacked.rows += part.rows;
+            stacked.scales.extend_from_slice(&part.scales);
+            stacked.pairs.extend_from_slice(&part.pairs);
+            stacked.minimums.extend_from_slice(&part.minimums);
+        }
+        Some(stacked)
+    }
+
     /// `x · Wᵀ` for `x` of shape `[..., columns]`: the result has shape `[..., rows]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.forward_on(Isa::current(), x)
+    }
+
+    /// Rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     /// [`Q4_1Matrix::forward`] on the given instruction set, which the CPU must have ([`Isa::available`]).

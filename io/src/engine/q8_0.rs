@@ -29,7 +29,15 @@ pub(super) const WEIGHT_BLOCK_BYTES: usize = 2 + BLOCK_VALUES;
 pub struct Q8_0Matrix {
     rows: usize,
     columns: usize,
-    tensor: Arc<QTensor>,
+    bytes: Bytes,
+}
+
+/// Where a matrix's blocks are.
+enum Bytes {
+    /// In the tensor it came in (shared with the embedding lookup for a tied head).
+    Shared(Arc<QTensor>),
+    /// Copied together from several tensors ([`Q8_0Matrix::stack`]).
+    Owned(Vec<u8>),
 }
 
 impl Q8_0Matrix {
@@ -48,8 +56,34 @@ impl Q8_0Matrix {
         Some(Self {
             rows,
             columns,
-            tensor: tensor.clone(),
+            bytes: Bytes::Shared(tensor.clone()),
         })
+    }
+
+    /// Several matrices of one width as one, their rows one after the other: see `Q4_1Matrix::stack`, whose
+    /// reasons apply here. `None` for no parts or different widths.
+    pub fn stack(parts: &[&Self]) -> Option<Self> {
+        let last = parts.last()?;
+        if parts.iter().any(|part| part.columns != last.columns) {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        for part in parts {
+            match &part.bytes {
+                Bytes::Shared(tensor) => bytes.extend_from_slice(&tensor.data().ok()?),
+                Bytes::Owned(owned) => bytes.extend_from_slice(owned),
+            }
+        }
+        Some(Self {
+            rows: parts.iter().map(|part| part.rows).sum(),
+            columns: last.columns,
+            bytes: Bytes::Owned(bytes),
+        })
+    }
+
+    /// Rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     /// `x · Wᵀ` for `x` of shape `[..., columns]`: the result has shape `[..., rows]`.
@@ -61,9 +95,16 @@ impl Q8_0Matrix {
     pub fn forward_on(&self, isa: Isa, x: &Tensor) -> candle_core::Result<Tensor> {
         assert!(isa <= Isa::detected(), "{isa:?} is not available here");
         // Borrowed, not copied: the tensor is in CPU memory (checked in `from_qtensor`).
-        let bytes = self.tensor.data()?;
+        let shared;
+        let bytes: &[u8] = match &self.bytes {
+            Bytes::Shared(tensor) => {
+                shared = tensor.data()?;
+                &shared
+            }
+            Bytes::Owned(bytes) => bytes,
+        };
         let weights = WeightRows {
-            bytes: &bytes,
+            bytes,
             blocks: self.columns / BLOCK_VALUES,
         };
         kernel::forward(&weights, self.rows, self.columns, isa, x)

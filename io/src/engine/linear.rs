@@ -1,0 +1,210 @@
+//! The weight matrices of a model and how they multiply: our kernels for Q4_1 and Q8_0 ([`super::q4_1`],
+//! [`super::q8_0`]), candle's `QMatMul` for every other type, and [`Stack`]s of matrices that multiply the same
+//! input (a block's query, key and value projections; its gate and up projections).
+//!
+//! See [`super::llama`]'s module documentation for why a matrix may have to multiply rows one at a time
+//! (`rows_independent`) to keep each sequence of a batch bit-identical to running alone.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::{DType, Module, Tensor};
+
+use super::gguf::{GgufError, GgufFile};
+use super::q4_1::Q4_1Matrix;
+use super::q8_0::Q8_0Matrix;
+
+/// A weight matrix: our AVX2 kernels for Q4_1 (candle's is scalar) and Q8_0 (candle's redoes each weight block for
+/// every row), candle's `QMatMul` for every other type.
+pub(super) struct Linear {
+    kernel: Kernel,
+    /// Whether one call over many rows gives each row exactly what a call with that row alone gives (see the
+    /// module documentation). Where it does not, rows are multiplied one at a time.
+    rows_independent: bool,
+    /// Whether the weights are F16: ggml then converts the activations to F16 too (`vec_dot_type`) before its
+    /// f32-accumulating dot products, where candle multiplies the f32 activations by the widened weights. Rounding
+    /// the input through F16 first gives candle's matmul ggml's operands.
+    round_input_to_f16: bool,
+}
+
+enum Kernel {
+    Q4_1(Q4_1Matrix),
+    Q8_0(Q8_0Matrix),
+    Candle(QMatMul),
+}
+
+/// Width of candle's k-quant super-blocks: its repacked x86 kernels only take widths that are multiples of it.
+const K_QUANT_BLOCK_VALUES: usize = 256;
+
+impl Linear {
+    fn q4_1(matrix: Q4_1Matrix) -> Self {
+        // Per-row activation quantization and per-row arithmetic: see `q4_1::RowDots`.
+        Self {
+            kernel: Kernel::Q4_1(matrix),
+            rows_independent: true,
+            round_input_to_f16: false,
+        }
+    }
+
+    pub(super) fn q8_0(matrix: Q8_0Matrix) -> Self {
+        // The same design as Q4_1's.
+        Self {
+            kernel: Kernel::Q8_0(matrix),
+            rows_independent: true,
+            round_input_to_f16: false,
+        }
+    }
+
+    pub(super) fn candle(matmul: QMatMul, weights: GgmlDType) -> Self {
+        let rows_independent = match &matmul {
+            QMatMul::QTensor(tensor) => {
+                let columns = tensor.shape().dims().last().copied().unwrap_or(0);
+                !candle_may_repack(tensor.dtype(), columns)
+            }
+            QMatMul::Tensor(_) | QMatMul::TensorF16(_) => false,
+        };
+        Self {
+            kernel: Kernel::Candle(matmul),
+            rows_independent,
+            round_input_to_f16: weights == GgmlDType::F16,
+        }
+    }
+
+    /// `x · Wᵀ` for `x` of shape `[rows, columns]`.
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let rounded;
+        let x = if self.round_input_to_f16 {
+            rounded = x.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+            &rounded
+        } else {
+            x
+        };
+        let rows = x.dim(0)?;
+        if self.rows_independent || rows == 1 {
+            return self.kernel.forward(x);
+        }
+        let parts = (0..rows)
+            .map(|row| self.kernel.forward(&x.narrow(0, row, 1)?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
+    }
+}
+
+impl Kernel {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Q4_1(matrix) => matrix.forward(x),
+            Self::Q8_0(matrix) => matrix.forward(x),
+            Self::Candle(matmul) => matmul.forward(x),
+        }
+    }
+}
+
+/// Whether candle 0.11 may run this type through a repacked kernel whose choice or arithmetic depends on the row
+/// count (`quantized::repack::try_matmul_f32`). Conservative: it ignores the other conditions candle checks.
+fn candle_may_repack(dtype: GgmlDType, columns: usize) -> bool {
+    use GgmlDType::{Q4_0, Q4K, Q5K, Q6K, Q8_0};
+    if cfg!(target_arch = "x86_64") {
+        matches!(dtype, Q4K | Q6K | Q8_0) && columns.is_multiple_of(K_QUANT_BLOCK_VALUES)
+    } else if cfg!(target_arch = "aarch64") {
+        matches!(dtype, Q4_0 | Q4K | Q5K | Q6K | Q8_0)
+    } else {
+        false
+    }
+}
+
+/// The matrix `name` of `file`, checked to have `shape`, with the kernel its type gets.
+pub(super) fn matmul(
+    file: &mut GgufFile,
+    name: &str,
+    shape: &[usize],
+) -> Result<Linear, GgufError> {
+    let tensor = file.tensor(name, shape)?;
+    if let Some(matrix) = Q4_1Matrix::from_qtensor(&tensor) {
+        return Ok(Linear::q4_1(matrix));
+    }
+    let tensor = Arc::new(tensor);
+    if let Some(matrix) = Q8_0Matrix::from_qtensor(&tensor) {
+        return Ok(Linear::q8_0(matrix));
+    }
+    let weights = tensor.dtype();
+    QMatMul::from_arc(tensor)
+        .map(|matmul| Linear::candle(matmul, weights))
+        .map_err(|error| GgufError::Tensor {
+            name: name.to_string(),
+            problem: error.to_string(),
+        })
+}
+
+/// Matrices that multiply the same input, as one matrix where their kernels allow it (all Q4_1 or all Q8_0: one
+/// quantization of the input and one call to the thread pool instead of one per matrix), else one after the
+/// other. Either way the result of each part is what that matrix alone gives.
+pub(super) struct Stack {
+    kernel: StackKernel,
+    /// Each part's rows (its share of an output row).
+    widths: Vec<usize>,
+}
+
+enum StackKernel {
+    One(Linear),
+    Each(Vec<Linear>),
+}
+
+impl Stack {
+    /// The parts, with their output widths, in the order their results come in.
+    pub(super) fn new(parts: Vec<(Linear, usize)>) -> Self {
+        let widths: Vec<usize> = parts.iter().map(|(_, width)| *width).collect();
+        let linears: Vec<Linear> = parts.into_iter().map(|(linear, _)| linear).collect();
+        let q4_1: Option<Vec<&Q4_1Matrix>> = linears
+            .iter()
+            .map(|linear| match &linear.kernel {
+                Kernel::Q4_1(matrix) => Some(matrix),
+                _ => None,
+            })
+            .collect();
+        let q8_0: Option<Vec<&Q8_0Matrix>> = linears
+            .iter()
+            .map(|linear| match &linear.kernel {
+                Kernel::Q8_0(matrix) => Some(matrix),
+                _ => None,
+            })
+            .collect();
+        let one = match (q4_1, q8_0) {
+            (Some(parts), _) => Q4_1Matrix::stack(&parts).map(Linear::q4_1),
+            (_, Some(parts)) => Q8_0Matrix::stack(&parts).map(Linear::q8_0),
+            _ => None,
+        };
+        let kernel = match one {
+            Some(linear) => StackKernel::One(linear),
+            None => StackKernel::Each(linears),
+        };
+        Self { kernel, widths }
+    }
+
+    /// Each part's output width.
+    pub(super) fn widths(&self) -> &[usize] {
+        &self.widths
+    }
+
+    /// `x · Wᵀ` for every part, for `x` of shape `[rows, columns]`: `[rows][Σ widths]`, row-major, each row the
+    /// parts' results side by side in order.
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<f32>> {
+        match &self.kernel {
+            StackKernel::One(linear) => linear.forward(x)?.flatten_all()?.to_vec1::<f32>(),
+            StackKernel::Each(linears) => {
+                let rows = x.dim(0)?;
+                let total: usize = self.widths.iter().sum();
+                let mut output = vec![0f32; rows * total];
+                let mut column = 0;
+                for (linear, &width) in linears.iter().zip(&self.widths) {
+                    let part = linear.forward(x)?.flatten_all()?.to_vec1::<f32>()?;
+                    for (row, values) in part.chunks_exact(width).enumerate() {
+                        output[row * total + column..][..width].copy_from_slice(values);
+                    }
+                    column += width;
+                }
+                Ok(output)
+            }
+        }
+    }
+}
