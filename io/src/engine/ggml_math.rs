@@ -4,6 +4,8 @@
 //! vectorised `expf` and SiLU.
 
 use half::f16;
+
+use super::kernel::Isa;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 /// f32 lanes of one AVX-512 vector: ggml's and tinyBLAS's vector width in the build the goldens came from.
@@ -356,6 +358,80 @@ pub(super) fn silu(x: f32) -> f32 {
     x / (1.0 + expf(0.0 - x))
 }
 
+/// `silu(gate) · up` for one vector of 16 lanes (ggml's `ggml_vec_swiglu_f32` loop body): with AVX-512's own
+/// instructions where the kernels run AVX-512 ([`Isa::current`]), which are ggml's, else lane by lane with
+/// [`silu`]: the same bits either way (`swiglu_lanes_match_silu` checks).
+pub(super) fn swiglu_lanes(gate: &[f32; LANES], up: &[f32; LANES], out: &mut [f32; LANES]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::current() == Isa::Avx512Vnni {
+        // SAFETY: that instruction set implies AVX-512 F, detected at run time.
+        unsafe { avx512::swiglu(gate, up, out) };
+        return;
+    }
+    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu(*g) * u;
+    }
+}
+
+/// ggml's `ggml_v_expf` and `ggml_v_silu` for AVX-512, instruction for instruction.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+
+    /// `ggml_v_expf`: the constants are [`super::expf`]'s.
+    #[target_feature(enable = "avx512f")]
+    fn expf(x: __m512) -> __m512 {
+        let constant = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+        let shift = constant(0x4b40_0000);
+        let z = _mm512_fmadd_ps(x, constant(0x3fb8_aa3b), shift);
+        let n = _mm512_sub_ps(z, shift);
+        let b = _mm512_fnmadd_ps(
+            n,
+            constant(0x35bf_be8e),
+            _mm512_fnmadd_ps(n, constant(0x3f31_7200), x),
+        );
+        let saturated = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(constant(0x3c07_2010), b, constant(0x3d2b_9f17)),
+                u,
+                _mm512_fmadd_ps(constant(0x3e2a_af33), b, constant(0x3eff_fedb)),
+            ),
+            u,
+            _mm512_fmadd_ps(constant(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
+        );
+        let result = _mm512_scalef_ps(j, n);
+        if saturated == 0 {
+            return result;
+        }
+        let zero = _mm512_setzero_ps();
+        let below = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero);
+        let alternative = _mm512_mask_blend_ps(below, _mm512_set1_ps(f32::INFINITY), zero);
+        _mm512_mask_blend_ps(saturated, result, alternative)
+    }
+
+    /// `ggml_v_silu(gate) · up`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn swiglu(gate: &[f32; LANES], up: &[f32; LANES], out: &mut [f32; LANES]) {
+        // SAFETY: each pointer reads or writes one 16-value array.
+        unsafe {
+            let x = _mm512_loadu_ps(gate.as_ptr());
+            let denominator = _mm512_add_ps(
+                _mm512_set1_ps(1.0),
+                expf(_mm512_sub_ps(_mm512_setzero_ps(), x)),
+            );
+            let silu = _mm512_div_ps(x, denominator);
+            _mm512_storeu_ps(
+                out.as_mut_ptr(),
+                _mm512_mul_ps(silu, _mm512_loadu_ps(up.as_ptr())),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -392,6 +468,45 @@ pub(super) mod tests {
         assert_eq!(expf(-500.0), 0.0);
         assert_eq!(expf(500.0), f32::INFINITY);
         assert!((silu(1.5) - 1.5 / (1.0 + (-1.5f32).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn swiglu_lanes_match_silu() {
+        let mut inputs = values(4096, 7);
+        for (i, v) in inputs.iter_mut().enumerate() {
+            // From tiny to saturating: about -150..150, plus the exact edges.
+            *v *= [1e-3, 1.0, 30.0, 75.0][i % 4];
+        }
+        inputs.extend([
+            0.0,
+            -0.0,
+            88.0,
+            89.0,
+            -104.0,
+            -110.0,
+            200.0,
+            -200.0,
+            f32::INFINITY,
+        ]);
+        inputs.resize(inputs.len().next_multiple_of(LANES), 1.0);
+        let ups = values(inputs.len(), 8);
+        for (gate, up) in inputs.chunks_exact(LANES).zip(ups.chunks_exact(LANES)) {
+            let (gate, up): (&[f32; LANES], &[f32; LANES]) =
+                (gate.try_into().unwrap(), up.try_into().unwrap());
+            let mut out = [0f32; LANES];
+            swiglu_lanes(gate, up, &mut out);
+            for lane in 0..LANES {
+                let expected = silu(gate[lane]) * up[lane];
+                assert!(
+                    out[lane].to_bits() == expected.to_bits()
+                        || (out[lane].is_nan() && expected.is_nan()),
+                    "silu({}) · {}: {} vs {expected}",
+                    gate[lane],
+                    up[lane],
+                    out[lane]
+                );
+            }
+        }
     }
 
     #[test]

@@ -443,16 +443,30 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<Tensor
 fn swiglu(gate_up: &[f32], width: usize) -> candle_core::Result<Tensor> {
     let rows = gate_up.len() / (2 * width);
     assert_eq!(gate_up.len(), rows * 2 * width, "whole rows");
-    let vectorised = width - width % 16;
-    let mut values = Vec::with_capacity(rows * width);
-    for row in gate_up.chunks_exact(2 * width) {
+    const LANES: usize = 16;
+    let vectorised = width - width % LANES;
+    let mut values = vec![0f32; rows * width];
+    for (row, out) in gate_up
+        .chunks_exact(2 * width)
+        .zip(values.chunks_exact_mut(width))
+    {
         let (gate, up) = row.split_at(width);
-        for (i, (g, u)) in gate.iter().zip(up).enumerate() {
-            values.push(if i < vectorised {
-                ggml_math::silu(*g) * u
-            } else {
-                *g / (1.0 + (-*g).exp()) * u
-            });
+        let (whole, tail) = out.split_at_mut(vectorised);
+        for ((out, gate), up) in whole
+            .chunks_exact_mut(LANES)
+            .zip(gate.chunks_exact(LANES))
+            .zip(up.chunks_exact(LANES))
+        {
+            let lanes = |values: &[f32]| -> [f32; LANES] { values.try_into().expect("16 lanes") };
+            let out: &mut [f32; LANES] = out.try_into().expect("16 lanes");
+            ggml_math::swiglu_lanes(&lanes(gate), &lanes(up), out);
+        }
+        for ((o, g), u) in tail
+            .iter_mut()
+            .zip(&gate[vectorised..])
+            .zip(&up[vectorised..])
+        {
+            *o = *g / (1.0 + (-*g).exp()) * u;
         }
     }
     Tensor::from_vec(values, (rows, width), &Device::Cpu)
