@@ -361,7 +361,25 @@ pub(super) fn forward<K: TileDots>(
         );
     }
     let inputs = x.flatten_all()?.to_vec1::<f32>()?;
-    let quantized = QuantizedRows::new(&inputs, columns);
+    let output = forward_rows(weights, rows, columns, isa, &inputs);
+    *shape.last_mut().expect("checked above") = rows;
+    candle_core::Tensor::from_vec(output, shape, &candle_core::Device::Cpu)
+}
+
+/// [`forward`] on plain memory: `inputs` is `[count][columns]` row-major, the result `[count][rows]`.
+pub(super) fn forward_rows<K: TileDots>(
+    weights: &K,
+    rows: usize,
+    columns: usize,
+    isa: Isa,
+    inputs: &[f32],
+) -> Vec<f32> {
+    assert!(
+        inputs.len().is_multiple_of(columns),
+        "quantized matmul: {} inputs are not rows of {columns}",
+        inputs.len()
+    );
+    let quantized = QuantizedRows::new(inputs, columns);
     // Not zeroed first: `matmul` writes every element (clearing a head's output of 49152 floats per row took 4% of a
     // batched decode step).
     let length = quantized.count() * rows;
@@ -375,8 +393,7 @@ pub(super) fn forward<K: TileDots>(
     );
     // SAFETY: `matmul` wrote each of the `length` elements (one per input row and weight row).
     unsafe { output.set_len(length) };
-    *shape.last_mut().expect("checked above") = rows;
-    candle_core::Tensor::from_vec(output, shape, &candle_core::Device::Cpu)
+    output
 }
 
 /// The sum of eight lanes in the order of [`horizontal_sum`]'s instructions: halves, then quarters, then the pair.

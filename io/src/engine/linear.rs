@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use super::gguf::{GgufError, GgufFile};
 use super::q4_1::Q4_1Matrix;
@@ -87,6 +87,21 @@ impl Linear {
             .map(|row| self.kernel.forward(&x.narrow(0, row, 1)?))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Tensor::cat(&parts, 0)
+    }
+}
+
+impl Linear {
+    /// `x · Wᵀ` for `x` holding rows of `columns` values, row-major: the result holds rows of the matrix's row
+    /// count. Our kernels take the memory as it is; candle's go through a tensor.
+    pub(super) fn forward_rows(&self, x: &[f32], columns: usize) -> candle_core::Result<Vec<f32>> {
+        match &self.kernel {
+            Kernel::Q4_1(matrix) if !self.round_input_to_f16 => Ok(matrix.forward_rows(x)),
+            Kernel::Q8_0(matrix) if !self.round_input_to_f16 => matrix.forward_rows(x),
+            _ => {
+                let x = Tensor::from_slice(x, (x.len() / columns, columns), &Device::Cpu)?;
+                self.forward(&x)?.flatten_all()?.to_vec1::<f32>()
+            }
+        }
     }
 }
 
@@ -186,18 +201,18 @@ impl Stack {
         &self.widths
     }
 
-    /// `x · Wᵀ` for every part, for `x` of shape `[rows, columns]`: `[rows][Σ widths]`, row-major, each row the
-    /// parts' results side by side in order.
-    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<f32>> {
+    /// `x · Wᵀ` for every part, for `x` holding rows of `columns` values: `[rows][Σ widths]`, row-major, each row
+    /// the parts' results side by side in order.
+    pub(super) fn forward_rows(&self, x: &[f32], columns: usize) -> candle_core::Result<Vec<f32>> {
         match &self.kernel {
-            StackKernel::One(linear) => linear.forward(x)?.flatten_all()?.to_vec1::<f32>(),
+            StackKernel::One(linear) => linear.forward_rows(x, columns),
             StackKernel::Each(linears) => {
-                let rows = x.dim(0)?;
+                let rows = x.len() / columns;
                 let total: usize = self.widths.iter().sum();
                 let mut output = vec![0f32; rows * total];
                 let mut column = 0;
                 for (linear, &width) in linears.iter().zip(&self.widths) {
-                    let part = linear.forward(x)?.flatten_all()?.to_vec1::<f32>()?;
+                    let part = linear.forward_rows(x, columns)?;
                     for (row, values) in part.chunks_exact(width).enumerate() {
                         output[row * total + column..][..width].copy_from_slice(values);
                     }

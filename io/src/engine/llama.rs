@@ -45,16 +45,26 @@ use super::q8_0::Q8_0Matrix;
 
 /// The weights of one transformer block.
 struct Block {
-    attention_norm: Tensor,
+    attention_norm: Vec<f32>,
     /// The query, key and value projections.
     qkv: Stack,
     /// The q/k/v projections' biases, where the architecture has them ([`Architecture::qkv_bias`]).
     biases: Option<QkvBiases>,
     attention_output: Linear,
-    ffn_norm: Tensor,
+    ffn_norm: Vec<f32>,
     /// The feed-forward's gate and up projections.
     gate_up: Stack,
     ffn_down: Linear,
+}
+
+/// A one-dimensional f32 weight (a norm's), `length` values.
+fn dense_vector(file: &mut GgufFile, name: &str, length: usize) -> Result<Vec<f32>, GgufError> {
+    dense(file, name, &[length])?
+        .to_vec1::<f32>()
+        .map_err(|error| GgufError::Tensor {
+            name: name.to_string(),
+            problem: error.to_string(),
+        })
 }
 
 /// A loaded llama-family model: weights only, shareable between sequences.
@@ -65,7 +75,7 @@ pub struct Llama {
     /// `[vocab, hidden]`, quantized as in the file; rows are dequantized on lookup.
     embedding: Arc<QTensor>,
     blocks: Vec<Block>,
-    output_norm: Tensor,
+    output_norm: Vec<f32>,
     /// The output head: `output.weight`, or the embedding table itself when the model ties them.
     output: Linear,
     /// ggml's rotary angle step `base^(-2 / head dimension)`: pair `i`'s angle at position `p` is `p` multiplied
@@ -122,7 +132,7 @@ impl Llama {
         for index in 0..config.block_count {
             let name = |suffix: &str| format!("blk.{index}.{suffix}.weight");
             blocks.push(Block {
-                attention_norm: dense(file, &name("attn_norm"), &[hidden])?,
+                attention_norm: dense_vector(file, &name("attn_norm"), hidden)?,
                 qkv: Stack::new(vec![
                     (matmul(file, &name("attn_q"), &[hidden, hidden])?, hidden),
                     (
@@ -140,7 +150,7 @@ impl Llama {
                     None
                 },
                 attention_output: matmul(file, &name("attn_output"), &[hidden, hidden])?,
-                ffn_norm: dense(file, &name("ffn_norm"), &[hidden])?,
+                ffn_norm: dense_vector(file, &name("ffn_norm"), hidden)?,
                 gate_up: Stack::new(vec![
                     (matmul(file, &name("ffn_gate"), &[ffn, hidden])?, ffn),
                     (matmul(file, &name("ffn_up"), &[ffn, hidden])?, ffn),
@@ -148,7 +158,7 @@ impl Llama {
                 ffn_down: matmul(file, &name("ffn_down"), &[hidden, ffn])?,
             });
         }
-        let output_norm = dense(file, "output_norm.weight", &[hidden])?;
+        let output_norm = dense_vector(file, "output_norm.weight", hidden)?;
 
         let pairs = head_dimension / 2;
         let theta_scale = config.rope_freq_base.powf(-2.0 / head_dimension as f32);
@@ -228,17 +238,20 @@ impl Llama {
             results.resize(batch.len(), None);
             return Ok(results);
         }
-        let rows = Tensor::new(last_rows.as_slice(), &Device::Cpu)?;
-        let last = rms_norm(
-            &hidden.index_select(&rows, 0)?,
-            &self.output_norm,
-            self.config.rms_norm_eps,
-        )?;
-        let logits = self.output.forward(&last)?;
+        let width = self.config.embedding_length as usize;
+        let vocab = self.config.vocab_size as usize;
+        let mut last = Vec::with_capacity(last_rows.len() * width);
+        for &row in &last_rows {
+            last.extend_from_slice(&hidden[row as usize * width..][..width]);
+        }
+        rms_norm(&mut last, &self.output_norm, self.config.rms_norm_eps);
+        let logits = self.output.forward_rows(&last, width)?;
+        let mut rows = logits.chunks_exact(vocab);
         let mut next = 0;
         for entry in batch.iter() {
             if entry.logits {
-                results.push(Some(logits.get(next)?));
+                let row = rows.next().expect("a logits row per asking entry");
+                results.push(Some(Tensor::from_slice(row, vocab, &Device::Cpu)?));
                 next += 1;
             } else {
                 results.push(None);
@@ -260,13 +273,15 @@ impl Llama {
             cache,
             logits: false,
         }];
-        let hidden = self.hidden_states(&mut batch)?;
-        rms_norm(&hidden, &self.output_norm, self.config.rms_norm_eps)
+        let mut hidden = self.hidden_states(&mut batch)?;
+        rms_norm(&mut hidden, &self.output_norm, self.config.rms_norm_eps);
+        let width = self.config.embedding_length as usize;
+        Tensor::from_vec(hidden, (tokens.len(), width), &Device::Cpu)
     }
 
     /// Runs every block over the batch's rows (each entry's tokens appended to its cache) and returns the residual
-    /// stream `[rows, dim]`, entries' rows in order.
-    fn hidden_states(&self, batch: &mut [BatchSequence<'_>]) -> candle_core::Result<Tensor> {
+    /// stream `[rows][dim]`, row-major, entries' rows in order.
+    fn hidden_states(&self, batch: &mut [BatchSequence<'_>]) -> candle_core::Result<Vec<f32>> {
         assert!(!batch.is_empty(), "a batch has at least one sequence");
         let mut ids = Vec::new();
         // Each entry's first new position and number of new tokens.
@@ -289,15 +304,30 @@ impl Llama {
         let eps = self.config.rms_norm_eps;
 
         let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?;
-        let mut hidden = self.embedding.embedding(&ids)?;
+        let mut hidden = self
+            .embedding
+            .embedding(&ids)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let width = self.config.embedding_length as usize;
         let rotary = self.rotary_tables(&spans);
+        // The residual additions are ggml's `ggml_add`: one f32 addition per element.
+        let add = |hidden: &mut [f32], update: &[f32]| {
+            assert_eq!(hidden.len(), update.len(), "one update per element");
+            for (h, u) in hidden.iter_mut().zip(update) {
+                *h += u;
+            }
+        };
         for (index, block) in self.blocks.iter().enumerate() {
-            let normed = rms_norm(&hidden, &block.attention_norm, eps)?;
+            let mut normed = hidden.clone();
+            rms_norm(&mut normed, &block.attention_norm, eps);
             let attention = self.attention(block, index, &normed, &rotary, batch)?;
-            hidden = (hidden + attention)?;
-            let normed = rms_norm(&hidden, &block.ffn_norm, eps)?;
-            let swiglu = swiglu(&block.gate_up.forward(&normed)?, block.gate_up.widths()[0])?;
-            hidden = (hidden + block.ffn_down.forward(&swiglu)?)?;
+            add(&mut hidden, &attention);
+            normed.copy_from_slice(&hidden);
+            rms_norm(&mut normed, &block.ffn_norm, eps);
+            let ffn = block.gate_up.widths()[0];
+            let swiglu = swiglu(&block.gate_up.forward_rows(&normed, width)?, ffn);
+            add(&mut hidden, &block.ffn_down.forward_rows(&swiglu, ffn)?);
         }
         for entry in batch.iter_mut() {
             entry.cache.len += entry.tokens.len() as u32;
@@ -336,18 +366,19 @@ impl Llama {
         &self,
         block: &Block,
         index: usize,
-        normed: &Tensor,
+        normed: &[f32],
         (cos, sin): &(Vec<f32>, Vec<f32>),
         batch: &mut [BatchSequence<'_>],
-    ) -> candle_core::Result<Tensor> {
-        let rows = normed.dim(0)?;
+    ) -> candle_core::Result<Vec<f32>> {
+        let width = self.config.embedding_length as usize;
+        let rows = normed.len() / width;
         let heads = self.config.head_count as usize;
         let kv_heads = self.config.head_count_kv as usize;
         let head_dimension = self.config.head_dimension as usize;
         let pairs = head_dimension / 2;
 
         let (q, kv_rows) = (heads * head_dimension, kv_heads * head_dimension);
-        let qkv = block.qkv.forward(normed)?;
+        let qkv = block.qkv.forward_rows(normed, width)?;
         let mut query = Vec::with_capacity(rows * q);
         let mut key = Vec::with_capacity(rows * kv_rows);
         let mut value = Vec::with_capacity(rows * kv_rows);
@@ -413,34 +444,30 @@ impl Llama {
         assert_eq!(offset, rows, "every row belongs to one sequence");
         attend_decode(index, heads, &mut decoding);
         drop(decoding);
-        let output = Tensor::from_vec(output, (rows, heads * head_dimension), &Device::Cpu)?;
-        block.attention_output.forward(&output)
+        block.attention_output.forward_rows(&output, q)
     }
 }
 
 /// ggml's RMS norm: the sum of squares (each square in f32) accumulated in f64, the mean rounded to f32,
 /// `1 / sqrtf(mean + eps)`, then `x · scale · weight` left to right, row by row (see [`kv`] for why llama.cpp's
 /// exact arithmetic).
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
-    let (rows, width) = x.dims2()?;
-    let weight = weight.to_vec1::<f32>()?;
-    assert_eq!(weight.len(), width, "one weight per column");
-    let mut values = x.flatten_all()?.to_vec1::<f32>()?;
+fn rms_norm(values: &mut [f32], weight: &[f32], eps: f32) {
+    let width = weight.len();
+    assert!(values.len().is_multiple_of(width), "whole rows");
     for row in values.chunks_exact_mut(width) {
         let sum: f64 = row.iter().map(|v| f64::from(v * v)).sum();
         let mean = (sum / width as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
-        for (value, w) in row.iter_mut().zip(&weight) {
+        for (value, w) in row.iter_mut().zip(weight) {
             *value = *value * scale * w;
         }
     }
-    Tensor::from_vec(values, (rows, width), &Device::Cpu)
 }
 
 /// ggml's SwiGLU, `silu(gate) · up`, of `gate_up` (`[rows][2 · width]`: each row's gate, then its up values):
 /// whole vectors of 16 with ggml's vectorised SiLU ([`ggml_math::silu`]), any tail with libm's `expf` as ggml's
-/// scalar loop does. Returns `[rows, width]`.
-fn swiglu(gate_up: &[f32], width: usize) -> candle_core::Result<Tensor> {
+/// scalar loop does. Returns `[rows][width]`.
+fn swiglu(gate_up: &[f32], width: usize) -> Vec<f32> {
     let rows = gate_up.len() / (2 * width);
     assert_eq!(gate_up.len(), rows * 2 * width, "whole rows");
     const LANES: usize = 16;
@@ -469,5 +496,5 @@ fn swiglu(gate_up: &[f32], width: usize) -> candle_core::Result<Tensor> {
             *o = *g / (1.0 + (-*g).exp()) * u;
         }
     }
-    Tensor::from_vec(values, (rows, width), &Device::Cpu)
+    values
 }

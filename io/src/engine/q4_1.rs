@@ -134,6 +134,11 @@ impl Q4_1Matrix {
         self.forward_on(Isa::current(), x)
     }
 
+    /// `x · Wᵀ` for `x` holding rows of `columns` values, row-major: the result holds rows of `rows` values.
+    pub fn forward_rows(&self, x: &[f32]) -> Vec<f32> {
+        kernel::forward_rows(self, self.rows, self.columns, Isa::current(), x)
+    }
+
     /// Rows of the matrix.
     pub fn rows(&self) -> usize {
         self.rows

@@ -94,7 +94,19 @@ impl Q8_0Matrix {
     /// [`Q8_0Matrix::forward`] on the given instruction set, which the CPU must have ([`Isa::available`]).
     pub fn forward_on(&self, isa: Isa, x: &Tensor) -> candle_core::Result<Tensor> {
         assert!(isa <= Isa::detected(), "{isa:?} is not available here");
-        // Borrowed, not copied: the tensor is in CPU memory (checked in `from_qtensor`).
+        self.with_weights(|weights| kernel::forward(weights, self.rows, self.columns, isa, x))?
+    }
+
+    /// `x · Wᵀ` for `x` holding rows of `columns` values, row-major: the result holds rows of `rows` values.
+    pub fn forward_rows(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        self.with_weights(|weights| {
+            kernel::forward_rows(weights, self.rows, self.columns, Isa::current(), x)
+        })
+    }
+
+    /// Runs `f` on the matrix's blocks, borrowed, not copied (a shared tensor is in CPU memory: checked in
+    /// `from_qtensor`).
+    fn with_weights<T>(&self, f: impl FnOnce(&WeightRows<'_>) -> T) -> candle_core::Result<T> {
         let shared;
         let bytes: &[u8] = match &self.bytes {
             Bytes::Shared(tensor) => {
@@ -103,11 +115,10 @@ impl Q8_0Matrix {
             }
             Bytes::Owned(bytes) => bytes,
         };
-        let weights = WeightRows {
+        Ok(f(&WeightRows {
             bytes,
             blocks: self.columns / BLOCK_VALUES,
-        };
-        kernel::forward(&weights, self.rows, self.columns, isa, x)
+        }))
     }
 }
 
