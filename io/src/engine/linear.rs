@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::gguf::{GgufError, GgufFile};
@@ -135,6 +135,11 @@ pub(super) fn matmul(
     shape: &[usize],
 ) -> Result<Linear, GgufError> {
     let tensor = file.tensor(name, shape)?;
+    linear(tensor, name)
+}
+
+/// The kernel a matrix of `tensor`'s type gets.
+fn linear(tensor: QTensor, name: &str) -> Result<Linear, GgufError> {
     if let Some(matrix) = Q4_1Matrix::from_qtensor(&tensor) {
         return Ok(Linear::q4_1(matrix));
     }
@@ -166,34 +171,32 @@ enum StackKernel {
 }
 
 impl Stack {
-    /// The parts, with their output widths, in the order their results come in.
-    pub(super) fn new(parts: Vec<(Linear, usize)>) -> Self {
-        let widths: Vec<usize> = parts.iter().map(|(_, width)| *width).collect();
-        let linears: Vec<Linear> = parts.into_iter().map(|(linear, _)| linear).collect();
-        let q4_1: Option<Vec<&Q4_1Matrix>> = linears
-            .iter()
-            .map(|linear| match &linear.kernel {
-                Kernel::Q4_1(matrix) => Some(matrix),
-                _ => None,
-            })
-            .collect();
-        let q8_0: Option<Vec<&Q8_0Matrix>> = linears
-            .iter()
-            .map(|linear| match &linear.kernel {
-                Kernel::Q8_0(matrix) => Some(matrix),
-                _ => None,
-            })
-            .collect();
-        let one = match (q4_1, q8_0) {
-            (Some(parts), _) => Q4_1Matrix::stack(&parts).map(Linear::q4_1),
-            (_, Some(parts)) => Q8_0Matrix::stack(&parts).map(Linear::q8_0),
-            _ => None,
+    /// Reads the matrices `parts` (name, `[rows, columns]`) of `file`, in the order their results come in.
+    pub(super) fn load(
+        file: &mut GgufFile,
+        parts: &[(&str, [usize; 2])],
+    ) -> Result<Self, GgufError> {
+        let widths = parts.iter().map(|(_, [rows, _])| *rows).collect();
+        let mut tensors = Vec::with_capacity(parts.len());
+        for (name, shape) in parts {
+            tensors.push(file.tensor(name, shape)?);
+        }
+        let references: Vec<&QTensor> = tensors.iter().collect();
+        let one = match Q4_1Matrix::from_qtensors(&references) {
+            Some(matrix) => Some(Linear::q4_1(matrix)),
+            None => Q8_0Matrix::from_qtensors(&references).map(Linear::q8_0),
         };
         let kernel = match one {
             Some(linear) => StackKernel::One(linear),
-            None => StackKernel::Each(linears),
+            None => StackKernel::Each(
+                tensors
+                    .into_iter()
+                    .zip(parts)
+                    .map(|(tensor, (name, _))| linear(tensor, name))
+                    .collect::<Result<_, _>>()?,
+            ),
         };
-        Self { kernel, widths }
+        Ok(Self { kernel, widths })
     }
 
     /// Each part's output width.

@@ -133,17 +133,14 @@ impl Llama {
             let name = |suffix: &str| format!("blk.{index}.{suffix}.weight");
             blocks.push(Block {
                 attention_norm: dense_vector(file, &name("attn_norm"), hidden)?,
-                qkv: Stack::new(vec![
-                    (matmul(file, &name("attn_q"), &[hidden, hidden])?, hidden),
-                    (
-                        matmul(file, &name("attn_k"), &[kv_width, hidden])?,
-                        kv_width,
-                    ),
-                    (
-                        matmul(file, &name("attn_v"), &[kv_width, hidden])?,
-                        kv_width,
-                    ),
-                ]),
+                qkv: Stack::load(
+                    file,
+                    &[
+                        (&name("attn_q"), [hidden, hidden]),
+                        (&name("attn_k"), [kv_width, hidden]),
+                        (&name("attn_v"), [kv_width, hidden]),
+                    ],
+                )?,
                 biases: if architecture.qkv_bias {
                     Some(QkvBiases::load(file, index, [hidden, kv_width, kv_width])?)
                 } else {
@@ -151,10 +148,13 @@ impl Llama {
                 },
                 attention_output: matmul(file, &name("attn_output"), &[hidden, hidden])?,
                 ffn_norm: dense_vector(file, &name("ffn_norm"), hidden)?,
-                gate_up: Stack::new(vec![
-                    (matmul(file, &name("ffn_gate"), &[ffn, hidden])?, ffn),
-                    (matmul(file, &name("ffn_up"), &[ffn, hidden])?, ffn),
-                ]),
+                gate_up: Stack::load(
+                    file,
+                    &[
+                        (&name("ffn_gate"), [ffn, hidden]),
+                        (&name("ffn_up"), [ffn, hidden]),
+                    ],
+                )?,
                 ffn_down: matmul(file, &name("ffn_down"), &[hidden, ffn])?,
             });
         }

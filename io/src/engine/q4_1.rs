@@ -48,18 +48,35 @@ pub struct Q4_1Matrix {
 impl Q4_1Matrix {
     /// Takes over a two-dimensional Q4_1 tensor; `None` for any other type or rank.
     pub fn from_qtensor(tensor: &QTensor) -> Option<Self> {
-        if tensor.dtype() != GgmlDType::Q4_1 {
+        Self::from_qtensors(&[tensor])
+    }
+
+    /// Several Q4_1 matrices of one width as one, their rows one after the other (a block's query, key and value
+    /// projections; its gate and up projections), repacked straight into it: one `forward` then quantizes the
+    /// input once and splits every row over the thread pool in one call. Each output is the same dot product as
+    /// in its own matrix, so the same bits. `None` for no parts, another type or rank, different widths, or a
+    /// part other than the last whose rows are not whole groups of [`ROW_GROUP`] (its minimums would share a
+    /// group with the next part's).
+    pub fn from_qtensors(parts: &[&QTensor]) -> Option<Self> {
+        let mut shapes = Vec::with_capacity(parts.len());
+        for part in parts {
+            if part.dtype() != GgmlDType::Q4_1 {
+                return None;
+            }
+            shapes.push(part.shape().dims2().ok()?);
+        }
+        let (&(_, columns), others) = shapes.split_last()?;
+        if columns == 0
+            || !columns.is_multiple_of(BLOCK_VALUES)
+            || shapes.iter().any(|&(_, width)| width != columns)
+            || others
+                .iter()
+                .any(|&(rows, _)| !rows.is_multiple_of(ROW_GROUP))
+        {
             return None;
         }
-        let (rows, columns) = tensor.shape().dims2().ok()?;
-        if columns == 0 || !columns.is_multiple_of(BLOCK_VALUES) {
-            return None;
-        }
-        let data = tensor.data().ok()?;
+        let rows: usize = shapes.iter().map(|&(rows, _)| rows).sum();
         let blocks = columns / BLOCK_VALUES;
-        if data.len() != rows * blocks * WEIGHT_BLOCK_BYTES {
-            return None;
-        }
         let pairs_per_row = blocks.div_ceil(2);
         let mut matrix = Self {
             rows,
@@ -69,64 +86,47 @@ impl Q4_1Matrix {
             pairs: vec![0; rows * pairs_per_row * PAIR_BYTES],
             minimums: vec![0.0; rows.div_ceil(ROW_GROUP) * blocks * ROW_GROUP],
         };
-        for (row, row_bytes) in data.chunks_exact(blocks * WEIGHT_BLOCK_BYTES).enumerate() {
-            let group = row / ROW_GROUP;
-            for (block, bytes) in row_bytes.chunks_exact(WEIGHT_BLOCK_BYTES).enumerate() {
-                matrix.scales.push(f16::from_le_bytes([bytes[0], bytes[1]]));
-                matrix.minimums[(group * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
-                    f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
+        let mut first = 0;
+        for (part, &(part_rows, _)) in parts.iter().zip(&shapes) {
+            let data = part.data().ok()?;
+            if data.len() != part_rows * blocks * WEIGHT_BLOCK_BYTES {
+                return None;
             }
-            let row_pairs = &mut matrix.pairs
-                [row * pairs_per_row * PAIR_BYTES..(row + 1) * pairs_per_row * PAIR_BYTES];
-            for (pair, two) in row_pairs
-                .chunks_exact_mut(PAIR_BYTES)
-                .zip(row_bytes.chunks(2 * WEIGHT_BLOCK_BYTES))
-            {
-                let first: &[u8; NIBBLE_BYTES] =
-                    two[4..WEIGHT_BLOCK_BYTES].try_into().expect("16 bytes");
-                let second: [u8; NIBBLE_BYTES] = match two.get(WEIGHT_BLOCK_BYTES + 4..) {
-                    Some(bytes) => bytes.try_into().expect("16 bytes"),
-                    None => [0; NIBBLE_BYTES],
-                };
-                let (low, high) = pair.split_at_mut(NIBBLE_BYTES);
-                for j in 0..NIBBLE_BYTES {
-                    low[j] = (first[j] & 0x0F) | (second[j] << 4);
-                    high[j] = (first[j] >> 4) | (second[j] & 0xF0);
-                }
+            for (index, row_bytes) in data.chunks_exact(blocks * WEIGHT_BLOCK_BYTES).enumerate() {
+                matrix.repack_row(first + index, row_bytes);
             }
+            first += part_rows;
         }
         Some(matrix)
     }
 
-    /// Several matrices of one width as one, their rows one after the other (a block's query, key and value
-    /// projections; its gate and up projections): one `forward` then quantizes the input once and splits every
-    /// row over the thread pool in one call. Each output is the same dot product as in its own matrix, so the same
-    /// bits. `None` for no parts, different widths, or a part other than the last whose rows are not whole groups
-    /// of [`ROW_GROUP`] (its minimums would share a group with the next part's).
-    pub fn stack(parts: &[&Self]) -> Option<Self> {
-        let (last, others) = parts.split_last()?;
-        if others
-            .iter()
-            .any(|part| !part.rows.is_multiple_of(ROW_GROUP))
-            || parts.iter().any(|part| part.columns != last.columns)
+    /// Fills row `row` from its blocks as the file has them; the scales are pushed, so rows come in order.
+    fn repack_row(&mut self, row: usize, row_bytes: &[u8]) {
+        let (blocks, pairs_per_row) = (self.blocks, self.blocks.div_ceil(2));
+        let group = row / ROW_GROUP;
+        for (block, bytes) in row_bytes.chunks_exact(WEIGHT_BLOCK_BYTES).enumerate() {
+            self.scales.push(f16::from_le_bytes([bytes[0], bytes[1]]));
+            self.minimums[(group * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
+                f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
+        }
+        let row_pairs = &mut self.pairs
+            [row * pairs_per_row * PAIR_BYTES..(row + 1) * pairs_per_row * PAIR_BYTES];
+        for (pair, two) in row_pairs
+            .chunks_exact_mut(PAIR_BYTES)
+            .zip(row_bytes.chunks(2 * WEIGHT_BLOCK_BYTES))
         {
-            return None;
+            let first: &[u8; NIBBLE_BYTES] =
+                two[4..WEIGHT_BLOCK_BYTES].try_into().expect("16 bytes");
+            let second: [u8; NIBBLE_BYTES] = match two.get(WEIGHT_BLOCK_BYTES + 4..) {
+                Some(bytes) => bytes.try_into().expect("16 bytes"),
+                None => [0; NIBBLE_BYTES],
+            };
+            let (low, high) = pair.split_at_mut(NIBBLE_BYTES);
+            for j in 0..NIBBLE_BYTES {
+                low[j] = (first[j] & 0x0F) | (second[j] << 4);
+                high[j] = (first[j] >> 4) | (second[j] & 0xF0);
+            }
         }
-        let mut stacked = Self {
-            rows: 0,
-            columns: last.columns,
-            blocks: last.blocks,
-            scales: Vec::new(),
-            pairs: Vec::new(),
-            minimums: Vec::new(),
-        };
-        for part in parts {
-            stacked.rows += part.rows;
-            stacked.scales.extend_from_slice(&part.scales);
-            stacked.pairs.extend_from_slice(&part.pairs);
-            stacked.minimums.extend_from_slice(&part.minimums);
-        }
-        Some(stacked)
     }
 
     /// `x · Wᵀ` for `x` of shape `[..., columns]`: the result has shape `[..., rows]`.
@@ -137,11 +137,6 @@ impl Q4_1Matrix {
     /// `x · Wᵀ` for `x` holding rows of `columns` values, row-major: the result holds rows of `rows` values.
     pub fn forward_rows(&self, x: &[f32]) -> Vec<f32> {
         kernel::forward_rows(self, self.rows, self.columns, Isa::current(), x)
-    }
-
-    /// Rows of the matrix.
-    pub fn rows(&self) -> usize {
-        self.rows
     }
 
     /// [`Q4_1Matrix::forward`] on the given instruction set, which the CPU must have ([`Isa::available`]).
@@ -301,6 +296,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_stack_gives_each_parts_bits() {
+        let parts: Vec<QTensor> = [(32, 576), (16, 576), (9, 576)]
+            .iter()
+            .zip(20..)
+            .map(|(&shape, seed)| QTensor::quantize(&random(shape, seed), GgmlDType::Q4_1).unwrap())
+            .collect();
+        let references: Vec<&QTensor> = parts.iter().collect();
+        let stacked = Q4_1Matrix::from_qtensors(&references).expect("whole groups, then any rows");
+        let x = random((3, 576), 30);
+        let inputs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let together = stacked.forward_rows(&inputs);
+        let alone: Vec<Vec<f32>> = parts
+            .iter()
+            .map(|part| {
+                Q4_1Matrix::from_qtensor(part)
+                    .unwrap()
+                    .forward_rows(&inputs)
+            })
+            .collect();
+        for row in 0..3 {
+            let expected: Vec<u32> = alone
+                .iter()
+                .flat_map(|part| {
+                    let width = part.len() / 3;
+                    part[row * width..(row + 1) * width]
+                        .iter()
+                        .map(|v| v.to_bits())
+                })
+                .collect();
+            let found: Vec<u32> = together[row * 57..(row + 1) * 57]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(found, expected, "row {row}");
+        }
+        // A part of 9 rows before another would share a group of minimums with it.
+        assert!(Q4_1Matrix::from_qtensors(&[&parts[2], &parts[0]]).is_none());
+        let narrow = QTensor::quantize(&random((16, 64), 31), GgmlDType::Q4_1).unwrap();
+        assert!(Q4_1Matrix::from_qtensors(&[&parts[0], &narrow]).is_none());
+        assert!(Q4_1Matrix::from_qtensors(&[]).is_none());
     }
 
     #[test]

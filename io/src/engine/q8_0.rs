@@ -36,7 +36,7 @@ pub struct Q8_0Matrix {
 enum Bytes {
     /// In the tensor it came in (shared with the embedding lookup for a tied head).
     Shared(Arc<QTensor>),
-    /// Copied together from several tensors ([`Q8_0Matrix::stack`]).
+    /// Copied together from several tensors ([`Q8_0Matrix::from_qtensors`]).
     Owned(Vec<u8>),
 }
 
@@ -60,30 +60,36 @@ impl Q8_0Matrix {
         })
     }
 
-    /// Several matrices of one width as one, their rows one after the other: see `Q4_1Matrix::stack`, whose
-    /// reasons apply here. `None` for no parts or different widths.
-    pub fn stack(parts: &[&Self]) -> Option<Self> {
-        let last = parts.last()?;
-        if parts.iter().any(|part| part.columns != last.columns) {
-            return None;
-        }
+    /// Several Q8_0 matrices of one width as one, their rows one after the other, copied together: see
+    /// `Q4_1Matrix::from_qtensors`, whose reasons apply here. `None` for no parts, another type, rank or device,
+    /// or different widths.
+    pub fn from_qtensors(parts: &[&QTensor]) -> Option<Self> {
+        let mut rows = 0;
+        let mut columns = None;
         let mut bytes = Vec::new();
         for part in parts {
-            match &part.bytes {
-                Bytes::Shared(tensor) => bytes.extend_from_slice(&tensor.data().ok()?),
-                Bytes::Owned(owned) => bytes.extend_from_slice(owned),
+            if part.dtype() != GgmlDType::Q8_0 || !matches!(part.device(), Device::Cpu) {
+                return None;
             }
+            let (part_rows, part_columns) = part.shape().dims2().ok()?;
+            if *columns.get_or_insert(part_columns) != part_columns
+                || part_columns == 0
+                || !part_columns.is_multiple_of(BLOCK_VALUES)
+            {
+                return None;
+            }
+            let data = part.data().ok()?;
+            if data.len() != part_rows * part_columns / BLOCK_VALUES * WEIGHT_BLOCK_BYTES {
+                return None;
+            }
+            bytes.extend_from_slice(&data);
+            rows += part_rows;
         }
         Some(Self {
-            rows: parts.iter().map(|part| part.rows).sum(),
-            columns: last.columns,
+            rows,
+            columns: columns?,
             bytes: Bytes::Owned(bytes),
         })
-    }
-
-    /// Rows of the matrix.
-    pub fn rows(&self) -> usize {
-        self.rows
     }
 
     /// `x · Wᵀ` for `x` of shape `[..., columns]`: the result has shape `[..., rows]`.
