@@ -82,51 +82,54 @@ impl Q4_1Matrix {
             rows,
             columns,
             blocks,
-            scales: Vec::with_capacity(rows * blocks),
+            scales: vec![f16::ZERO; rows * blocks],
             pairs: vec![0; rows * pairs_per_row * PAIR_BYTES],
             minimums: vec![0.0; rows.div_ceil(ROW_GROUP) * blocks * ROW_GROUP],
         };
-        let mut first = 0;
-        for (part, &(part_rows, _)) in parts.iter().zip(&shapes) {
-            let data = part.data().ok()?;
+        let data = parts
+            .iter()
+            .map(|part| part.data().ok())
+            .collect::<Option<Vec<_>>>()?;
+        let mut file_rows = Vec::with_capacity(rows);
+        for (data, &(part_rows, _)) in data.iter().zip(&shapes) {
             if data.len() != part_rows * blocks * WEIGHT_BLOCK_BYTES {
                 return None;
             }
-            for (index, row_bytes) in data.chunks_exact(blocks * WEIGHT_BLOCK_BYTES).enumerate() {
-                matrix.repack_row(first + index, row_bytes);
-            }
-            first += part_rows;
+            file_rows.extend(data.chunks_exact(blocks * WEIGHT_BLOCK_BYTES));
         }
+        // Repacked on the engine's threads (a third of load time on one): each thread takes whole groups of rows,
+        // whose scales, values and minimums are disjoint parts of the arrays.
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let rows_per_thread = rows.div_ceil(ROW_GROUP).div_ceil(threads) * ROW_GROUP;
+        std::thread::scope(|scope| {
+            let mut scales = matrix.scales.as_mut_slice();
+            let mut pairs = matrix.pairs.as_mut_slice();
+            let mut minimums = matrix.minimums.as_mut_slice();
+            let mut chunks = file_rows.chunks(rows_per_thread).peekable();
+            while let Some(rows) = chunks.next() {
+                let mut part = RepackTarget {
+                    blocks,
+                    scales: take(&mut scales, rows.len() * blocks),
+                    pairs: take(&mut pairs, rows.len() * pairs_per_row * PAIR_BYTES),
+                    minimums: take(
+                        &mut minimums,
+                        rows.len().div_ceil(ROW_GROUP) * blocks * ROW_GROUP,
+                    ),
+                };
+                let mut work = move || {
+                    for (row, bytes) in rows.iter().enumerate() {
+                        part.repack_row(row, bytes);
+                    }
+                };
+                // The last chunk on this thread.
+                if chunks.peek().is_some() {
+                    scope.spawn(work);
+                } else {
+                    work();
+                }
+            }
+        });
         Some(matrix)
-    }
-
-    /// Fills row `row` from its blocks as the file has them; the scales are pushed, so rows come in order.
-    fn repack_row(&mut self, row: usize, row_bytes: &[u8]) {
-        let (blocks, pairs_per_row) = (self.blocks, self.blocks.div_ceil(2));
-        let group = row / ROW_GROUP;
-        for (block, bytes) in row_bytes.chunks_exact(WEIGHT_BLOCK_BYTES).enumerate() {
-            self.scales.push(f16::from_le_bytes([bytes[0], bytes[1]]));
-            self.minimums[(group * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
-                f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
-        }
-        let row_pairs = &mut self.pairs
-            [row * pairs_per_row * PAIR_BYTES..(row + 1) * pairs_per_row * PAIR_BYTES];
-        for (pair, two) in row_pairs
-            .chunks_exact_mut(PAIR_BYTES)
-            .zip(row_bytes.chunks(2 * WEIGHT_BLOCK_BYTES))
-        {
-            let first: &[u8; NIBBLE_BYTES] =
-                two[4..WEIGHT_BLOCK_BYTES].try_into().expect("16 bytes");
-            let second: [u8; NIBBLE_BYTES] = match two.get(WEIGHT_BLOCK_BYTES + 4..) {
-                Some(bytes) => bytes.try_into().expect("16 bytes"),
-                None => [0; NIBBLE_BYTES],
-            };
-            let (low, high) = pair.split_at_mut(NIBBLE_BYTES);
-            for j in 0..NIBBLE_BYTES {
-                low[j] = (first[j] & 0x0F) | (second[j] << 4);
-                high[j] = (first[j] >> 4) | (second[j] & 0xF0);
-            }
-        }
     }
 
     /// `x · Wᵀ` for `x` of shape `[..., columns]`: the result has shape `[..., rows]`.
@@ -156,6 +159,53 @@ impl Q4_1Matrix {
     #[cfg(test)]
     fn minimum(&self, row: usize, block: usize) -> f32 {
         self.minimums[((row / ROW_GROUP) * self.blocks + block) * ROW_GROUP + row % ROW_GROUP]
+    }
+}
+
+/// The first `length` elements of `slice` (all of it if shorter), leaving the rest in `slice`.
+fn take<'a, T>(slice: &mut &'a mut [T], length: usize) -> &'a mut [T] {
+    let length = length.min(slice.len());
+    let (taken, rest) = std::mem::take(slice).split_at_mut(length);
+    *slice = rest;
+    taken
+}
+
+/// Whole groups of a matrix's rows being repacked ([`Q4_1Matrix::from_qtensors`]): their parts of its arrays.
+struct RepackTarget<'a> {
+    blocks: usize,
+    scales: &'a mut [f16],
+    pairs: &'a mut [u8],
+    minimums: &'a mut [f32],
+}
+
+impl RepackTarget<'_> {
+    /// Fills row `row` (counting from the first row of these groups) from its blocks as the file has them.
+    fn repack_row(&mut self, row: usize, row_bytes: &[u8]) {
+        let (blocks, pairs_per_row) = (self.blocks, self.blocks.div_ceil(2));
+        let group = row / ROW_GROUP;
+        for (block, bytes) in row_bytes.chunks_exact(WEIGHT_BLOCK_BYTES).enumerate() {
+            self.scales[row * blocks + block] = f16::from_le_bytes([bytes[0], bytes[1]]);
+            self.minimums[(group * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
+                f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
+        }
+        let row_pairs = &mut self.pairs
+            [row * pairs_per_row * PAIR_BYTES..(row + 1) * pairs_per_row * PAIR_BYTES];
+        for (pair, two) in row_pairs
+            .chunks_exact_mut(PAIR_BYTES)
+            .zip(row_bytes.chunks(2 * WEIGHT_BLOCK_BYTES))
+        {
+            let first: &[u8; NIBBLE_BYTES] =
+                two[4..WEIGHT_BLOCK_BYTES].try_into().expect("16 bytes");
+            let second: [u8; NIBBLE_BYTES] = match two.get(WEIGHT_BLOCK_BYTES + 4..) {
+                Some(bytes) => bytes.try_into().expect("16 bytes"),
+                None => [0; NIBBLE_BYTES],
+            };
+            let (low, high) = pair.split_at_mut(NIBBLE_BYTES);
+            for j in 0..NIBBLE_BYTES {
+                low[j] = (first[j] & 0x0F) | (second[j] << 4);
+                high[j] = (first[j] >> 4) | (second[j] & 0xF0);
+            }
+        }
     }
 }
 
