@@ -212,6 +212,23 @@ fn members_are_removed_or_leave_and_the_cluster_keeps_serving() {
             generate(node);
         }
     }
+    if gguf.is_some() {
+        // The dead node restarts with its old identity and Raft state: the others refuse its connections, so its
+        // campaigns reach no one (the term stays) and it is not listed again.
+        let before = wait_for(&remaining, "a leader", |statuses| agreed(statuses, 1));
+        nodes[victim].start(None);
+        wait_for(&[&nodes[victim]], "the removed node to answer", |_| true);
+        std::thread::sleep(Duration::from_secs(4));
+        let remaining: Vec<&Node> = rest.iter().map(|&i| &nodes[i]).collect();
+        let after = wait_for(&remaining, "a leader", |statuses| agreed(statuses, 1));
+        assert_eq!(
+            after[0]["term"], before[0]["term"],
+            "the removed node disrupted no election"
+        );
+        assert!(after.iter().all(|status| members(status) == expected));
+        nodes[victim].kill();
+    }
+    let remaining: Vec<&Node> = rest.iter().map(|&i| &nodes[i]).collect();
 
     // `leave` on the leader, the only voter: it drains, hands its seat to the learner and leaves Raft (the other
     // node takes over), and its process ends.
