@@ -117,8 +117,19 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
+    // A node that left its cluster (`cluster leave`) stops like one told to.
+    let left = cluster.as_ref().map(|cluster| cluster.left());
+    let shutdown = async move {
+        match left {
+            Some(left) => tokio::select! {
+                () = shutdown_signal() => {},
+                () = left => {},
+            },
+            None => shutdown_signal().await,
+        }
+    };
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("the server failed")?;
     if let Some(cluster) = cluster {

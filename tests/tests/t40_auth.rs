@@ -70,6 +70,7 @@ fn concrete(path: &str) -> String {
         "sha256:0000000000000000000000000000000000000000000000000000000000000000",
     )
     .replace("{*model}", "no-such-model")
+    .replace("{node}", "1")
 }
 
 /// `method path` with `key` (if any) and a JSON body for methods that carry one.

@@ -12,7 +12,9 @@ pub enum Command {
         /// The new member.
         member: Member,
     },
-    /// A node left for good; its replicas are forgotten.
+    /// A node left for good (`cluster remove`, `cluster leave`): it is no member any more, its replicas and its
+    /// fencing token are forgotten (placement re-makes the copies elsewhere from the others), and a node with its
+    /// id is refused until it joins again (with a new id). Refused for the only member: a cluster keeps one.
     RemoveNode {
         /// The member to remove.
         node: NodeId,
@@ -128,6 +130,9 @@ pub enum CommandError {
         /// The highest allowed factor.
         max: u32,
     },
+    /// The only member cannot be removed.
+    #[error("node {0} is the only member")]
+    LastMember(NodeId),
     /// A member record with an over-long address.
     #[error("invalid member: {0}")]
     InvalidMember(&'static str),

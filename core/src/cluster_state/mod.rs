@@ -131,9 +131,13 @@ impl ClusterState {
     }
 
     fn remove_node(&mut self, node: NodeId) -> Result<Reply, CommandError> {
-        if self.members.remove(&node).is_none() {
+        if !self.members.contains_key(&node) {
             return Err(CommandError::UnknownNode(node));
         }
+        if self.members.len() == 1 {
+            return Err(CommandError::LastMember(node));
+        }
+        self.members.remove(&node);
         self.fences.remove(&node);
         self.replicas.retain(|_, replicas| {
             replicas.nodes.remove(&node);
@@ -284,6 +288,19 @@ impl ClusterState {
     /// The confirmed copies of one blob.
     pub fn blob(&self, digest: &Digest) -> Option<&BlobReplicas> {
         self.replicas.get(digest)
+    }
+
+    /// The referenced blobs whose only confirmed copy is on `node`: what removing it now would lose.
+    pub fn sole_copies(&self, node: NodeId) -> Vec<Digest> {
+        self.references
+            .keys()
+            .filter(|digest| {
+                self.replicas.get(digest).is_some_and(|replicas| {
+                    replicas.nodes.len() == 1 && replicas.nodes.contains(&node)
+                })
+            })
+            .copied()
+            .collect()
     }
 
     /// Whether any model references the blob.

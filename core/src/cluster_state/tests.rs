@@ -186,6 +186,33 @@ fn remove_node_forgets_its_replicas() {
 }
 
 #[test]
+fn the_only_member_is_never_removed() {
+    let mut state = two_nodes_one_model();
+    state
+        .apply(&Command::RemoveNode { node: NodeId(2) })
+        .unwrap();
+    let before = state.clone();
+    assert_eq!(
+        state.apply(&Command::RemoveNode { node: NodeId(1) }),
+        Err(CommandError::LastMember(NodeId(1)))
+    );
+    assert_eq!(state, before);
+    state.check_invariants();
+}
+
+#[test]
+fn sole_copies_names_what_a_removal_would_lose() {
+    let mut state = two_nodes_one_model();
+    assert_eq!(state.sole_copies(NodeId(1)), vec![digest(7)]);
+    assert_eq!(state.sole_copies(NodeId(2)), Vec::new());
+    stored(&mut state, 2, 7);
+    assert_eq!(state.sole_copies(NodeId(1)), Vec::new());
+    // An unreferenced blob is no loss.
+    stored(&mut state, 2, 9);
+    assert_eq!(state.sole_copies(NodeId(2)), Vec::new());
+}
+
+#[test]
 fn add_node_is_idempotent_only_for_identical_details() {
     let mut state = ClusterState::new();
     assert_eq!(
@@ -335,6 +362,8 @@ proptest! {
                 Ok(Reply::Changed) => {}
             }
             state.check_invariants();
+            // A cluster that had a member keeps one.
+            prop_assert!(before.members().is_empty() || !state.members().is_empty());
             // A referenced blob that had a replica still has one: only RemoveNode may take the last copy.
             if !matches!(command, Command::RemoveNode { .. }) {
                 for digest in before.references().keys() {

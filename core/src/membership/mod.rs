@@ -22,8 +22,11 @@ use crate::limits;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod removal;
 #[cfg(test)]
 mod tests;
+
+pub use removal::{RemovalRefused, voters_after_removal};
 
 /// How many voters the cluster wants at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,7 +26,7 @@ mod store;
 pub mod types;
 
 pub use log_store::{LOG_READ_BYTES_MAX, LOG_READ_ENTRIES_MAX, LogStore};
-pub use membership::run_membership_action;
+pub use membership::{remove_from_raft, run_membership_action};
 pub use network::{RaftRpc, RaftRpcReply, RaftTransport, TransportError, handle_rpc};
 pub use node::{
     ForwardToLeader, InitError, MembershipError, RaftNode, RaftOptions, RaftStatus, ReadError,

@@ -229,7 +229,9 @@ from_fatal!(
     MembershipError
 );
 
-fn membership_error(error: RaftError<u64, ClientWriteError<u64, NodeAddr>>) -> MembershipError {
+pub(super) fn membership_error(
+    error: RaftError<u64, ClientWriteError<u64, NodeAddr>>,
+) -> MembershipError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
             MembershipError::ForwardToLeader(forward.into())

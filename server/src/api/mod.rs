@@ -8,6 +8,7 @@ pub mod error;
 pub mod generate;
 pub mod inference;
 pub mod json;
+pub mod members;
 pub mod models;
 pub mod ndjson;
 pub mod openai;
@@ -359,6 +360,18 @@ fn build(state: Option<&AppState>) -> RouteTable {
             "/api/cluster/replication",
             Needs(Admin),
             set_replication,
+        )
+        .add(
+            Method::DELETE,
+            "/api/cluster/members/{node}",
+            Needs(Admin),
+            members::remove,
+        )
+        .add(
+            Method::POST,
+            "/api/cluster/leave",
+            Needs(Admin),
+            members::leave,
         )
         .add(Method::GET, "/ui", Public, crate::ui::page)
         .add(Method::GET, "/ui/app.js", Public, crate::ui::script)

@@ -189,6 +189,25 @@ pub enum ClusterCommand {
     /// Change a cluster-wide setting through the server at OLLAMA_HOST.
     #[command(subcommand)]
     Set(ClusterSetting),
+    /// Remove a member for good (through the server at OLLAMA_HOST, any member): its copies are re-made on the
+    /// others; it can come back only by joining again with a fresh token.
+    Remove {
+        /// The member: its id (as `cluster status` lists it) or its API or cluster address.
+        node: String,
+        /// Remove it even if a model loses its only copy.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the server at OLLAMA_HOST leave its cluster: it drains, is removed, and shuts down; its next start
+    /// is a single server.
+    Leave {
+        /// Longest wait, in seconds, for its running requests and for its copies to be re-made elsewhere.
+        #[arg(long, default_value_t = 60)]
+        drain: u64,
+        /// Leave even if a model loses its only copy.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `keys` subcommands; they edit `<data-dir>/keys.json` directly, no server needed.
@@ -394,5 +413,34 @@ async fn cluster(client: &client::Client, command: ClusterCommand) -> anyhow::Re
             println!("replication factor set to {factor}");
             Ok(())
         }
+        ClusterCommand::Remove { node, force } => {
+            let path = format!("/api/cluster/members/{}", path_segment(&node));
+            let path = if force {
+                format!("{path}?force=true")
+            } else {
+                path
+            };
+            client.delete(&path, &serde_json::json!({})).await?;
+            println!("removed {node} from the cluster");
+            Ok(())
+        }
+        ClusterCommand::Leave { drain, force } => {
+            let body = serde_json::json!({ "drain_s": drain, "force": force });
+            client.post("/api/cluster/leave", &body).await?;
+            println!("left the cluster; the server is shutting down");
+            Ok(())
+        }
     }
+}
+
+/// `text` as one URL path segment (a cluster address may hold `[`, `]` and `%`).
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                char::from(byte).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }

@@ -40,6 +40,9 @@ impl Cluster {
                 tokio::spawn(self.clone().drop_replica(digest));
                 ControlReply::Done
             }
+            Control::RemoveMember { node, force } => {
+                ControlReply::Removed(self.remove_as_leader(node, force).await)
+            }
         }
     }
 }

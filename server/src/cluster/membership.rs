@@ -15,13 +15,20 @@ use ollamamax_io::raft::{RaftNode, run_membership_action};
 const VOTERS_CHECK_PERIOD: Duration = Duration::from_millis(500);
 
 /// Keeps `members` equal to the applied state's members plus Raft's voters and learners; empty while this node
-/// has applied no state with members (see the membership predicate in [`super::Cluster::start`]).
-pub async fn track_members(raft: Arc<RaftNode>, members: Arc<Mutex<BTreeSet<NodeId>>>) {
+/// has applied no state with members (see the membership predicate in [`super::Cluster::start`]). Forgets the
+/// `admitted` nodes that have become members: from then on the state alone lets them in, so a member removed
+/// later is refused.
+pub async fn track_members(
+    raft: Arc<RaftNode>,
+    members: Arc<Mutex<BTreeSet<NodeId>>>,
+    admitted: Arc<Mutex<BTreeSet<NodeId>>>,
+) {
     let mut applied = raft.applied();
     loop {
         let status = raft.status();
         let mut allowed: BTreeSet<NodeId> =
             applied.borrow().state.members().keys().copied().collect();
+        super::lock(&admitted).retain(|node| !allowed.contains(node));
         if !allowed.is_empty() {
             allowed.extend(status.voters);
             allowed.extend(status.learners);
@@ -36,9 +43,11 @@ pub async fn track_members(raft: Arc<RaftNode>, members: Arc<Mutex<BTreeSet<Node
 }
 
 /// On the leader: make the voter set the one the core's `Membership` wants for the current members.
-pub async fn run_voters(raft: Arc<RaftNode>) {
+/// Holds `changes` while it plans and changes, so a removal (see [`super::remove`]) never races it.
+pub async fn run_voters(raft: Arc<RaftNode>, changes: Arc<tokio::sync::Mutex<()>>) {
     loop {
         tokio::time::sleep(VOTERS_CHECK_PERIOD).await;
+        let _changing = changes.lock().await;
         let status = raft.status();
         if status.leader != Some(raft.id()) || status.voters.is_empty() {
             continue;

@@ -10,6 +10,7 @@
 //! core's [`Membership`](ollamamax_core::membership::Membership) decides the voters.
 
 pub mod admit;
+pub mod compat;
 mod control;
 pub mod health;
 pub mod init;
@@ -18,6 +19,7 @@ pub mod models;
 pub mod paths;
 pub mod placement;
 pub mod propose;
+pub mod remove;
 pub mod route;
 pub mod rpc;
 pub mod schedule;
@@ -95,6 +97,14 @@ pub struct Cluster {
     pub scheduling: OnceLock<schedule::Scheduling>,
     /// Serves requests other nodes forward here.
     pub proxy: route::ProxyService,
+    /// Held while this node, as leader, changes Raft's membership (voters, removals): one change at a time.
+    membership_changes: Arc<tokio::sync::Mutex<()>>,
+    /// Set while this node leaves the cluster: it takes no new inference.
+    leaving: std::sync::atomic::AtomicBool,
+    /// Becomes true once this node has left: the server shuts down.
+    left: tokio::sync::watch::Sender<bool>,
+    /// The cluster directory, set aside once the node has left.
+    cluster_dir: std::path::PathBuf,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -197,8 +207,16 @@ impl Cluster {
         .context("cannot start raft")?;
         let raft = Arc::new(raft);
         handler.attach_raft(raft.clone());
-        tokio::spawn(membership::track_members(raft.clone(), members));
-        tokio::spawn(membership::run_voters(raft.clone()));
+        let membership_changes = Arc::new(tokio::sync::Mutex::new(()));
+        tokio::spawn(membership::track_members(
+            raft.clone(),
+            members,
+            handler.admitted.clone(),
+        ));
+        tokio::spawn(membership::run_voters(
+            raft.clone(),
+            membership_changes.clone(),
+        ));
         let (failures, failures_receiver) = mpsc::channel(placement::FAILURES_QUEUE_MAX);
         let cluster = Arc::new(Cluster {
             node,
@@ -213,6 +231,10 @@ impl Cluster {
             receiving: Mutex::new(BTreeSet::new()),
             scheduling: OnceLock::new(),
             proxy,
+            membership_changes,
+            leaving: std::sync::atomic::AtomicBool::new(false),
+            left: tokio::sync::watch::Sender::new(false),
+            cluster_dir: dir.clone(),
         });
         let _ = cluster
             .scheduling
@@ -221,6 +243,7 @@ impl Cluster {
         tokio::spawn(health::run(cluster.clone()));
         tokio::spawn(placement::run(cluster.clone(), failures_receiver));
         tokio::spawn(models::sync(cluster.clone()));
+        tokio::spawn(remove::watch_removal(cluster.clone()));
 
         let me = NodeAddr {
             cluster_address: settings.advertise(),

@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use ollamamax_core::NodeId;
+use ollamamax_core::cluster_state::MemberStatus;
 use ollamamax_core::failure_detector::Liveness;
 use ollamamax_core::name::ModelName;
 use ollamamax_core::scheduler::RejectReason;
@@ -41,6 +42,8 @@ use crate::config::BODY_BYTES_MAX;
 
 /// Marks a request another node forwarded here: serve it, do not route it again. Its value is the sender's id.
 pub const ROUTED_HEADER: &str = "x-ollamamax-routed-from";
+/// Marks the answer of a node leaving the cluster, which serves nothing new: the accepting node retries elsewhere.
+const LEAVING_HEADER: &str = "x-ollamamax-leaving";
 /// Version of the forwarded request and reply heads.
 const PROXY_VERSION: u16 = 1;
 /// Request headers that travel with a forwarded request.
@@ -224,6 +227,17 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
     let Some(cluster) = state.cluster.clone() else {
         return next.run(request).await;
     };
+    if cluster.leaving() {
+        // Before any byte: an accepting node that forwarded this retries it elsewhere.
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is leaving the cluster",
+        )
+        .into_response();
+        let leaving = HeaderValue::from_static("1");
+        response.headers_mut().insert(LEAVING_HEADER, leaving);
+        return response;
+    }
     if request.headers().contains_key(ROUTED_HEADER) {
         return next.run(request).await;
     }
@@ -239,7 +253,17 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
     let (known, mut holders): (bool, BTreeSet<NodeId>) = {
         let applied = cluster.raft.applied();
         let state = &applied.borrow().state;
-        (state.model(&model).is_some(), state.model_holders(&model))
+        let mut holders = state.model_holders(&model);
+        // A draining member (leaving the cluster) serves only what no active member can.
+        let active = |node: &NodeId| {
+            state
+                .member(*node)
+                .is_some_and(|member| member.status == MemberStatus::Active)
+        };
+        if holders.iter().any(active) {
+            holders.retain(active);
+        }
+        (state.model(&model).is_some(), holders)
     };
     // A cluster model: its committed holders (each holder's manifests follow the state; no disk read on this
     // path). A model the cluster does not know may still be in this node's store.
@@ -264,7 +288,13 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
             Some(Decision::Run(node)) => {
                 crate::metrics::routed(if retried { "retried" } else { "forwarded" });
                 tracing::info!(model = %model.short(), node = node.0, retried, "forwarding");
-                match forward(&cluster, node, &parts, bytes.clone()).await {
+                let forwarded = forward(&cluster, node, &parts, bytes.clone()).await;
+                let leaving =
+                    |head: &ProxyReply| head.headers.iter().any(|(n, _)| n == LEAVING_HEADER);
+                match forwarded.and_then(|reply| match leaving(&reply.0) {
+                    true => Err(format!("node {} is leaving the cluster", node.0)),
+                    false => Ok(reply),
+                }) {
                     Ok((head, first, rest)) => {
                         ticket.first_byte(node);
                         return stream_through(cluster, head, first, rest, Some(ticket), node);

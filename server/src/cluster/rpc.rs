@@ -16,14 +16,14 @@ use ollamamax_io::transport::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::Cluster;
 use super::health::Load;
+use super::{Cluster, compat};
 
-/// Version of [`Control`] and [`ControlReply`]; a node refuses messages of another version. 2: heartbeats
-/// carry the live requests.
+/// Version of [`Control`] and [`ControlReply`]; a node also speaks the version before it, for rolling upgrades
+/// (see [`super::compat`]), and refuses others. 2: heartbeats carry the live requests.
 pub const CONTROL_VERSION: u16 = 2;
 /// Largest encoded control message.
-const CONTROL_BYTES_MAX: usize = 64 << 10;
+pub(super) const CONTROL_BYTES_MAX: usize = 64 << 10;
 
 /// A control message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +66,13 @@ pub enum Control {
     DropReplica {
         /// The blob.
         digest: Digest,
+    },
+    /// To the leader: remove this member (`cluster remove`, `cluster leave`); answered with `Removed`.
+    RemoveMember {
+        /// The member to remove.
+        node: NodeId,
+        /// Remove it even if a model loses its only copy.
+        force: bool,
     },
 }
 
@@ -111,6 +118,8 @@ pub enum ControlReply {
     Applied(Result<Reply, Refusal>),
     /// The receiver's heartbeat, answering one.
     Heartbeat(Load),
+    /// The outcome of a `RemoveMember`.
+    Removed(Result<(), super::remove::RemoveError>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -147,17 +156,44 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
     Ok(envelope.body)
 }
 
-/// Sends one control message to `target` and returns its reply (`Err`: no reply, with why).
+/// Sends one control message to `target` and returns its reply (`Err`: no reply, with why), in the version the
+/// target speaks (see [`super::compat`]).
 pub async fn call_control(
     transport: &Transport,
     target: NodeId,
     control: Control,
 ) -> Result<ControlReply, String> {
-    match transport
-        .request(target, Request::Control(encode(control)))
-        .await
+    let version = compat::peer_version(target);
+    let (reply, replied_in) = call_in(transport, target, control.clone(), version).await?;
+    if replied_in < version {
+        // An older node refused our version in its own: speak its version from now on.
+        compat::heard_version(target, replied_in);
+        tracing::info!(
+            node = target.0,
+            version = replied_in,
+            "the node speaks an older control protocol; using it"
+        );
+        return call_in(transport, target, control, replied_in)
+            .await
+            .map(|(reply, _)| reply);
+    }
+    if let ControlReply::Refused(why) = &reply
+        && why.starts_with("control protocol version")
     {
-        Ok(Response::Control(bytes)) => decode::<ControlReply>(&bytes),
+        tracing::warn!(node = target.0, %why, "the node refused this node's control protocol");
+    }
+    Ok(reply)
+}
+
+async fn call_in(
+    transport: &Transport,
+    target: NodeId,
+    control: Control,
+    version: u16,
+) -> Result<(ControlReply, u16), String> {
+    let bytes = compat::encode_control(control, version)?;
+    match transport.request(target, Request::Control(bytes)).await {
+        Ok(Response::Control(bytes)) => compat::decode_reply(&bytes),
         Ok(Response::Error(error)) => Err(error.to_string()),
         Ok(_) => Err("unexpected answer".into()),
         Err(error) => Err(format!("cannot reach node {}: {error}", target.0)),
@@ -227,11 +263,18 @@ impl Handler for ClusterHandler {
                 let Some(cluster) = self.cluster.get() else {
                     return unavailable();
                 };
-                let reply = match decode::<Control>(&bytes) {
-                    Ok(control) => cluster.handle_control(peer, control).await,
-                    Err(problem) => ControlReply::Refused(problem),
+                // Answered in the version it came in; one this node does not speak is refused in its own.
+                let (reply, version) = match compat::decode_control(&bytes) {
+                    Ok((control, version)) => {
+                        compat::heard_version(peer, version);
+                        (cluster.handle_control(peer, control).await, version)
+                    }
+                    Err(problem) => {
+                        tracing::warn!(node = peer.0, %problem, "refused a control message");
+                        (ControlReply::Refused(problem), CONTROL_VERSION)
+                    }
                 };
-                Response::Control(encode(reply))
+                Response::Control(compat::encode_reply(reply, version))
             }
         }
     }

@@ -113,6 +113,22 @@ impl Node {
         }
     }
 
+    /// Waits up to `limit` for the process to exit on its own; whether it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            match self.child.as_mut().map(|child| child.try_wait()) {
+                None => return true,
+                Some(Ok(Some(_))) => {
+                    self.child = None;
+                    return true;
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        false
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
     }
@@ -165,6 +181,10 @@ impl Node {
                 .send(body),
             path,
         )
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        read(agent().delete(self.url(path)).call(), path)
     }
 
     pub fn delete_json(&self, path: &str, body: &Value) -> Reply {
