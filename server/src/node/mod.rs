@@ -10,7 +10,9 @@ pub mod requests;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: the same as std's in a real runtime, simulated under turmoil (sim/src/shell).
+use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ollamamax_core::ids::RequestId;

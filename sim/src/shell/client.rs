@@ -83,6 +83,10 @@ impl Client {
         path: &str,
         body: &[u8],
     ) -> Result<Reply, HttpError> {
+        let (datagrams, bytes) = super::udp::take_sent();
+        self.trace.record(format!(
+            "cluster traffic: {datagrams} datagrams, {bytes} bytes"
+        ));
         let result = http::request(self.address(host), method, path, body, REQUEST_DEADLINE).await;
         match &result {
             Ok(reply) => self

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ollamamax_server::cluster::admit::seed_node_ids;
 use ollamamax_server::cluster::init::init;
 use ollamamax_server::cluster::paths::DataPaths;
 use ollamamax_server::node::FakeEngine;
@@ -86,6 +87,8 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
         .map(|index| format!("n{index}"))
         .collect();
     let first = DataPaths::new(root.path().join(&names[0]));
+    // Node ids are drawn on this thread (by `init` here, by the first node's join service later).
+    seed_node_ids(Some(mix(options.seed ^ 0x1d5)));
     let token = match init(&first, None, false) {
         Ok(token) => token,
         Err(error) => {
@@ -136,6 +139,7 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
     let error = drive(&mut sim, options, &names, &trace, &shared);
     let simulated_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
     drop(sim);
+    seed_node_ids(None);
     let shared = lock(&shared);
     let violation = error.or_else(|| shared.checks.violations.first().cloned());
     ShellReport {

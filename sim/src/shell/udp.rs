@@ -25,6 +25,17 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 
 type Readable = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 
+thread_local! {
+    /// Datagrams and bytes sent on this thread's simulated sockets (the simulation runs on one thread).
+    static SENT: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Datagrams and bytes sent through simulated sockets on this thread since the last reset; the trace records
+/// them, so a run whose packets differ (in number or size) from another run of its seed shows where.
+pub fn take_sent() -> (u64, u64) {
+    SENT.replace((0, 0))
+}
+
 /// A turmoil UDP socket as quinn sees it.
 pub struct TurmoilUdp {
     /// `None` once closed: sends vanish and receives wait forever.
@@ -102,6 +113,8 @@ impl AsyncUdpSocket for TurmoilUdp {
         let Some(socket) = self.socket() else {
             return Ok(());
         };
+        let (datagrams, bytes) = SENT.get();
+        SENT.set((datagrams + 1, bytes + transmit.contents.len() as u64));
         match socket.try_send_to(transmit.contents, transmit.destination) {
             Ok(_) => Ok(()),
             // A datagram to an unreachable host is lost, as on a real network; quinn's timers deal with it.
