@@ -75,3 +75,21 @@ impl Trace {
         self.lock().tail.iter().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_different_line_changes_the_hash() {
+        let (first, second) = (Trace::new(false), Trace::new(false));
+        for trace in [&first, &second] {
+            trace.record_at(1, "n1 started");
+        }
+        assert_eq!(first.hash(), second.hash());
+        first.record_at(2, "n2 GET /api/tags -> 200");
+        second.record_at(3, "n2 GET /api/tags -> 200");
+        assert_ne!(first.hash(), second.hash());
+        assert_eq!(first.lines(), 2);
+    }
+}
