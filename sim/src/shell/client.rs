@@ -111,7 +111,7 @@ impl Client {
 
     /// Runs the whole workload; violations land in the shared checks.
     pub async fn run(self) -> turmoil::Result {
-        let mut draws = Draws::new(super::mix(self.options.seed ^ 0xc11e_17));
+        let mut draws = Draws::new(super::mix(self.options.seed ^ 0x00c1_1e17));
         if !self.form().await {
             lock(&self.shared)
                 .checks
