@@ -1,6 +1,9 @@
 //! `ollamamax serve`: reads the environment, opens the models directory, starts residency and the HTTP API,
-//! and stops cleanly on Ctrl-C or SIGTERM.
+//! and stops cleanly on Ctrl-C or SIGTERM. [`start_node`] is the part without the HTTP listener, shared with the
+//! shell simulator.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -9,8 +12,9 @@ use ollamamax_io::store::Store;
 use tracing_subscriber::EnvFilter;
 
 use crate::api::{self, AppState};
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::ServerConfig;
-use crate::node::{Node, NodeConfig};
+use crate::node::{EngineChoice, Node, NodeConfig};
 
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -31,31 +35,49 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs the server until a shutdown signal.
-pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
-    let filter =
-        EnvFilter::try_from_env("OLLAMAMAX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_format == "json" {
-        logs.json().with_current_span(true).init();
-    } else {
-        logs.init();
-    }
-    let config = ServerConfig::from_env()?;
-    // A bad registry allowlist stops the start, rather than failing every later pull and push.
-    let registries = ollamamax_io::registry::RegistryPolicy::from_env()?;
-    tracing::info!(registries = %registries.allowed(), "pull and push allowed to");
-    crate::metrics::install();
-    // Bind first and apply the access policy before touching the models directory: a public bind without a key
-    // stops here, having changed nothing.
-    let address = config.host.authority();
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
-    let api_address = listener.local_addr()?;
-    let auth = crate::auth::Auth::start(data_dir(&args), api_address, args.insecure_no_auth)?;
+/// Everything a node needs besides its HTTP listener. `serve` builds it from the environment and its flags; the
+/// shell simulator (`sim/src/shell`) builds it directly and serves the router on simulated TCP.
+pub struct NodeSetup {
+    /// The server's settings.
+    pub config: ServerConfig,
+    /// The data directory (API keys, cluster identity, Raft).
+    pub data_dir: PathBuf,
+    /// Where the HTTP API listens.
+    pub api_address: SocketAddr,
+    /// `--insecure-no-auth`.
+    pub insecure_no_auth: bool,
+    /// How the node takes part in a cluster (its capacity and API address are filled in by [`start_node`]).
+    pub cluster: ClusterSettings,
+    /// What runs loaded models.
+    pub engine: EngineChoice,
+    /// The disk this node offers the cluster; `None` reads the models directory's free space (the simulator
+    /// fixes it: the real disk's free space changes between runs).
+    pub disk_bytes: Option<u64>,
+}
+
+/// A started node: the router to serve and its cluster part.
+pub struct StartedNode {
+    /// The HTTP API.
+    pub router: axum::Router,
+    /// The cluster part; `None` on a single server.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// Starts a node's access control, store, residency and cluster part, and builds its router, without binding
+/// anything but the cluster socket (through `setup.cluster.sockets`).
+pub async fn start_node(setup: NodeSetup) -> Result<StartedNode> {
+    let NodeSetup {
+        config,
+        data_dir,
+        api_address,
+        insecure_no_auth,
+        cluster: mut settings,
+        engine,
+        disk_bytes,
+    } = setup;
+    // Apply the access policy before touching the models directory: a public bind without a key stops here,
+    // having changed nothing.
+    let auth = crate::auth::Auth::start(data_dir, api_address, insecure_no_auth)?;
     let store = Store::open(&config.models_dir).with_context(|| {
         format!(
             "cannot open the models directory {}",
@@ -63,11 +85,11 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
         )
     })?;
     store.set_prune(!config.no_prune);
-    let capacity = ollamamax_core::cluster_state::Capacity {
+    // The free disk is read once the store has created the models directory.
+    settings.capacity = ollamamax_core::cluster_state::Capacity {
         memory_bytes: config.memory_budget_bytes,
-        disk_bytes: free_disk_bytes(&config.models_dir),
+        disk_bytes: disk_bytes.unwrap_or_else(|| free_disk_bytes(&config.models_dir)),
     };
-    let settings = cluster_settings(&args, config.max_queue, capacity)?;
     // On a cluster node, blobs go only when the cluster committed that this node gives its copy up.
     store.set_keep_blobs(settings.paths.has_identity() || settings.join.is_some());
     if !config.no_prune && !store.keeps_blobs() {
@@ -89,10 +111,11 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
             waiting_max: config.max_queue,
         },
         num_parallel: config.num_parallel,
+        engine,
     });
     tracing::info!(address = %api_address, models = %config.models_dir.display(), version = env!("CARGO_PKG_VERSION"), "Listening");
     let store = Arc::new(store);
-    let cluster = crate::cluster::Cluster::start(
+    let cluster = Cluster::start(
         settings.with_api_address(api_address),
         store.clone(),
         node.clone(),
@@ -109,6 +132,42 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
     if let Some(cluster) = &cluster {
         cluster.proxy.set_router(router.clone());
     }
+    Ok(StartedNode { router, cluster })
+}
+
+/// Runs the server until a shutdown signal.
+pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
+    let filter =
+        EnvFilter::try_from_env("OLLAMAMAX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.init();
+    }
+    let config = ServerConfig::from_env()?;
+    // A bad registry allowlist stops the start, rather than failing every later pull and push.
+    let registries = ollamamax_io::registry::RegistryPolicy::from_env()?;
+    tracing::info!(registries = %registries.allowed(), "pull and push allowed to");
+    crate::metrics::install();
+    let address = config.host.authority();
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let api_address = listener.local_addr()?;
+    let cluster = cluster_settings(&args, config.max_queue)?;
+    let StartedNode { router, cluster } = start_node(NodeSetup {
+        config,
+        data_dir: data_dir(&args),
+        api_address,
+        insecure_no_auth: args.insecure_no_auth,
+        cluster,
+        engine: EngineChoice::Candle,
+        disk_bytes: None,
+    })
+    .await?;
     // Streamed answers are many small writes: without TCP_NODELAY, Nagle's algorithm and the client's delayed
     // ACK hold each token back ~40 ms (measured by scripts/bench-routing.sh).
     use axum::serve::ListenerExt;
@@ -139,11 +198,10 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The cluster settings from `serve`'s flags; the API address is filled in once the listener is bound.
+/// The cluster settings from `serve`'s flags; [`start_node`] fills in the capacity and the API address.
 fn cluster_settings(
     args: &crate::cli::ServeArgs,
     queue_max: u32,
-    capacity: ollamamax_core::cluster_state::Capacity,
 ) -> Result<crate::cluster::ClusterSettings> {
     use crate::cluster::paths::DataPaths;
     let listen = match &args.cluster_listen {
@@ -169,7 +227,12 @@ fn cluster_settings(
         api_address: String::new(),
         join,
         queue_max,
-        capacity,
+        capacity: ollamamax_core::cluster_state::Capacity {
+            memory_bytes: 0,
+            disk_bytes: 0,
+        },
+        sockets: ollamamax_io::transport::Sockets::Os,
+        raft_rng_seed: None,
     })
 }
 

@@ -7,6 +7,9 @@
 //!
 //! Beside it, [`bandwidth`] models transfer time over per-node upload and download capacities, and
 //! [`chain_bench`] drives the real placement through it (`cargo run -p ollamamax-sim --release -- chain-bench`).
+//!
+//! The [`shell`] simulation runs whole real nodes (quinn, openraft, the store, the HTTP API) under turmoil:
+//! `cargo run -p ollamamax-sim --release -- shell sweep --seeds 30`.
 
 pub mod bandwidth;
 pub mod chain_bench;
@@ -15,6 +18,7 @@ pub mod message;
 pub mod network;
 pub mod node;
 pub mod options;
+pub mod shell;
 pub mod world;
 
 use options::Options;

@@ -1,9 +1,10 @@
-//! `ollamamax-sim`: run, replay and sweep seeds of the World simulator; `chain-bench` times chained replication
-//! in the bandwidth model.
+//! `ollamamax-sim`: run, replay and sweep seeds of the World simulator; `shell` does the same for the shell
+//! simulation (whole nodes under turmoil); `chain-bench` times chained replication in the bandwidth model.
 
 use clap::{Parser, Subcommand};
 use ollamamax_sim::chain_bench::{self, ChainBench};
 use ollamamax_sim::options::Options;
+use ollamamax_sim::shell;
 use ollamamax_sim::world::World;
 use ollamamax_sim::{replay_command, run_seed};
 use std::process::ExitCode;
@@ -40,6 +41,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         start: u64,
     },
+    /// The shell simulation: whole real nodes under turmoil.
+    Shell {
+        #[command(subcommand)]
+        command: ShellCommand,
+    },
     /// Time placing a new blob on every member, chained against one transfer and a fan-out (simulated time,
     /// per-node bandwidth); exit non-zero if a target is missed.
     ChainBench {
@@ -52,12 +58,101 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ShellCommand {
+    /// Run one seed and print its options and result.
+    Run {
+        /// The seed.
+        seed: u64,
+    },
+    /// Run one seed printing every trace line (to debug a failure).
+    Replay {
+        /// The seed.
+        seed: u64,
+    },
+    /// Run many seeds; exit non-zero if any violates an invariant.
+    Sweep {
+        /// How many seeds.
+        #[arg(long, default_value_t = 30)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+    },
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { seed } => run_one(seed, false),
         Command::Replay { seed } => run_one(seed, true),
         Command::Sweep { seeds, start } => sweep(start, seeds),
+        Command::Shell { command } => match command {
+            ShellCommand::Run { seed } => shell_one(seed, false),
+            ShellCommand::Replay { seed } => shell_one(seed, true),
+            ShellCommand::Sweep { seeds, start } => shell_sweep(start, seeds),
+        },
         Command::ChainBench { members, blob_mib } => chain_bench(members, blob_mib),
+    }
+}
+
+fn shell_one(seed: u64, verbose: bool) -> ExitCode {
+    println!(
+        "seed {seed}: {:?}",
+        shell::options::ShellOptions::from_seed(seed)
+    );
+    let report = shell::run_seed(seed, verbose);
+    println!(
+        "seed {seed}: {} simulated ms in {} wall ms ({:.0}x), {} trace lines, trace {:016x}",
+        report.simulated_ms,
+        report.wall_ms,
+        report.simulated_ms as f64 / report.wall_ms.max(1) as f64,
+        report.trace_lines,
+        report.trace_hash
+    );
+    println!("seed {seed}: {}", report.summary);
+    match report.violation {
+        None => {
+            println!("seed {seed}: ok");
+            ExitCode::SUCCESS
+        }
+        Some(violation) => {
+            if !verbose {
+                for line in &report.tail {
+                    println!("  {line}");
+                }
+            }
+            println!("seed {seed}: VIOLATION: {violation}");
+            println!("replay: {}", shell::replay_command(seed));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn shell_sweep(start: u64, count: u64) -> ExitCode {
+    let began = Instant::now();
+    let mut violations = 0u64;
+    let mut simulated_ms = 0u64;
+    for seed in start..start + count {
+        let report = shell::run_seed(seed, false);
+        simulated_ms += report.simulated_ms;
+        if let Some(violation) = report.violation {
+            violations += 1;
+            println!("seed {seed}: VIOLATION: {violation}");
+            println!("  options: {:?}", report.options);
+            println!("  replay: {}", shell::replay_command(seed));
+        }
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    println!(
+        "{count} seeds, {violations} violations, {:.1} s, {:.0} simulated s ({:.0}x real time)",
+        seconds,
+        simulated_ms as f64 / 1000.0,
+        simulated_ms as f64 / 1000.0 / seconds.max(1e-9)
+    );
+    if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -18,6 +18,7 @@ use super::token::{JoinSecret, JoinToken, RedeemError, TokenStore};
 use super::{close, tls};
 use crate::transport::config;
 use crate::transport::frame::{FrameError, read_frame, write_frame};
+use crate::transport::sockets::Sockets;
 use futures::future::BoxFuture;
 use ollamamax_core::ids::NodeId;
 use quinn::crypto::rustls::QuicClientConfig;
@@ -213,22 +214,29 @@ pub enum JoinError {
 
 /// Join the cluster of the node at `server` with `token`, from a temporary endpoint on an ephemeral port.
 pub async fn join_cluster(server: SocketAddr, token: &JoinToken) -> Result<Joined, JoinError> {
+    join_cluster_with(&Sockets::Os, server, token).await
+}
+
+/// [`join_cluster`] from a socket bound by `sockets` (the simulator's UDP).
+pub async fn join_cluster_with(
+    sockets: &Sockets,
+    server: SocketAddr,
+    token: &JoinToken,
+) -> Result<Joined, JoinError> {
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let setup = |error: std::io::Error| JoinError::Setup(error.to_string());
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| JoinError::Setup("no async runtime".into()))?;
-    let socket =
-        config::wrap_udp(&runtime, config::bind_udp(local).map_err(setup)?).map_err(setup)?;
+    let bound = sockets
+        .bind(local)
+        .map_err(|error| JoinError::Setup(error.to_string()))?;
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        config::endpoint_config(None),
+        config::endpoint_config(bound.rng_seed),
         None,
-        socket,
-        runtime,
+        bound.socket,
+        bound.runtime,
     )
-    .map_err(setup)?;
+    .map_err(|error| JoinError::Setup(error.to_string()))?;
     let result = join_cluster_on(&endpoint, server, token).await;
     endpoint.wait_idle().await;
     result

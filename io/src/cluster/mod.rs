@@ -21,7 +21,7 @@ pub mod token;
 
 pub use join::{
     JoinAuthority, JoinError, JoinRefusal, JoinService, Joined, StoreAuthority, join_cluster,
-    join_cluster_on,
+    join_cluster_on, join_cluster_with,
 };
 pub use pki::{
     CheckedCsr, ClusterCa, NodeIdentity, PkiError, node_dns_name, node_id_of_certificate,

@@ -282,7 +282,11 @@ impl Transport {
                     kind: ErrorKind::Other,
                 })??;
         let (batches, receiver) = tokio::sync::mpsc::channel(WRITE_QUEUE_BATCHES as usize);
-        let writer = tokio::task::spawn_blocking(move || write_and_hash(file, existing, receiver));
+        let writer = if self.inner.blocking_threads {
+            tokio::task::spawn_blocking(move || write_and_hash(file, existing, receiver))
+        } else {
+            tokio::spawn(write_and_hash_inline(file, existing, receiver))
+        };
         let mut position = existing;
         let mut attempts = 0;
         let mut failure = None;
@@ -422,6 +426,35 @@ fn write_and_hash(
     existing: u64,
     mut batches: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
 ) -> std::io::Result<[u8; 32]> {
+    let mut hasher = hash_existing(&mut file, existing)?;
+    while let Some(batch) = batches.blocking_recv() {
+        for chunk in &batch {
+            hasher.update(chunk);
+        }
+        write_all_vectored(&mut file, &batch)?;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// [`write_and_hash`] as a task that does its file I/O inline, for runtimes without blocking threads (see
+/// [`BoundSocket::blocking_threads`](super::BoundSocket::blocking_threads)).
+async fn write_and_hash_inline(
+    mut file: File,
+    existing: u64,
+    mut batches: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
+) -> std::io::Result<[u8; 32]> {
+    let mut hasher = hash_existing(&mut file, existing)?;
+    while let Some(batch) = batches.recv().await {
+        for chunk in &batch {
+            hasher.update(chunk);
+        }
+        write_all_vectored(&mut file, &batch)?;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Hashes the `existing` bytes of a resumed file, leaving it positioned at their end.
+fn hash_existing(file: &mut File, existing: u64) -> std::io::Result<Sha256> {
     let mut hasher = Sha256::new();
     file.seek(SeekFrom::Start(0))?;
     let mut buffer = vec![0u8; WRITE_BUFFER_BYTES as usize];
@@ -432,14 +465,7 @@ fn write_and_hash(
         hasher.update(&buffer[..size]);
         left -= size as u64;
     }
-    drop(buffer);
-    while let Some(batch) = batches.blocking_recv() {
-        for chunk in &batch {
-            hasher.update(chunk);
-        }
-        write_all_vectored(&mut file, &batch)?;
-    }
-    Ok(hasher.finalize().into())
+    Ok(hasher)
 }
 
 /// Write every chunk, in order, with as few `writev` calls as the kernel allows: received chunks are a datagram
@@ -482,6 +508,7 @@ pub(super) async fn serve_range(
     blobs: Arc<dyn BlobSource>,
     range: BlobRange,
     mut send: quinn::SendStream,
+    blocking_threads: bool,
 ) {
     let opened = tokio::task::spawn_blocking(move || open_range(&*blobs, &range)).await;
     let opened = opened.unwrap_or(Err(BlobRefusal::Unreadable));
@@ -512,7 +539,11 @@ pub(super) async fn serve_range(
         return;
     }
     let (chunks, mut receiver) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS as usize);
-    tokio::task::spawn_blocking(move || read_chunks(reader, range.length, chunks));
+    if blocking_threads {
+        tokio::task::spawn_blocking(move || read_chunks(reader, range.length, chunks));
+    } else {
+        tokio::spawn(read_chunks_inline(reader, range.length, chunks));
+    }
     let mut sent = 0u64;
     while let Some(chunk) = receiver.recv().await {
         let Ok(chunk) = chunk else { break };
@@ -565,6 +596,25 @@ fn read_chunks(
         let read = reader.read_exact(&mut buffer).map(|()| Bytes::from(buffer));
         let failed = read.is_err();
         if chunks.blocking_send(read).is_err() || failed {
+            return;
+        }
+        left -= size;
+    }
+}
+
+/// [`read_chunks`] as a task that reads inline, for runtimes without blocking threads.
+async fn read_chunks_inline(
+    mut reader: Box<dyn BlobReader>,
+    length: u64,
+    chunks: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    let mut left = length;
+    while left > 0 {
+        let size = left.min(u64::from(READ_CHUNK_BYTES));
+        let mut buffer = vec![0u8; size as usize];
+        let read = reader.read_exact(&mut buffer).map(|()| Bytes::from(buffer));
+        let failed = read.is_err();
+        if chunks.send(read).await.is_err() || failed {
             return;
         }
         left -= size;

@@ -18,12 +18,14 @@
 //!
 //! The endpoint is built with `Endpoint::new_with_abstract_socket` ([`Transport::with_socket`]), so the simulator
 //! can substitute its own UDP socket and runtime; [`Transport::bind`] uses tokio's UDP socket.
+//! [`Transport::bind_with`] takes the socket from a [`Sockets`] (the OS's, or a [`SocketProvider`] of the caller's).
 
 pub mod blob;
 pub mod config;
 pub mod frame;
 pub mod message;
 mod serve;
+pub mod sockets;
 pub mod stream;
 
 pub use blob::{
@@ -31,6 +33,7 @@ pub use blob::{
 };
 pub use frame::{FRAME_BYTES_MAX, FrameError, PROTOCOL_VERSION};
 pub use message::{BlobRange, BlobRefusal, RemoteError, RemoteErrorKind, Request, Response};
+pub use sockets::{BoundSocket, SocketProvider, Sockets};
 pub use stream::{
     NoStreams, OpenError, ReplyBody, ReplyStream, STREAM_BODY_BYTES_MAX, STREAM_CHUNK_BYTES_MAX,
     StreamError, StreamHandler,
@@ -156,6 +159,8 @@ struct Inner {
     client_config: quinn::ClientConfig,
     peers: Mutex<BTreeMap<NodeId, PeerSlot>>,
     inbound: Mutex<BTreeMap<NodeId, Vec<quinn::Connection>>>,
+    /// Whether blob file I/O runs on tokio's blocking threads (see [`BoundSocket::blocking_threads`]).
+    blocking_threads: bool,
 }
 
 struct PeerSlot {
@@ -214,6 +219,24 @@ impl Transport {
         Self::with_socket(socket, runtime, identity, services, None)
     }
 
+    /// Bind `address` with `sockets` (the OS's, or the simulator's) and start serving.
+    pub fn bind_with<H: Handler>(
+        sockets: &Sockets,
+        address: SocketAddr,
+        identity: &NodeIdentity,
+        services: Services<H>,
+    ) -> Result<Self, BindError> {
+        let bound = sockets.bind(address)?;
+        Self::start(
+            bound.socket,
+            bound.runtime,
+            identity,
+            services,
+            bound.rng_seed,
+            bound.blocking_threads,
+        )
+    }
+
     /// Start on a socket and runtime of the caller's (the simulator's), with quinn's randomness seeded.
     pub fn with_socket<H: Handler>(
         socket: Arc<dyn quinn::AsyncUdpSocket>,
@@ -221,6 +244,17 @@ impl Transport {
         identity: &NodeIdentity,
         services: Services<H>,
         rng_seed: Option<[u8; 32]>,
+    ) -> Result<Self, BindError> {
+        Self::start(socket, runtime, identity, services, rng_seed, true)
+    }
+
+    fn start<H: Handler>(
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        runtime: Arc<dyn quinn::Runtime>,
+        identity: &NodeIdentity,
+        services: Services<H>,
+        rng_seed: Option<[u8; 32]>,
+        blocking_threads: bool,
     ) -> Result<Self, BindError> {
         let transport_config = Arc::new(config::transport_config());
         let server_tls = QuicServerConfig::try_from(tls::server_config(identity)?)
@@ -245,6 +279,7 @@ impl Transport {
                 client_config,
                 peers: Mutex::new(BTreeMap::new()),
                 inbound: Mutex::new(BTreeMap::new()),
+                blocking_threads,
             }),
         };
         tokio::spawn(serve::accept_loop(transport.clone(), Arc::new(services)));

@@ -78,7 +78,14 @@ async fn serve_member<H: Handler>(
             connection.close(close::NOT_MEMBER.into(), b"not a member");
             break;
         }
-        tokio::spawn(serve_stream(services.clone(), peer, send, recv));
+        let blocking_threads = transport.inner.blocking_threads;
+        tokio::spawn(serve_stream(
+            services.clone(),
+            peer,
+            send,
+            recv,
+            blocking_threads,
+        ));
     }
     transport.unregister_inbound(peer, &connection);
 }
@@ -88,6 +95,7 @@ async fn serve_stream<H: Handler>(
     peer: NodeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    blocking_threads: bool,
 ) {
     let timeout = Duration::from_millis(u64::from(REQUEST_TIMEOUT_MS));
     let head = tokio::time::timeout(
@@ -119,7 +127,7 @@ async fn serve_stream<H: Handler>(
             }
         }
         StreamHead::FetchBlob(range) => {
-            blob::serve_range(services.blobs.clone(), range, send).await
+            blob::serve_range(services.blobs.clone(), range, send, blocking_threads).await
         }
         StreamHead::Open { head, body_bytes } => {
             let streams = services.streams.clone();

@@ -74,8 +74,7 @@ async fn start(state: AppState, body: axum::body::Bytes) -> Result<Response, Api
     let node = state.node.clone();
     let short = name.short();
     let cluster = state.cluster.clone();
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
+    let writing = tokio::task::spawn_blocking(move || {
         let progress_sender = sender.clone();
         // On a cluster node "success" waits until the model is committed to the cluster.
         let mut held = None;
@@ -89,17 +88,22 @@ async fn start(state: AppState, body: axum::body::Bytes) -> Result<Response, Api
         let result = store.create(&name, &request, &mut progress);
         if let Err(error) = result {
             let _ = sender.blocking_send(Outcome::Failed(store_error(error)));
-            return;
+            return None;
         }
-        if let Some(cluster) = cluster {
-            let published = runtime.block_on(cluster.publish(&name));
-            let outcome = match published {
-                Ok(()) => held.map(Outcome::Progress),
-                Err(error) => Some(Outcome::Failed(super::models::cluster_error(error))),
-            };
-            if let Some(outcome) = outcome {
-                let _ = sender.blocking_send(outcome);
-            }
+        Some((sender, cluster, name, held))
+    });
+    // The commit waits on the network, so it runs as a task, not on the blocking thread: a blocking thread that
+    // waits for other tasks stops the clock of a paused (simulated) runtime (sim/src/shell).
+    tokio::spawn(async move {
+        let Ok(Some((sender, Some(cluster), name, held))) = writing.await else {
+            return;
+        };
+        let outcome = match cluster.publish(&name).await {
+            Ok(()) => held.map(Outcome::Progress),
+            Err(error) => Some(Outcome::Failed(super::models::cluster_error(error))),
+        };
+        if let Some(outcome) = outcome {
+            let _ = sender.send(outcome).await;
         }
     });
     // A replaced model must not keep serving its old weights.

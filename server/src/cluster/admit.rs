@@ -24,8 +24,29 @@ pub fn now_unix_s() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
+thread_local! {
+    /// A seeded sequence that replaces the OS's randomness for node ids on this thread (the shell simulator's).
+    static SEEDED_NODE_IDS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes [`random_node_id`] on this thread draw from a sequence seeded with `seed` (`None`: the OS again), so a
+/// simulated cluster gets the same ids on every run of one seed. The shell simulator runs every node on one
+/// thread.
+pub fn seed_node_ids(seed: Option<u64>) {
+    SEEDED_NODE_IDS.set(seed);
+}
+
 /// A random node id (never 0): ids are permanent and must not collide across joins on different nodes.
 pub fn random_node_id() -> Option<NodeId> {
+    if let Some(state) = SEEDED_NODE_IDS.get() {
+        // splitmix64: distinct ids for distinct draws.
+        let state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        SEEDED_NODE_IDS.set(Some(state));
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        return Some(NodeId((z ^ (z >> 31)).max(1)));
+    }
     let mut bytes = [0u8; 8];
     SystemRandom::new().fill(&mut bytes).ok()?;
     Some(NodeId(u64::from_le_bytes(bytes).max(1)))

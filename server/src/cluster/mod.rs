@@ -34,10 +34,10 @@ use anyhow::{Context, Result, bail};
 use ollamamax_core::NodeId;
 use ollamamax_core::cluster_state::{Capacity, Command};
 use ollamamax_core::digest::Digest;
-use ollamamax_io::cluster::{ClusterCa, JoinService, JoinToken, NodeIdentity, join_cluster};
+use ollamamax_io::cluster::{ClusterCa, JoinService, JoinToken, NodeIdentity, join_cluster_with};
 use ollamamax_io::raft::{InitError, NodeAddr, RaftNode, RaftOptions};
 use ollamamax_io::store::Store;
-use ollamamax_io::transport::{Services, Transport};
+use ollamamax_io::transport::{Services, Sockets, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -69,6 +69,10 @@ pub struct ClusterSettings {
     /// What this node offers, as it registers: the model memory budget and the free disk of its models
     /// directory at start.
     pub capacity: Capacity,
+    /// Where the cluster sockets come from: the OS (real nodes) or the shell simulator's turmoil UDP.
+    pub sockets: Sockets,
+    /// The seed of Raft's election-timeout RNG; `None` seeds from the OS (simulations derive it from their seed).
+    pub raft_rng_seed: Option<u64>,
 }
 
 /// A running cluster node.
@@ -160,7 +164,7 @@ impl Cluster {
             }
             NodeIdentity::load(&dir).context("cannot read this node's cluster identity")?
         } else if let Some((address, token)) = &settings.join {
-            join(paths, address, token).await?
+            join(paths, &settings.sockets, address, token).await?
         } else {
             return Ok(None);
         };
@@ -185,7 +189,8 @@ impl Cluster {
             let members = lock(&allowed);
             members.is_empty() || members.contains(&peer) || lock(&admitted).contains(&peer)
         });
-        let transport = Transport::bind(
+        let transport = Transport::bind_with(
+            &settings.sockets,
             settings.listen(),
             &identity,
             Services {
@@ -200,7 +205,10 @@ impl Cluster {
         let raft = RaftNode::start(
             node,
             &paths.raft(),
-            &RaftOptions::default(),
+            &RaftOptions {
+                rng_seed: settings.raft_rng_seed,
+                ..RaftOptions::default()
+            },
             Arc::new(QuicRaft::new(transport.clone())),
         )
         .await
@@ -334,10 +342,15 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Joins through `address` with `token`, saving the identity and what to register.
-async fn join(paths: &DataPaths, address: &str, token: &JoinToken) -> Result<NodeIdentity> {
+async fn join(
+    paths: &DataPaths,
+    sockets: &Sockets,
+    address: &str,
+    token: &JoinToken,
+) -> Result<NodeIdentity> {
     let socket =
         resolve(address).with_context(|| format!("cannot resolve the join address {address}"))?;
-    let joined = join_cluster(socket, token)
+    let joined = join_cluster_with(sockets, socket, token)
         .await
         .with_context(|| format!("cannot join the cluster at {address}"))?;
     let Some(admitted_by) = joined.admitted_by else {

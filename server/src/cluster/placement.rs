@@ -15,7 +15,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: the same as std's in a real runtime, simulated under turmoil (sim/src/shell).
+use tokio::time::Instant;
 
 use ollamamax_core::NodeId;
 use ollamamax_core::cluster_state::Command;

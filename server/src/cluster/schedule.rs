@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: the same as std's in a real runtime, simulated under turmoil (sim/src/shell).
+use tokio::time::Instant;
 
 use ollamamax_core::scheduler::{Action, Input, RejectReason, Scheduler, SchedulerConfig};
 use ollamamax_core::{NodeId, RequestId};

@@ -8,9 +8,9 @@ use ollamamax_io::engine::Model;
 use ollamamax_io::engine::gguf::GgufFile;
 use ollamamax_io::engine::grammar::FormatCompiler;
 use ollamamax_io::engine::options::{GenerateOptions, OptionsPatch};
-use ollamamax_io::engine::runner::{Runner, RunnerConfig};
 use ollamamax_io::engine::template::{GoTemplate, Message, PromptTemplate};
 
+use super::engine::{Engine, EngineChoice};
 use crate::api::types::ModelDetails;
 
 /// Everything needed to load a model and use it, read from its manifest.
@@ -62,8 +62,8 @@ pub struct LoadedModel {
     pub recipe: Arc<Recipe>,
     /// Weights and tokenizer.
     pub model: Arc<Model>,
-    /// Runs sequences in batches on the engine's threads.
-    pub runner: Runner,
+    /// Runs sequences: candle's batching runner on its threads, or the simulator's fake.
+    pub runner: Engine,
     /// How prompts are formatted.
     pub template: PromptTemplate,
     /// The template's text (Go or Jinja), where tool-call markers are looked up.
@@ -81,8 +81,12 @@ impl std::fmt::Debug for LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads the GGUF and starts its runner. Errors are plain text without paths.
-    pub fn load(recipe: Arc<Recipe>, num_parallel: u32) -> Result<Self, String> {
+    /// Loads the GGUF and starts its engine. Errors are plain text without paths.
+    pub fn load(
+        recipe: Arc<Recipe>,
+        num_parallel: u32,
+        engine: &EngineChoice,
+    ) -> Result<Self, String> {
         let model = Arc::new(Model::load(&recipe.model_path).map_err(|error| error.to_string())?);
         let (template, template_source) = match &recipe.template {
             Some(source) => (
@@ -101,13 +105,7 @@ impl LoadedModel {
                 )
             }
         };
-        let runner = Runner::start(
-            model.clone(),
-            RunnerConfig {
-                num_parallel,
-                ..RunnerConfig::default()
-            },
-        );
+        let runner = Engine::start(engine, model.clone(), num_parallel);
         Ok(Self {
             recipe,
             model,

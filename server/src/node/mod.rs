@@ -3,13 +3,16 @@
 //! never decide residency themselves: they [`Node::acquire`] a [`Lease`] on a loaded model and drop it when
 //! done.
 
+pub mod engine;
 mod loaded;
 pub mod requests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: the same as std's in a real runtime, simulated under turmoil (sim/src/shell).
+use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ollamamax_core::ids::RequestId;
@@ -18,6 +21,7 @@ use ollamamax_core::residency::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+pub use engine::{EngineChoice, FakeEngine};
 pub use loaded::{LoadedModel, Recipe};
 pub use requests::LiveRequests;
 
@@ -113,6 +117,8 @@ pub struct NodeConfig {
     pub residency: ResidencyConfig,
     /// Sequences a loaded model runs at once.
     pub num_parallel: u32,
+    /// What runs loaded models: candle (the default) or the simulator's fake.
+    pub engine: EngineChoice,
 }
 
 impl Node {
@@ -326,9 +332,10 @@ impl Task {
                 self.loading.insert(model.clone(), Instant::now());
                 let commands = self.commands.clone();
                 let num_parallel = self.config.num_parallel;
+                let engine = self.config.engine.clone();
                 tokio::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
-                        LoadedModel::load(recipe, num_parallel).map(Arc::new)
+                        LoadedModel::load(recipe, num_parallel, &engine).map(Arc::new)
                     })
                     .await
                     .unwrap_or_else(|error| Err(format!("the load panicked: {error}")));

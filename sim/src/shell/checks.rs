@@ -1,0 +1,210 @@
+//! The invariants the shell simulation checks on what its clients observe through the real HTTP API.
+//!
+//! - At most one leader per term (Raft's election safety, Raft paper §5.2): every `/api/cluster` answer names
+//!   the node's term and the leader it knows; two answers naming different leaders for one term are a split
+//!   brain.
+//! - Every generate request gets exactly one terminal outcome: a refusal (one JSON error), or a stream whose
+//!   last line, and only that line, is `done` or an error. A stream that ends without one left its client
+//!   hanging; one with two told it two different things.
+//! - No duplicated, lost or spliced tokens: the fake engine's token `i` reads `<KEY:i>`, so the text of a stream
+//!   must be `<KEY:0><KEY:1>…` with one key, and all `num_predict` tokens when it ended `done`. A retry that
+//!   forwarded a request again after bytes were sent shows up as a repeated index or a second key.
+//! - One prompt, one key: the same prompt always yields the same sequence, whichever node ran it.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::http::Reply;
+
+/// How a generate request ended, as its client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Refused before streaming (an HTTP error status).
+    Refused(u16),
+    /// Streamed every token and ended `done`.
+    Done,
+    /// Streamed some tokens, then an error line.
+    Failed(u32),
+}
+
+/// What the checks have seen so far in one run.
+#[derive(Debug, Default)]
+pub struct Checks {
+    /// The leader named for each term, by the first answer that named one.
+    leaders: BTreeMap<u64, u64>,
+    /// The key each prompt's sequence had.
+    keys: BTreeMap<String, u32>,
+    /// Violations found, in order.
+    pub violations: Vec<String>,
+}
+
+impl Checks {
+    /// Records a `/api/cluster` answer from `host`.
+    pub fn observe_status(&mut self, host: &str, status: &Value) {
+        let term = status.get("term").and_then(Value::as_u64);
+        let leader = status.get("leader").and_then(Value::as_u64);
+        let (Some(term), Some(leader)) = (term, leader) else {
+            return;
+        };
+        match self.leaders.get(&term) {
+            None => {
+                self.leaders.insert(term, leader);
+            }
+            Some(known) if *known == leader => {}
+            Some(known) => self.violations.push(format!(
+                "two leaders in term {term}: {known} and {leader} (the second seen by {host})"
+            )),
+        }
+    }
+
+    /// Checks a generate reply for `prompt` that asked for `num_predict` tokens.
+    pub fn check_generate(
+        &mut self,
+        prompt: &str,
+        num_predict: u32,
+        reply: &Reply,
+    ) -> Result<Outcome, String> {
+        let checked = check_stream(num_predict, reply);
+        if let Ok((_, Some(key))) = &checked {
+            let known = *self.keys.entry(prompt.to_string()).or_insert(*key);
+            if known != *key {
+                let violation = format!(
+                    "prompt {prompt:?} gave key {key:08x} after {known:08x}: two different sequences"
+                );
+                self.violations.push(violation.clone());
+                return Err(violation);
+            }
+        }
+        match checked {
+            Ok((outcome, _)) => Ok(outcome),
+            Err(violation) => {
+                let violation = format!("prompt {prompt:?}: {violation}");
+                self.violations.push(violation.clone());
+                Err(violation)
+            }
+        }
+    }
+}
+
+/// The outcome of a generate reply and its sequence's key, or why the reply breaks an invariant.
+pub fn check_stream(num_predict: u32, reply: &Reply) -> Result<(Outcome, Option<u32>), String> {
+    if reply.status != 200 {
+        return match reply.json().get("error") {
+            Some(Value::String(_)) => Ok((Outcome::Refused(reply.status), None)),
+            _ => Err(format!("status {} without an error body", reply.status)),
+        };
+    }
+    let lines = reply.ndjson();
+    let mut text = String::new();
+    let mut terminal = None;
+    for (index, line) in lines.iter().enumerate() {
+        if terminal.is_some() {
+            return Err(format!("line {index} came after the terminal line"));
+        }
+        if let Some(piece) = line.get("response").and_then(Value::as_str) {
+            text.push_str(piece);
+        }
+        if line.get("error").is_some() {
+            terminal = Some(false);
+        } else if line.get("done").and_then(Value::as_bool) == Some(true) {
+            terminal = Some(true);
+        }
+    }
+    let Some(done) = terminal else {
+        return Err(format!(
+            "the stream ended without done or error after {} lines",
+            lines.len()
+        ));
+    };
+    let (key, tokens) = parse_tokens(&text)?;
+    if done && tokens != num_predict {
+        return Err(format!("done after {tokens} of {num_predict} tokens"));
+    }
+    let outcome = if done {
+        Outcome::Done
+    } else {
+        Outcome::Failed(tokens)
+    };
+    Ok((outcome, key))
+}
+
+/// Parses `<KEY:0><KEY:1>…` into its key and token count.
+pub fn parse_tokens(text: &str) -> Result<(Option<u32>, u32), String> {
+    let mut key = None;
+    let mut count = 0u32;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let body = rest
+            .strip_prefix('<')
+            .ok_or_else(|| format!("unexpected text at token {count}: {rest:.40?}"))?;
+        let end = body
+            .find('>')
+            .ok_or_else(|| format!("token {count} cut: {rest:.40?}"))?;
+        let (token_key, index) = body[..end]
+            .split_once(':')
+            .ok_or_else(|| format!("malformed token {count}"))?;
+        let token_key = u32::from_str_radix(token_key, 16)
+            .map_err(|_| format!("malformed key at token {count}"))?;
+        let index: u32 = index
+            .parse()
+            .map_err(|_| format!("malformed index at token {count}"))?;
+        if *key.get_or_insert(token_key) != token_key {
+            return Err(format!(
+                "token {count} belongs to another sequence (spliced)"
+            ));
+        }
+        if index != count {
+            return Err(format!(
+                "token {count} has index {index} (duplicated or lost)"
+            ));
+        }
+        count += 1;
+        rest = &body[end + 1..];
+    }
+    Ok((key, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn whole_streams_pass_and_broken_ones_fail() {
+        let good = "{\"response\":\"<0000000a:0>\",\"done\":false}\n\
+                    {\"response\":\"<0000000a:1>\",\"done\":false}\n{\"response\":\"\",\"done\":true}\n";
+        assert_eq!(
+            check_stream(2, &reply(200, good)),
+            Ok((Outcome::Done, Some(10)))
+        );
+        let duplicated = "{\"response\":\"<0000000a:0><0000000a:0>\"}\n{\"done\":true}\n";
+        assert!(check_stream(2, &reply(200, duplicated)).is_err());
+        let spliced = "{\"response\":\"<0000000a:0><0000000b:1>\"}\n{\"done\":true}\n";
+        assert!(check_stream(2, &reply(200, spliced)).is_err());
+        let unterminated = "{\"response\":\"<0000000a:0>\"}\n";
+        assert!(check_stream(2, &reply(200, unterminated)).is_err());
+        let twice = "{\"done\":true}\n{\"done\":true}\n";
+        assert!(check_stream(0, &reply(200, twice)).is_err());
+        assert_eq!(
+            check_stream(2, &reply(503, "{\"error\":\"busy\"}")),
+            Ok((Outcome::Refused(503), None))
+        );
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_are_caught() {
+        let mut checks = Checks::default();
+        checks.observe_status("n1", &serde_json::json!({"term": 3, "leader": 7}));
+        checks.observe_status("n2", &serde_json::json!({"term": 3, "leader": 7}));
+        assert!(checks.violations.is_empty());
+        checks.observe_status("n3", &serde_json::json!({"term": 3, "leader": 8}));
+        assert_eq!(checks.violations.len(), 1);
+    }
+}

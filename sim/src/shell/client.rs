@@ -1,0 +1,343 @@
+//! The simulated client: it waits for the cluster to form, creates the base model through the real HTTP API,
+//! runs a seeded mix of operations while the driver injects faults (the safety phase), then, once the driver
+//! has healed everything, checks that the cluster converged and serves (the liveness phase).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::checks::{Checks, Outcome};
+use super::host::API_PORT;
+use super::http::{self, HttpError, Reply};
+use super::model::tiny_model;
+use super::options::{Draws, ShellOptions};
+use super::trace::Trace;
+
+/// The model every generate request runs.
+pub const BASE_MODEL: &str = "base:latest";
+/// Prompts the clients use (few, so the one-prompt-one-key check compares many answers).
+const PROMPTS: [&str; 4] = ["hello", "the sky", "one two three", "why"];
+/// Longest wait for one request, in simulated time.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
+/// Longest wait for the cluster to form before the safety phase.
+const FORMATION_DEADLINE_MS: u64 = 60_000;
+/// Pause between polls while waiting for something.
+const POLL: Duration = Duration::from_millis(500);
+
+/// What the client and the driver share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// When the cluster had formed and the base model was created (simulated ms); faults start then.
+    pub formed_at_ms: Option<u64>,
+    /// Set by the driver once every fault is healed: the liveness phase may start.
+    pub healed: bool,
+    /// The invariant checks.
+    pub checks: Checks,
+    /// Models created with a success answer and never since touched by a delete.
+    pub acknowledged: BTreeSet<String>,
+    /// A one-line summary of the run, for the report.
+    pub summary: String,
+}
+
+/// The client's view of the run.
+pub struct Client {
+    /// The options.
+    pub options: ShellOptions,
+    /// The node host names.
+    pub hosts: Vec<String>,
+    /// The trace.
+    pub trace: Trace,
+    /// Shared with the driver.
+    pub shared: Arc<Mutex<Shared>>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Counts of what happened, for the summary.
+#[derive(Debug, Default)]
+struct Tally {
+    done: u32,
+    refused: u32,
+    failed: u32,
+    unanswered: u32,
+    created: u32,
+    deleted: u32,
+}
+
+impl Client {
+    fn address(&self, host: &str) -> SocketAddr {
+        SocketAddr::new(turmoil::lookup(host), API_PORT)
+    }
+
+    async fn call(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Reply, HttpError> {
+        let (datagrams, bytes) = super::udp::take_sent();
+        self.trace.record(format!(
+            "cluster traffic: {datagrams} datagrams, {bytes} bytes"
+        ));
+        let result = http::request(self.address(host), method, path, body, REQUEST_DEADLINE).await;
+        match &result {
+            Ok(reply) => self
+                .trace
+                .record(format!("{host} {method} {path} -> {}", reply.status)),
+            Err(error) => self
+                .trace
+                .record(format!("{host} {method} {path} -> {error}")),
+        }
+        result
+    }
+
+    async fn status(&self, host: &str) -> Option<Value> {
+        let reply = self.call(host, "GET", "/api/cluster", b"").await.ok()?;
+        if reply.status != 200 {
+            return None;
+        }
+        let status = reply.json();
+        lock(&self.shared).checks.observe_status(host, &status);
+        Some(status)
+    }
+
+    /// Runs the whole workload; violations land in the shared checks.
+    pub async fn run(self) -> turmoil::Result {
+        let mut draws = Draws::new(super::mix(self.options.seed ^ 0x00c1_1e17));
+        if !self.form().await {
+            lock(&self.shared)
+                .checks
+                .violations
+                .push("the cluster did not form with the base model".into());
+            return Ok(());
+        }
+        let mut tally = Tally::default();
+        let pause_ms = self.options.safety_ms / u64::from(self.options.operations.max(1));
+        for operation in 0..self.options.operations {
+            let host = self.hosts[draws.below(self.hosts.len() as u64) as usize].clone();
+            self.operation(operation, &host, &mut draws, &mut tally, false)
+                .await;
+            tokio::time::sleep(Duration::from_millis(draws.below(pause_ms.max(1)))).await;
+        }
+        while !lock(&self.shared).healed {
+            tokio::time::sleep(POLL).await;
+        }
+        self.trace.record("liveness phase");
+        self.liveness(&mut tally).await;
+        lock(&self.shared).summary = format!(
+            "{} generates done, {} refused, {} failed mid-stream, {} unanswered; {} models created, {} deleted",
+            tally.done, tally.refused, tally.failed, tally.unanswered, tally.created, tally.deleted
+        );
+        Ok(())
+    }
+
+    /// Waits until every node is a member and a leader is known, then creates the base model.
+    async fn form(&self) -> bool {
+        let started = tokio::time::Instant::now();
+        let wanted = self.hosts.len();
+        let deadline = Duration::from_millis(FORMATION_DEADLINE_MS);
+        loop {
+            if started.elapsed() > deadline {
+                return false;
+            }
+            if let Some(status) = self.status(&self.hosts[0]).await {
+                let members = status["members"].as_array().map_or(0, Vec::len);
+                if members == wanted && status["leader"].is_u64() {
+                    break;
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let (bytes, digest) = tiny_model();
+        let host = &self.hosts[0];
+        while started.elapsed() < deadline {
+            let uploaded = self
+                .call(host, "POST", &format!("/api/blobs/{digest}"), &bytes)
+                .await;
+            let body =
+                json!({ "model": BASE_MODEL, "files": { "model.gguf": digest }, "stream": false });
+            if matches!(uploaded, Ok(ref reply) if reply.status < 300) {
+                let created = self
+                    .call(host, "POST", "/api/create", body.to_string().as_bytes())
+                    .await;
+                if matches!(created, Ok(ref reply) if reply.status == 200) {
+                    let mut shared = lock(&self.shared);
+                    shared.acknowledged.insert(BASE_MODEL.into());
+                    let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    shared.formed_at_ms = Some(now);
+                    drop(shared);
+                    self.trace.record("formed with the base model");
+                    return true;
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        false
+    }
+
+    async fn operation(
+        &self,
+        operation: u32,
+        host: &str,
+        draws: &mut Draws,
+        tally: &mut Tally,
+        must_answer: bool,
+    ) {
+        match draws.below(10) {
+            0..=4 => {
+                let prompt = PROMPTS[draws.below(PROMPTS.len() as u64) as usize];
+                let num_predict = 2 + draws.below(10) as u32;
+                self.generate(host, prompt, num_predict, tally, must_answer)
+                    .await;
+            }
+            5 | 6 => {
+                let name = format!("copy{operation}:latest");
+                let body = json!({ "source": BASE_MODEL, "destination": name });
+                if let Ok(reply) = self
+                    .call(host, "POST", "/api/copy", body.to_string().as_bytes())
+                    .await
+                    && reply.status == 200
+                {
+                    tally.created += 1;
+                    lock(&self.shared).acknowledged.insert(name);
+                }
+            }
+            7 => {
+                let victim = lock(&self.shared)
+                    .acknowledged
+                    .iter()
+                    .filter(|name| name.as_str() != BASE_MODEL)
+                    .nth(draws.below(4) as usize)
+                    .cloned();
+                if let Some(name) = victim {
+                    // Whatever the answer, the model may be gone now: it is no longer promised.
+                    lock(&self.shared).acknowledged.remove(&name);
+                    let body = json!({ "model": name });
+                    if let Ok(reply) = self
+                        .call(host, "DELETE", "/api/delete", body.to_string().as_bytes())
+                        .await
+                        && reply.status == 200
+                    {
+                        tally.deleted += 1;
+                    }
+                }
+            }
+            8 => {
+                let _ = self.call(host, "GET", "/api/tags", b"").await;
+            }
+            _ => {
+                let _ = self.status(host).await;
+            }
+        }
+    }
+
+    async fn generate(
+        &self,
+        host: &str,
+        prompt: &str,
+        num_predict: u32,
+        tally: &mut Tally,
+        must_answer: bool,
+    ) -> Option<Outcome> {
+        let body = json!({
+            "model": BASE_MODEL,
+            "prompt": prompt,
+            "raw": true,
+            "options": { "num_predict": num_predict },
+        });
+        let reply = match self
+            .call(host, "POST", "/api/generate", body.to_string().as_bytes())
+            .await
+        {
+            Ok(reply) => reply,
+            Err(error) => {
+                tally.unanswered += 1;
+                if must_answer {
+                    lock(&self.shared).checks.violations.push(format!(
+                        "{host}: generate after healing got no answer: {error}"
+                    ));
+                }
+                return None;
+            }
+        };
+        let checked = lock(&self.shared)
+            .checks
+            .check_generate(prompt, num_predict, &reply);
+        let outcome = checked.ok()?;
+        self.trace.record(format!(
+            "{host} generate {prompt:?} {num_predict}: {outcome:?}"
+        ));
+        match outcome {
+            Outcome::Done => tally.done += 1,
+            Outcome::Refused(_) => tally.refused += 1,
+            Outcome::Failed(_) => tally.failed += 1,
+        }
+        Some(outcome)
+    }
+
+    /// After healing: every node agrees on the leader, lists every acknowledged model, and serves a generate.
+    async fn liveness(&self, tally: &mut Tally) {
+        let started = tokio::time::Instant::now();
+        let deadline = Duration::from_millis(self.options.liveness_ms);
+        let acknowledged = lock(&self.shared).acknowledged.clone();
+        let mut pending: BTreeSet<String> = self.hosts.iter().cloned().collect();
+        while !pending.is_empty() && started.elapsed() < deadline {
+            for host in pending.clone() {
+                if self.converged(&host, &acknowledged).await {
+                    pending.remove(&host);
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        if !pending.is_empty() {
+            let mut shared = lock(&self.shared);
+            shared.checks.violations.push(format!(
+                "not converged {} ms after healing: {pending:?} (a leader known, all {} nodes members, every \
+                 acknowledged model listed: {acknowledged:?})",
+                self.options.liveness_ms,
+                self.hosts.len()
+            ));
+            return;
+        }
+        self.trace.record("converged");
+        for host in &self.hosts {
+            let outcome = self.generate(host, PROMPTS[0], 3, tally, true).await;
+            if outcome != Some(Outcome::Done) {
+                lock(&self.shared).checks.violations.push(format!(
+                    "{host}: generate after healing ended {outcome:?}, not done"
+                ));
+            }
+        }
+    }
+
+    async fn converged(&self, host: &str, acknowledged: &BTreeSet<String>) -> bool {
+        let Some(status) = self.status(host).await else {
+            return false;
+        };
+        let members = status["members"].as_array().map_or(0, Vec::len);
+        if members != self.hosts.len() || !status["leader"].is_u64() {
+            return false;
+        }
+        let Ok(reply) = self.call(host, "GET", "/api/tags", b"").await else {
+            return false;
+        };
+        let listed: BTreeSet<String> = reply.json()["models"]
+            .as_array()
+            .map(|models| {
+                models
+                    .iter()
+                    .filter_map(|model| model["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        acknowledged.is_subset(&listed)
+    }
+}

@@ -1,0 +1,99 @@
+//! What one shell seed runs: every choice is drawn from the seed, so the seed alone replays it.
+
+use super::mix;
+
+/// Nodes in a simulated cluster: 3 or 5.
+pub const NODES_CHOICES: [u32; 2] = [3, 5];
+/// Most faults one seed injects in its safety phase.
+pub const FAULTS_MAX: u32 = 12;
+/// Most client operations in the safety phase.
+pub const OPERATIONS_MAX: u32 = 24;
+
+/// The options of one shell seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellOptions {
+    /// The seed everything else comes from.
+    pub seed: u64,
+    /// Cluster nodes.
+    pub nodes: u32,
+    /// Faults injected during the safety phase.
+    pub faults: u32,
+    /// Client operations during the safety phase.
+    pub operations: u32,
+    /// Length of the safety phase, in simulated ms (faults fall inside it).
+    pub safety_ms: u64,
+    /// Longest time the liveness phase may take to converge and serve, in simulated ms.
+    pub liveness_ms: u64,
+    /// Link latency bounds, in simulated ms.
+    pub latency_min_ms: u64,
+    /// See `latency_min_ms`.
+    pub latency_max_ms: u64,
+    /// Simulated time per token of the fake engine.
+    pub token_latency_ms: u32,
+}
+
+impl ShellOptions {
+    /// The options of `seed`.
+    pub fn from_seed(seed: u64) -> Self {
+        let mut draws = Draws::new(seed);
+        let nodes = NODES_CHOICES[draws.below(NODES_CHOICES.len() as u64) as usize];
+        let latency_min_ms = 1 + draws.below(3);
+        Self {
+            seed,
+            nodes,
+            faults: draws.below(u64::from(FAULTS_MAX) + 1) as u32,
+            operations: 8 + draws.below(u64::from(OPERATIONS_MAX - 8) + 1) as u32,
+            safety_ms: 8_000 + draws.below(8_000),
+            liveness_ms: 40_000,
+            latency_min_ms,
+            latency_max_ms: latency_min_ms + draws.below(20),
+            token_latency_ms: 5 + draws.below(20) as u32,
+        }
+    }
+}
+
+/// A seeded stream of draws (splitmix64).
+#[derive(Debug, Clone)]
+pub struct Draws {
+    state: u64,
+}
+
+impl Draws {
+    /// The stream of `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix(self.state)
+    }
+
+    /// A draw in `0..bound` (0 when `bound` is 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            return 0;
+        }
+        self.next_u64() % bound
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_follow_the_seed() {
+        assert_eq!(ShellOptions::from_seed(7), ShellOptions::from_seed(7));
+        let sizes: std::collections::BTreeSet<u32> = (0..64)
+            .map(|seed| ShellOptions::from_seed(seed).nodes)
+            .collect();
+        assert_eq!(sizes, NODES_CHOICES.into_iter().collect());
+    }
+}

@@ -1,0 +1,272 @@
+//! The driver of one shell run: builds the turmoil simulation (the nodes, the client), steps it, injects the
+//! seed's faults during the safety phase, heals everything, and collects the report.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ollamamax_server::cluster::admit::seed_node_ids;
+use ollamamax_server::cluster::init::init;
+use ollamamax_server::cluster::paths::DataPaths;
+use ollamamax_server::node::FakeEngine;
+
+use super::client::{Client, Shared};
+use super::host::{self, CLUSTER_PORT, HostPlan};
+use super::options::{Draws, ShellOptions};
+use super::trace::Trace;
+use super::{ShellReport, mix};
+
+/// Simulated time a run may take before turmoil stops it.
+const SIMULATION_LIMIT: Duration = Duration::from_secs(300);
+/// Delay between node starts, so joiners find the first node up.
+const START_STAGGER_MS: u64 = 300;
+
+/// One fault and how long it lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fault {
+    /// Cut both directions between two nodes.
+    Partition(usize, usize),
+    /// Cut one direction (from, to).
+    PartitionOneway(usize, usize),
+    /// Hold messages between two nodes (delivered on release).
+    Hold(usize, usize),
+    /// Stop a node's software (restarted when the fault ends).
+    Crash(usize),
+    /// Restart a node at once.
+    Bounce(usize),
+}
+
+#[derive(Debug, Clone)]
+struct Scheduled {
+    /// When, after the cluster formed (simulated ms).
+    at_ms: u64,
+    fault: Fault,
+    /// When it is undone, after the cluster formed.
+    until_ms: u64,
+}
+
+fn schedule(options: &ShellOptions) -> Vec<Scheduled> {
+    let mut draws = Draws::new(mix(options.seed ^ 0xfa17));
+    let nodes = options.nodes as u64;
+    let mut faults: Vec<Scheduled> = (0..options.faults)
+        .map(|_| {
+            let a = draws.below(nodes) as usize;
+            let b = (a + 1 + draws.below(nodes - 1) as usize) % nodes as usize;
+            let fault = match draws.below(5) {
+                0 => Fault::Partition(a, b),
+                1 => Fault::PartitionOneway(a, b),
+                2 => Fault::Hold(a, b),
+                3 => Fault::Crash(a),
+                _ => Fault::Bounce(a),
+            };
+            let at_ms = draws.below(options.safety_ms);
+            // Faults straddle election timeouts: from well under one to several.
+            let until_ms = (at_ms + 200 + draws.below(4_000)).min(options.safety_ms);
+            Scheduled {
+                at_ms,
+                fault,
+                until_ms,
+            }
+        })
+        .collect();
+    faults.sort_by_key(|scheduled| scheduled.at_ms);
+    faults
+}
+
+/// Runs one seed.
+pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
+    let began = Instant::now();
+    let trace = Trace::new(verbose);
+    let root = match tempfile::Builder::new()
+        .prefix("ollamamax-shell-")
+        .tempdir()
+    {
+        Ok(root) => root,
+        Err(error) => return ShellReport::failed(options, &trace, format!("no temp dir: {error}")),
+    };
+    let names: Vec<String> = (1..=options.nodes)
+        .map(|index| format!("n{index}"))
+        .collect();
+    let first = DataPaths::new(root.path().join(&names[0]));
+    // Node ids are drawn on this thread (by `init` here, by the first node's join service later).
+    seed_node_ids(Some(mix(options.seed ^ 0x1d5)));
+    let token = match init(&first, None, false) {
+        Ok(token) => token,
+        Err(error) => {
+            return ShellReport::failed(options, &trace, format!("cluster init: {error:#}"));
+        }
+    };
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(options.seed)
+        .simulation_duration(SIMULATION_LIMIT)
+        .min_message_latency(Duration::from_millis(options.latency_min_ms))
+        .max_message_latency(Duration::from_millis(options.latency_max_ms))
+        .enable_random_order()
+        .build();
+    let engine = FakeEngine {
+        seed: options.seed,
+        token_latency_ms: options.token_latency_ms,
+        tokens: 8,
+    };
+    let mut join_address = String::new();
+    for (index, name) in names.iter().enumerate() {
+        let plan = Arc::new(HostPlan {
+            index: index as u32 + 1,
+            name: name.clone(),
+            data_dir: root.path().join(name),
+            join: (index > 0).then(|| (join_address.clone(), token.clone())),
+            seed: mix(options.seed ^ (index as u64 + 1)),
+            engine,
+            start_delay_ms: START_STAGGER_MS * index as u64,
+            sockets: Default::default(),
+            incarnation: std::sync::Mutex::new((0, root.path().join(name))),
+        });
+        let host_trace = trace.clone();
+        sim.host(name.as_str(), move || {
+            host::run(plan.clone(), host_trace.clone())
+        });
+        if index == 0 {
+            join_address = format!("{}:{CLUSTER_PORT}", sim.lookup(name.as_str()));
+        }
+    }
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let client = Client {
+        options: options.clone(),
+        hosts: names.clone(),
+        trace: trace.clone(),
+        shared: shared.clone(),
+    };
+    sim.client("client", client.run());
+    let error = drive(&mut sim, options, &names, &trace, &shared);
+    let simulated_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
+    drop(sim);
+    seed_node_ids(None);
+    let shared = lock(&shared);
+    let violation = error.or_else(|| shared.checks.violations.first().cloned());
+    ShellReport {
+        seed: options.seed,
+        options: options.clone(),
+        simulated_ms,
+        wall_ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+        trace_hash: trace.hash(),
+        trace_lines: trace.lines(),
+        violation,
+        summary: shared.summary.clone(),
+        tail: trace.tail(),
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Steps the simulation to its end, applying faults on time; returns why it failed, if it did.
+fn drive(
+    sim: &mut turmoil::Sim<'_>,
+    options: &ShellOptions,
+    names: &[String],
+    trace: &Trace,
+    shared: &Mutex<Shared>,
+) -> Option<String> {
+    let mut pending = schedule(options);
+    let mut active: Vec<Scheduled> = Vec::new();
+    let mut healed = false;
+    loop {
+        match sim.step() {
+            Ok(true) => return None,
+            Ok(false) => {}
+            Err(error) => return Some(format!("the simulation failed: {error}")),
+        }
+        let Some(formed_at_ms) = lock(shared).formed_at_ms else {
+            continue;
+        };
+        if healed {
+            continue;
+        }
+        let now_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let since_ms = now_ms.saturating_sub(formed_at_ms);
+        while pending.first().is_some_and(|next| next.at_ms <= since_ms) {
+            let scheduled = pending.remove(0);
+            trace.record_at(
+                u128::from(now_ms),
+                format!("fault {:?}", named(&scheduled.fault, names)),
+            );
+            start(sim, &scheduled.fault, names);
+            active.push(scheduled);
+        }
+        let (ended, still): (Vec<_>, Vec<_>) = active
+            .drain(..)
+            .partition(|scheduled| scheduled.until_ms <= since_ms);
+        active = still;
+        for scheduled in ended {
+            trace.record_at(
+                u128::from(now_ms),
+                format!("end {:?}", named(&scheduled.fault, names)),
+            );
+            end(sim, &scheduled.fault, names);
+        }
+        if since_ms >= options.safety_ms {
+            heal(sim, names);
+            trace.record_at(u128::from(now_ms), "healed");
+            lock(shared).healed = true;
+            healed = true;
+        }
+    }
+}
+
+fn named(fault: &Fault, names: &[String]) -> String {
+    match fault {
+        Fault::Partition(a, b) => format!("partition {} {}", names[*a], names[*b]),
+        Fault::PartitionOneway(a, b) => format!("partition {} -> {}", names[*a], names[*b]),
+        Fault::Hold(a, b) => format!("hold {} {}", names[*a], names[*b]),
+        Fault::Crash(a) => format!("crash {}", names[*a]),
+        Fault::Bounce(a) => format!("bounce {}", names[*a]),
+    }
+}
+
+fn start(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String]) {
+    match fault {
+        Fault::Partition(a, b) => sim.partition(names[*a].as_str(), names[*b].as_str()),
+        Fault::PartitionOneway(a, b) => {
+            sim.partition_oneway(names[*a].as_str(), names[*b].as_str())
+        }
+        Fault::Hold(a, b) => sim.hold(names[*a].as_str(), names[*b].as_str()),
+        Fault::Crash(a) => {
+            if sim.is_host_running(names[*a].as_str()) {
+                sim.crash(names[*a].as_str());
+            }
+        }
+        Fault::Bounce(a) => sim.bounce(names[*a].as_str()),
+    }
+}
+
+fn end(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String]) {
+    match fault {
+        Fault::Partition(a, b) | Fault::PartitionOneway(a, b) => {
+            sim.repair(names[*a].as_str(), names[*b].as_str())
+        }
+        Fault::Hold(a, b) => sim.release(names[*a].as_str(), names[*b].as_str()),
+        Fault::Crash(a) => {
+            if !sim.is_host_running(names[*a].as_str()) {
+                sim.bounce(names[*a].as_str());
+            }
+        }
+        Fault::Bounce(_) => {}
+    }
+}
+
+/// Undoes every fault: links repaired and released, stopped nodes restarted.
+fn heal(sim: &mut turmoil::Sim<'_>, names: &[String]) {
+    for (index, a) in names.iter().enumerate() {
+        for b in &names[index + 1..] {
+            sim.repair(a.as_str(), b.as_str());
+            sim.repair_oneway(a.as_str(), b.as_str());
+            sim.repair_oneway(b.as_str(), a.as_str());
+            sim.release(a.as_str(), b.as_str());
+        }
+        if !sim.is_host_running(a.as_str()) {
+            sim.bounce(a.as_str());
+        }
+    }
+}
