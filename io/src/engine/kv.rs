@@ -250,17 +250,7 @@ impl KvCache {
                     for (score, key) in weights.iter_mut().zip(head_keys.chunks_exact(dim)) {
                         *score = (dots.keys)(&query, key);
                     }
-                    softmax(
-                        &mut weights[..visible.next_multiple_of(LANES)],
-                        visible,
-                        scale,
-                    );
-                    // The weights meet the values as f16; masked positions are exact zeros.
-                    let weights = &mut weights[..visible.next_multiple_of(DOT_STEP)];
-                    weights[visible..].fill(0.0);
-                    for weight in weights[..visible].iter_mut() {
-                        *weight = f16::from_f32(*weight).to_f32();
-                    }
+                    let weights = attention_weights(&mut weights, visible, scale);
                     let head_values = &values[kv_head * dim * padded..][..dim * padded];
                     for (d, value_row) in head_values.chunks_exact(padded).enumerate() {
                         let result = (dots.values)(&value_row[..weights.len()], weights);
@@ -371,17 +361,7 @@ pub(super) fn attend_decode(block: usize, heads: usize, entries: &mut [DecodeEnt
             for (score, key) in weights.iter_mut().zip(head_keys.chunks_exact(dim)) {
                 *score = dot_vec_f16(&query, key);
             }
-            softmax(
-                &mut weights[..visible.next_multiple_of(LANES)],
-                visible,
-                scale,
-            );
-            // The weights meet the values as f16; masked positions are exact zeros.
-            let weights = &mut weights[..visible.next_multiple_of(DOT_STEP)];
-            weights[visible..].fill(0.0);
-            for weight in weights[..visible].iter_mut() {
-                *weight = f16::from_f32(*weight).to_f32();
-            }
+            let weights = attention_weights(&mut weights, visible, scale);
             for d in 0..dim {
                 let value_row =
                     &view.cache.values[(kv_head * dim + d) * view.capacity..][..visible];
@@ -392,6 +372,23 @@ pub(super) fn attend_decode(block: usize, heads: usize, entries: &mut [DecodeEnt
             }
         }
     });
+}
+
+/// The attention weights of one query from its `visible` scores (the start of `scores`): ggml's softmax, then
+/// each weight rounded to f16 (the weights meet the values as f16), padded with exact zeros to a whole number of
+/// [`DOT_STEP`]s, which is the part of `scores` returned.
+fn attention_weights(scores: &mut [f32], visible: usize, scale: f32) -> &mut [f32] {
+    softmax(
+        &mut scores[..visible.next_multiple_of(LANES)],
+        visible,
+        scale,
+    );
+    let weights = &mut scores[..visible.next_multiple_of(DOT_STEP)];
+    weights[visible..].fill(0.0);
+    for weight in weights[..visible].iter_mut() {
+        *weight = f16::from_f32(*weight).to_f32();
+    }
+    weights
 }
 
 thread_local! {
