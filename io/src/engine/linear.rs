@@ -95,9 +95,10 @@ impl Linear {
     /// count. Our kernels take the memory as it is; candle's go through a tensor.
     pub(super) fn forward_rows(&self, x: &[f32], columns: usize) -> candle_core::Result<Vec<f32>> {
         match &self.kernel {
-            Kernel::Q4_1(matrix) if !self.round_input_to_f16 => Ok(matrix.forward_rows(x)),
-            Kernel::Q8_0(matrix) if !self.round_input_to_f16 => matrix.forward_rows(x),
-            _ => {
+            // Only F16 weights round their input, and those are candle's.
+            Kernel::Q4_1(matrix) => Ok(matrix.forward_rows(x)),
+            Kernel::Q8_0(matrix) => matrix.forward_rows(x),
+            Kernel::Candle(_) => {
                 let x = Tensor::from_slice(x, (x.len() / columns, columns), &Device::Cpu)?;
                 self.forward(&x)?.flatten_all()?.to_vec1::<f32>()
             }

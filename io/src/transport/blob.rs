@@ -582,6 +582,16 @@ fn open_range(
     Ok((blob_bytes, reader))
 }
 
+/// The next chunk of at most [`READ_CHUNK_BYTES`] of the `left` bytes still to read, and its size.
+fn read_chunk(reader: &mut dyn BlobReader, left: u64) -> (std::io::Result<Bytes>, u64) {
+    let size = left.min(u64::from(READ_CHUNK_BYTES));
+    let mut buffer = vec![0u8; size as usize];
+    (
+        reader.read_exact(&mut buffer).map(|()| Bytes::from(buffer)),
+        size,
+    )
+}
+
 /// The serving side's reader thread: `length` bytes in [`READ_CHUNK_BYTES`] chunks, until done, a read error
 /// (sent on, so the stream is reset) or the receiver is gone.
 fn read_chunks(
@@ -591,9 +601,7 @@ fn read_chunks(
 ) {
     let mut left = length;
     while left > 0 {
-        let size = left.min(u64::from(READ_CHUNK_BYTES));
-        let mut buffer = vec![0u8; size as usize];
-        let read = reader.read_exact(&mut buffer).map(|()| Bytes::from(buffer));
+        let (read, size) = read_chunk(reader.as_mut(), left);
         let failed = read.is_err();
         if chunks.blocking_send(read).is_err() || failed {
             return;
@@ -610,9 +618,7 @@ async fn read_chunks_inline(
 ) {
     let mut left = length;
     while left > 0 {
-        let size = left.min(u64::from(READ_CHUNK_BYTES));
-        let mut buffer = vec![0u8; size as usize];
-        let read = reader.read_exact(&mut buffer).map(|()| Bytes::from(buffer));
+        let (read, size) = read_chunk(reader.as_mut(), left);
         let failed = read.is_err();
         if chunks.send(read).await.is_err() || failed {
             return;
