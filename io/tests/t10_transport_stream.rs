@@ -117,6 +117,58 @@ async fn t10_heads_and_chunks_arrive_in_order_then_a_clean_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_a_redial_leaves_the_streams_under_way_to_finish() {
+    let handler = streams(|_head, _body| {
+        Ok((
+            Vec::new(),
+            paced_chunks(10, Duration::from_millis(20), None),
+        ))
+    });
+    let (server, client) = pair(handler.clone());
+    let (_head, mut first) = client
+        .transport
+        .open_stream(server.id(), Vec::new(), Bytes::new())
+        .await
+        .unwrap();
+    assert!(first.next_chunk().await.unwrap().is_some());
+    // What Raft does after a failed call: new calls get a new connection, the one under way keeps its own.
+    client.transport.redial(server.id());
+    let (_head, mut second) = client
+        .transport
+        .open_stream(server.id(), Vec::new(), Bytes::new())
+        .await
+        .unwrap();
+    let (rest, end) = tokio::time::timeout(HANG_GUARD, read_all(&mut first))
+        .await
+        .unwrap();
+    end.unwrap();
+    assert_eq!(rest, expected_chunks(10)[1..]);
+    let (all, end) = read_all(&mut second).await;
+    end.unwrap();
+    assert_eq!(all, expected_chunks(10));
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_a_call_on_a_connection_the_peer_dropped_is_tried_once_on_a_new_one() {
+    let handler = streams(|_head, _body| Ok((b"ok".to_vec(), stream::empty().boxed())));
+    let (server, client) = pair(handler.clone());
+    for round in 0..5 {
+        let (head, mut reply) = client
+            .transport
+            .open_stream(server.id(), Vec::new(), Bytes::new())
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: {error}"));
+        assert_eq!(head, b"ok");
+        read_all(&mut reply).await.1.unwrap();
+        // The serving side drops every connection (as a restarted peer has none): the pooled one is dead, and
+        // the caller may not know yet. The next call still answers, at the first try.
+        server.transport.disconnect(client.id());
+    }
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t10_a_large_reply_arrives_intact_in_bounded_chunks() {
     const CHUNK: usize = 64 << 10;
     let bytes = Bytes::from(pseudo_random_bytes(40 << 20, 3));

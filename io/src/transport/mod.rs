@@ -136,7 +136,25 @@ impl RequestError {
             _ => None,
         }
     }
+
+    /// Whether the connection the call went out on was dead rather than refused: closed by this node, reset by a
+    /// peer that restarted, timed out idle, or dropped by a peer that is not shutting down. Nothing was served on
+    /// it, and a new connection may well work.
+    pub fn stale_connection(&self) -> bool {
+        use quinn::ConnectionError as Lost;
+        match self {
+            Self::Connection(Lost::LocallyClosed | Lost::Reset | Lost::TimedOut) => true,
+            Self::Connection(Lost::ApplicationClosed(closed)) => {
+                self.close_code() == Some(close::NORMAL)
+                    && closed.reason.as_ref() != SHUTDOWN_REASON
+            }
+            _ => false,
+        }
+    }
 }
+
+/// The reason a node gives its peers when it closes every connection to stop.
+const SHUTDOWN_REASON: &[u8] = b"shutdown";
 
 /// Why the pool refused an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -323,6 +341,14 @@ impl Transport {
         }
     }
 
+    /// Dial `node` afresh for the next call, leaving the pooled connection to the calls already on it: they finish
+    /// on it (it closes once the last lets go), or fail with it if it is dead.
+    pub fn redial(&self, node: NodeId) {
+        if let Some(slot) = lock(&self.inner.peers).get_mut(&node) {
+            slot.connection = None;
+        }
+    }
+
     /// Close every connection to and from `node` and forget its address (it left the cluster).
     pub fn forget(&self, node: NodeId) {
         self.disconnect(node);
@@ -331,8 +357,16 @@ impl Transport {
 
     /// Send `request` to `peer` and wait for its response.
     pub async fn request(&self, peer: NodeId, request: Request) -> Result<Response, RequestError> {
-        let connection = self.connection(peer).await?;
-        request_on(&connection, request).await
+        let frame = frame::encode(&StreamHead::Call(request), FRAME_BYTES_MAX)?;
+        let (connection, reused) = self.pooled(peer).await?;
+        match call_on(&connection, &frame).await {
+            // As for streams: a pooled connection found dead gets one fresh try.
+            Err(error) if reused && error.stale_connection() => {
+                let connection = self.connection(peer).await?;
+                call_on(&connection, &frame).await
+            }
+            answer => answer,
+        }
     }
 
     /// Statistics of the pooled connection to `peer` (path MTU, RTT, congestion window, bytes), if one is up.
@@ -346,18 +380,25 @@ impl Transport {
 
     /// Close all connections and stop serving; waits up to [`SHUTDOWN_DRAIN_MS`] for peers to be told.
     pub async fn shutdown(&self) {
-        self.inner.endpoint.close(close::NORMAL.into(), b"shutdown");
+        self.inner
+            .endpoint
+            .close(close::NORMAL.into(), SHUTDOWN_REASON);
         let drain = Duration::from_millis(u64::from(SHUTDOWN_DRAIN_MS));
         let _ = tokio::time::timeout(drain, self.inner.endpoint.wait_idle()).await;
     }
 
     /// The pooled connection to `peer`, made if missing or failed. One connection attempt at a time per peer.
     async fn connection(&self, peer: NodeId) -> Result<quinn::Connection, RequestError> {
+        Ok(self.pooled(peer).await?.0)
+    }
+
+    /// [`Transport::connection`], and whether it was already in the pool (true) or made for this call (false).
+    async fn pooled(&self, peer: NodeId) -> Result<(quinn::Connection, bool), RequestError> {
         let (address, connecting) = {
             let peers = lock(&self.inner.peers);
             let slot = peers.get(&peer).ok_or(RequestError::NoAddress(peer))?;
             if let Some(connection) = slot.live_connection() {
-                return Ok(connection);
+                return Ok((connection, true));
             }
             (slot.address, slot.connecting.clone())
         };
@@ -367,7 +408,7 @@ impl Transport {
             .get(&peer)
             .and_then(PeerSlot::live_connection)
         {
-            return Ok(connection);
+            return Ok((connection, true));
         }
         let connecting = self.inner.endpoint.connect_with(
             self.inner.client_config.clone(),
@@ -383,7 +424,7 @@ impl Transport {
         {
             slot.connection = Some(connection.clone());
         }
-        Ok(connection)
+        Ok((connection, false))
     }
 
     /// Remember an authenticated inbound connection so [`Transport::disconnect`] can close it.
@@ -414,9 +455,18 @@ pub async fn request_on(
     connection: &quinn::Connection,
     request: Request,
 ) -> Result<Response, RequestError> {
+    let frame = frame::encode(&StreamHead::Call(request), FRAME_BYTES_MAX)?;
+    call_on(connection, &frame).await
+}
+
+/// Send an encoded call frame on `connection` and wait at most [`REQUEST_TIMEOUT_MS`] for its response.
+async fn call_on(connection: &quinn::Connection, frame: &[u8]) -> Result<Response, RequestError> {
     let exchange = async {
         let (mut send, mut recv) = connection.open_bi().await?;
-        frame::write_frame(&mut send, &StreamHead::Call(request), FRAME_BYTES_MAX).await?;
+        send.write_all(frame)
+            .await
+            .map_err(std::io::Error::from)
+            .map_err(FrameError::Io)?;
         // Finishing fails only if the stream was reset, which the read below reports.
         let _ = send.finish();
         Ok::<_, RequestError>(frame::read_frame(&mut recv, FRAME_BYTES_MAX).await?)

@@ -229,31 +229,15 @@ impl Transport {
         // Encoded before the stream opens, so a head over the frame limit sends nothing.
         let head_frame = frame::encode(&StreamHead::Open { head, body_bytes }, FRAME_BYTES_MAX)
             .map_err(RequestError::from)?;
-        let connection = self.connection(peer).await?;
-        let exchange = async {
-            let (mut send, mut recv) = connection.open_bi().await?;
-            let sent = async {
-                send.write_all(&head_frame).await?;
-                send.write_chunk(body).await
-            };
-            // A failed write is reported only if no reply comes: a node that refuses the body stops reading it
-            // and still answers with its reason.
-            let sent = sent.await;
-            let _ = send.finish();
-            match read_frame::<OpenReply, _>(&mut recv, FRAME_BYTES_MAX).await {
-                Ok(reply) => Ok((reply, recv)),
-                Err(error) => match sent {
-                    Err(write) => Err(RequestError::Frame(FrameError::Io(write.into()))),
-                    Ok(()) => Err(RequestError::Frame(error)),
-                },
-            }
-        };
-        let timeout = Duration::from_millis(u64::from(REQUEST_TIMEOUT_MS));
-        let (reply, recv) = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => return Err(connection_reason(&connection).unwrap_or(error).into()),
-            Err(_) => return Err(RequestError::Timeout.into()),
-        };
+        let (mut connection, reused) = self.pooled(peer).await?;
+        let mut opened = open_on(&connection, &head_frame, body.clone()).await;
+        // A pooled connection can be dead without knowing it yet (the peer restarted, or this node closed it
+        // while the call was starting): before any reply nothing was served, so one fresh connection is tried.
+        if reused && matches!(&opened, Err(error) if error.stale_connection()) {
+            connection = self.connection(peer).await?;
+            opened = open_on(&connection, &head_frame, body).await;
+        }
+        let (reply, recv) = opened?;
         match reply {
             OpenReply::Opened { head } => Ok((
                 head,
@@ -265,6 +249,38 @@ impl Transport {
             )),
             OpenReply::Refused(refusal) => Err(OpenError::Refused(refusal)),
         }
+    }
+}
+
+/// Send an encoded stream head and the body on `connection`; wait at most [`REQUEST_TIMEOUT_MS`] for the reply.
+async fn open_on(
+    connection: &quinn::Connection,
+    head_frame: &[u8],
+    body: Bytes,
+) -> Result<(OpenReply, quinn::RecvStream), RequestError> {
+    let exchange = async {
+        let (mut send, mut recv) = connection.open_bi().await?;
+        let sent = async {
+            send.write_all(head_frame).await?;
+            send.write_chunk(body).await
+        };
+        // A failed write is reported only if no reply comes: a node that refuses the body stops reading it
+        // and still answers with its reason.
+        let sent = sent.await;
+        let _ = send.finish();
+        match read_frame::<OpenReply, _>(&mut recv, FRAME_BYTES_MAX).await {
+            Ok(reply) => Ok((reply, recv)),
+            Err(error) => match sent {
+                Err(write) => Err(RequestError::Frame(FrameError::Io(write.into()))),
+                Ok(()) => Err(RequestError::Frame(error)),
+            },
+        }
+    };
+    let timeout = Duration::from_millis(u64::from(REQUEST_TIMEOUT_MS));
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(error)) => Err(connection_reason(connection).unwrap_or(error)),
+        Err(_) => Err(RequestError::Timeout),
     }
 }
 

@@ -328,7 +328,13 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
                     RejectReason::DeadlineExceeded => "the request timed out waiting for a node",
                     _ => "the node serving the request failed",
                 };
-                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+                // Both pass: a new try is placed afresh.
+                let mut response =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+                return response;
             }
             None => return ApiError::internal("the server is shutting down").into_response(),
         }

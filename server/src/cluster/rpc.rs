@@ -348,7 +348,7 @@ impl RaftTransport for QuicRaft {
         let bytes = postcard::to_allocvec(&rpc).map_err(|error| failed(error.to_string()))?;
         let was_suspect = super::lock(&self.suspect).remove(&peer);
         if was_suspect {
-            self.transport.disconnect(peer);
+            self.transport.redial(peer);
         }
         let mut guard = Abandoned {
             suspect: &self.suspect,
@@ -358,7 +358,8 @@ impl RaftTransport for QuicRaft {
         let answer = self.transport.request(peer, Request::Raft(bytes)).await;
         guard.completed = true;
         if answer.is_err() {
-            self.transport.disconnect(peer);
+            // Not a close: a request forwarded on the same connection may still be streaming.
+            self.transport.redial(peer);
         }
         match answer {
             Ok(Response::Raft(bytes)) => {
