@@ -4,8 +4,10 @@
 //! Only the inference engine ([`engine`]) exists so far; the transport, Raft storage and blob store arrive with
 //! their own issues (single node, cluster).
 
+pub mod blocking;
 pub mod cluster;
 pub mod engine;
+pub mod entropy;
 pub mod raft;
 pub mod registry;
 pub mod store;

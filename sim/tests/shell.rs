@@ -1,5 +1,4 @@
-//! The shell simulation (whole real nodes under turmoil): seeds run clean, and what the determinism test will
-//! check once the shell is deterministic.
+//! The shell simulation (whole real nodes under turmoil): seeds run clean, and a seed replays exactly.
 
 use ollamamax_sim::shell::{self, options::ShellOptions};
 
@@ -40,11 +39,10 @@ fn shell_seeds_keep_their_invariants() {
     }
 }
 
-/// Two runs of one seed must produce the same trace. Not yet true: the bytes of the cluster traffic differ
-/// between runs from the first TLS handshakes on (random ECDSA keys and signatures vary in length), see
-/// docs/simulation.md ("Shell simulation", "Not deterministic yet").
+/// Two runs of one seed produce the same trace: the same requests and outcomes at the same simulated times, and
+/// the same cluster traffic (datagrams and bytes) between them. Node ids, keys, join secrets and TLS handshakes
+/// draw from the seed (`ollamamax_io::entropy`), and blocking work runs as tasks (`ollamamax_io::blocking`).
 #[test]
-#[ignore = "the shell is not deterministic yet (TLS handshake lengths vary); see docs/simulation.md"]
 fn shell_same_seed_same_trace() {
     let first = shell::run_seed(1, false);
     let second = shell::run_seed(1, false);

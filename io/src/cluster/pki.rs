@@ -58,6 +58,9 @@ pub enum PkiError {
     /// Key generation, signing or certificate encoding failed.
     #[error("certificate operation failed: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// No randomness for a new key.
+    #[error(transparent)]
+    Random(#[from] crate::entropy::Unavailable),
     /// A key or certificate file could not be read or written.
     #[error("cannot {action} {file}: {kind}")]
     Io {
@@ -94,10 +97,10 @@ impl std::fmt::Debug for ClusterCa {
 }
 
 impl ClusterCa {
-    /// Make a new CA: a fresh P-256 key and a self-signed certificate that may sign node certificates only
+    /// Make a new CA: a fresh Ed25519 key and a self-signed certificate that may sign node certificates only
     /// (path length 0).
     pub fn create() -> Result<Self, PkiError> {
-        let key = KeyPair::generate()?;
+        let key = new_key()?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, CA_COMMON_NAME);
@@ -135,7 +138,7 @@ impl ClusterCa {
 
     /// Make a complete identity for `node` (used by the node that runs `cluster init`, and by tests).
     pub fn issue_identity(&self, node: NodeId) -> Result<NodeIdentity, PkiError> {
-        let key = KeyPair::generate()?;
+        let key = new_key()?;
         let cert = self.sign_node(node, &key)?;
         Ok(NodeIdentity {
             node,
@@ -296,9 +299,27 @@ impl NodeIdentity {
     }
 }
 
+/// The PKCS#8 (v1, RFC 8410) encoding of an Ed25519 private key up to its 32-byte seed, which follows it.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// A fresh Ed25519 key from [`crate::entropy`]. Ed25519 rather than ECDSA: its signatures are deterministic and of
+/// one length, so a seeded simulation's handshakes repeat byte for byte (and it is faster).
+fn new_key() -> Result<KeyPair, PkiError> {
+    let mut der = Vec::from(ED25519_PKCS8_PREFIX);
+    der.resize(ED25519_PKCS8_PREFIX.len() + 32, 0);
+    crate::entropy::fill(&mut der[ED25519_PKCS8_PREFIX.len()..])?;
+    let key = KeyPair::from_pkcs8_der_and_sign_algo(
+        &PrivatePkcs8KeyDer::from(der),
+        &rcgen::PKCS_ED25519,
+    )?;
+    Ok(key)
+}
+
 /// A fresh key and a CSR for it, which a joining node sends to be signed.
 pub fn new_key_and_csr() -> Result<(KeyPair, Vec<u8>), PkiError> {
-    let key = KeyPair::generate()?;
+    let key = new_key()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     let csr = params.serialize_request(&key)?;

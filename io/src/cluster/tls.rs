@@ -31,9 +31,10 @@ pub enum TlsConfigError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-/// The one crypto provider of the cluster transport: ring.
+/// The one crypto provider of the cluster transport: ring (with seeded randomness on a simulator's thread, see
+/// [`crate::entropy`]).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(crate::entropy::tls_provider())
 }
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsConfigError> {

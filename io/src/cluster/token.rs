@@ -6,7 +6,6 @@
 //! in its [`TokenStore`] and checked there, so they are not part of the text. The store keeps only a SHA-256 of
 //! each secret and compares in constant time.
 
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fmt;
@@ -166,9 +165,7 @@ impl TokenStore {
         now_unix_s: u64,
     ) -> Result<JoinToken, IssueError> {
         let mut secret = [0u8; SECRET_BYTES];
-        SystemRandom::new()
-            .fill(&mut secret)
-            .map_err(|_| IssueError::Random)?;
+        crate::entropy::fill(&mut secret).map_err(|_| IssueError::Random)?;
         let secret = JoinSecret(secret);
         self.insert(&secret, policy, now_unix_s)?;
         Ok(JoinToken {

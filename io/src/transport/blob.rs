@@ -275,7 +275,7 @@ impl Transport {
     ) -> Result<Downloaded, DownloadError> {
         let owned = path.to_path_buf();
         let (file, existing) =
-            tokio::task::spawn_blocking(move || open_for_resume(&owned, blob_bytes))
+            crate::blocking::unblock(move || open_for_resume(&owned, blob_bytes))
                 .await
                 .map_err(|_| DownloadError::File {
                     action: "open",
@@ -510,7 +510,7 @@ pub(super) async fn serve_range(
     mut send: quinn::SendStream,
     blocking_threads: bool,
 ) {
-    let opened = tokio::task::spawn_blocking(move || open_range(&*blobs, &range)).await;
+    let opened = crate::blocking::unblock(move || open_range(&*blobs, &range)).await;
     let opened = opened.unwrap_or(Err(BlobRefusal::Unreadable));
     let (blob_bytes, reader) = match opened {
         Ok(opened) => opened,

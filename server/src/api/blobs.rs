@@ -53,7 +53,7 @@ async fn upload(state: AppState, digest: String, body: Body) -> Result<bool, Api
     let store = state.store.clone();
     let mut writer = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.blob_writer(BLOB_BYTES_MAX))
+        ollamamax_io::blocking::unblock(move || store.blob_writer(BLOB_BYTES_MAX))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(store_error)?
@@ -62,12 +62,13 @@ async fn upload(state: AppState, digest: String, body: Body) -> Result<bool, Api
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|error| ApiError::bad_request(format!("cannot read the upload: {error}")))?;
-        writer = tokio::task::spawn_blocking(move || writer.write_chunk(&chunk).map(|()| writer))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(store_error)?;
+        writer =
+            ollamamax_io::blocking::unblock(move || writer.write_chunk(&chunk).map(|()| writer))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(store_error)?;
     }
-    let stored = tokio::task::spawn_blocking(move || writer.finish(&digest))
+    let stored = ollamamax_io::blocking::unblock(move || writer.finish(&digest))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(store_error)?;

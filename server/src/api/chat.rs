@@ -1,6 +1,6 @@
 //! `POST /api/chat`: the next assistant message of a conversation, formatted with the model's template.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;

@@ -9,14 +9,10 @@ use ollamamax_io::store::{CreateRequest, Progress};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
 use super::models::{normalize, store_error};
 use super::{AppState, json, ndjson};
-
-/// Progress lines buffered between the store's thread and the response.
-const PROGRESS_LINES_MAX: usize = 64;
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -69,12 +65,14 @@ async fn start(state: AppState, body: axum::body::Bytes) -> Result<Response, Api
     }
     let name = normalize(&raw_name)?;
     precheck(&state, &request).await?;
-    let (sender, receiver) = mpsc::channel(PROGRESS_LINES_MAX);
+    // Unbounded: the store's work sends without blocking, which it must not do where it runs as a task (in the
+    // shell simulator, see `ollamamax_io::blocking`). A create sends a few lines per layer.
+    let (sender, receiver) = mpsc::unbounded_channel();
     let store = state.store.clone();
     let node = state.node.clone();
     let short = name.short();
     let cluster = state.cluster.clone();
-    let writing = tokio::task::spawn_blocking(move || {
+    let writing = ollamamax_io::blocking::unblock(move || {
         let progress_sender = sender.clone();
         // On a cluster node "success" waits until the model is committed to the cluster.
         let mut held = None;
@@ -82,12 +80,12 @@ async fn start(state: AppState, body: axum::body::Bytes) -> Result<Response, Api
             if cluster.is_some() && line.status == "success" {
                 held = Some(line);
             } else {
-                let _ = progress_sender.blocking_send(Outcome::Progress(line));
+                let _ = progress_sender.send(Outcome::Progress(line));
             }
         };
         let result = store.create(&name, &request, &mut progress);
         if let Err(error) = result {
-            let _ = sender.blocking_send(Outcome::Failed(store_error(error)));
+            let _ = sender.send(Outcome::Failed(store_error(error)));
             return None;
         }
         Some((sender, cluster, name, held))
@@ -103,12 +101,13 @@ async fn start(state: AppState, body: axum::body::Bytes) -> Result<Response, Api
             Err(error) => Some(Outcome::Failed(super::models::cluster_error(error))),
         };
         if let Some(outcome) = outcome {
-            let _ = sender.send(outcome).await;
+            let _ = sender.send(outcome);
         }
     });
     // A replaced model must not keep serving its old weights.
     node.unload(&short).await;
-    Ok(respond(envelope.stream.unwrap_or(true), receiver).await)
+    let outcomes = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver);
+    Ok(respond(envelope.stream.unwrap_or(true), outcomes).await)
 }
 
 /// What can be refused with a proper status before anything streams: the base model's name, each file's
@@ -142,8 +141,10 @@ async fn precheck(state: &AppState, request: &CreateRequest) -> Result<(), ApiEr
 }
 
 /// Streams progress as NDJSON, or with `stream: false` answers once with the last line (or the error).
-pub async fn respond(stream: bool, receiver: mpsc::Receiver<Outcome>) -> Response {
-    let mut outcomes = ReceiverStream::new(receiver);
+pub async fn respond(
+    stream: bool,
+    mut outcomes: impl futures::Stream<Item = Outcome> + Send + Unpin + 'static,
+) -> Response {
     if stream {
         // An operation that fails before its first line answers with the error's own status.
         let first = match outcomes.next().await {

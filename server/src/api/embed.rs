@@ -1,6 +1,6 @@
 //! `POST /api/embed` (batch, normalized) and the older `POST /api/embeddings` (one text).
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;

@@ -1,6 +1,6 @@
 //! `POST /api/generate`: a completion of one prompt, formatted with the model's template unless `raw`.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;

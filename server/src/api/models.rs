@@ -46,7 +46,7 @@ pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || work(&store))
+    ollamamax_io::blocking::unblock(move || work(&store))
         .await
         .map_err(|error| ApiError::internal(format!("store task failed: {error}")))?
         .map_err(store_error)
@@ -404,7 +404,7 @@ async fn handle_show(state: AppState, body: axum::body::Bytes) -> Result<Respons
     let recipe = recipe_from(&name, resolved, 0)?;
     let verbose = request.verbose;
     let path = recipe.model_path.clone();
-    let (model_info, gguf_template, tensors) = tokio::task::spawn_blocking(move || {
+    let (model_info, gguf_template, tensors) = ollamamax_io::blocking::unblock(move || {
         let file = GgufFile::open(&path).map_err(|e| ApiError::internal(e.to_string()))?;
         let mut info = Map::new();
         let mut keys: Vec<&String> = file.metadata().keys().collect();

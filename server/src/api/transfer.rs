@@ -115,7 +115,8 @@ async fn transfer(
             }
         }
     });
-    Ok(respond(request.stream.unwrap_or(true), receiver).await)
+    let outcomes = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    Ok(respond(request.stream.unwrap_or(true), outcomes).await)
 }
 
 /// `POST /api/pull`.

@@ -13,7 +13,6 @@ use ollamamax_core::cluster_state::{Capacity, Command, Member, MemberStatus};
 use ollamamax_io::cluster::{JoinAuthority, JoinRefusal, JoinSecret};
 use ollamamax_io::raft::{NodeAddr, RaftNode, WriteError};
 use ollamamax_io::transport::Transport;
-use ring::rand::{SecureRandom, SystemRandom};
 
 use super::rpc::{Control, ControlReply, Registration, call_control};
 
@@ -24,32 +23,11 @@ pub fn now_unix_s() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-thread_local! {
-    /// A seeded sequence that replaces the OS's randomness for node ids on this thread (the shell simulator's).
-    static SEEDED_NODE_IDS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
-}
-
-/// Makes [`random_node_id`] on this thread draw from a sequence seeded with `seed` (`None`: the OS again), so a
-/// simulated cluster gets the same ids on every run of one seed. The shell simulator runs every node on one
-/// thread.
-pub fn seed_node_ids(seed: Option<u64>) {
-    SEEDED_NODE_IDS.set(seed);
-}
-
-/// A random node id (never 0): ids are permanent and must not collide across joins on different nodes.
+/// A random node id (never 0): ids are permanent and must not collide across joins on different nodes. Drawn
+/// from [`ollamamax_io::entropy`], so a simulated cluster gets the same ids on every run of one seed.
 pub fn random_node_id() -> Option<NodeId> {
-    if let Some(state) = SEEDED_NODE_IDS.get() {
-        // splitmix64: distinct ids for distinct draws.
-        let state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        SEEDED_NODE_IDS.set(Some(state));
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        return Some(NodeId((z ^ (z >> 31)).max(1)));
-    }
-    let mut bytes = [0u8; 8];
-    SystemRandom::new().fill(&mut bytes).ok()?;
-    Some(NodeId(u64::from_le_bytes(bytes).max(1)))
+    let id = ollamamax_io::entropy::next_u64().ok()?;
+    Some(NodeId(id.max(1)))
 }
 
 /// The join authority of a node holding the CA: it checks secrets against `tokens.json`, read at every join (so

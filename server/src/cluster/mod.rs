@@ -320,7 +320,7 @@ impl Cluster {
         loaded.truncate(health::LOADED_NAMES_MAX);
         let slots = num_parallel.max(1);
         let (requests, requests_total) = self.local.requests().reports(
-            std::time::Instant::now(),
+            tokio::time::Instant::now(),
             crate::node::requests::REQUESTS_REPORTED_MAX,
         );
         health::Load {

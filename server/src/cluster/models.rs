@@ -24,7 +24,7 @@ impl Cluster {
     pub async fn publish(&self, name: &ModelName) -> Result<(), ProposeError> {
         let store = self.store.clone();
         let lookup = name.clone();
-        let stored = tokio::task::spawn_blocking(move || store.read_manifest(&lookup))
+        let stored = ollamamax_io::blocking::unblock(move || store.read_manifest(&lookup))
             .await
             .map_err(|error| ProposeError::Unavailable(error.to_string()))?
             .map_err(|error| ProposeError::Unavailable(error.to_string()))?;
@@ -54,7 +54,7 @@ impl Cluster {
     /// cluster: an existing models directory keeps working).
     pub async fn publish_local_models(&self) {
         let store = self.store.clone();
-        let Ok(Ok(local)) = tokio::task::spawn_blocking(move || store.list()).await else {
+        let Ok(Ok(local)) = ollamamax_io::blocking::unblock(move || store.list()).await else {
             return;
         };
         for summary in local {
@@ -123,7 +123,7 @@ pub async fn sync(cluster: Arc<Cluster>) {
         let store = cluster.store.clone();
         let before = previous.clone();
         let known = matching.clone();
-        let round = tokio::task::spawn_blocking(move || {
+        let round = ollamamax_io::blocking::unblock(move || {
             follow(&store, before.as_ref(), &models, &holding, known)
                 .map(|matching| (models, matching))
         })

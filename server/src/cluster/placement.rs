@@ -242,7 +242,7 @@ impl Cluster {
             );
             downloaded.map_err(|error| error.to_string())?;
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.adopt_replica(&digest, size))
+            ollamamax_io::blocking::unblock(move || store.adopt_replica(&digest, size))
                 .await
                 .map_err(|error| error.to_string())?
                 .map_err(|error| error.to_string())?;
@@ -273,7 +273,7 @@ impl Cluster {
             return;
         }
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.drop_blob(&digest)).await {
+        match ollamamax_io::blocking::unblock(move || store.drop_blob(&digest)).await {
             Ok(Ok(models)) => {
                 tracing::info!(%digest, models = ?models.iter().map(|name| name.short()).collect::<Vec<_>>(), "dropped a replica")
             }

@@ -217,7 +217,7 @@ async fn read_body(request: Request) -> Result<(axum::http::request::Parts, Byte
 async fn has_local_model(state: &AppState, model: &ModelName) -> bool {
     let store = state.store.clone();
     let name = model.clone();
-    tokio::task::spawn_blocking(move || store.read_manifest(&name).is_ok())
+    ollamamax_io::blocking::unblock(move || store.read_manifest(&name).is_ok())
         .await
         .unwrap_or(false)
 }

@@ -6,7 +6,6 @@
 //! its load now, so its load fields are `null` and only the report's age (`report_age_ms`) is given.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use ollamamax_core::NodeId;
 use ollamamax_core::failure_detector::Liveness;
@@ -163,7 +162,7 @@ pub fn status(cluster: &Arc<Cluster>) -> ClusterStatus {
         (own.load.requests, own.load.requests_total) = cluster
             .local
             .requests()
-            .reports(Instant::now(), REQUESTS_REPORTED_MAX);
+            .reports(tokio::time::Instant::now(), REQUESTS_REPORTED_MAX);
     }
     let members = applied
         .members()

@@ -334,7 +334,7 @@ impl Task {
                 let num_parallel = self.config.num_parallel;
                 let engine = self.config.engine.clone();
                 tokio::spawn(async move {
-                    let result = tokio::task::spawn_blocking(move || {
+                    let result = ollamamax_io::blocking::unblock(move || {
                         LoadedModel::load(recipe, num_parallel, &engine).map(Arc::new)
                     })
                     .await

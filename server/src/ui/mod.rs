@@ -102,7 +102,7 @@ async fn view(state: &AppState) -> Value {
             let (requests, requests_total) = state
                 .node
                 .requests()
-                .reports(std::time::Instant::now(), REQUESTS_SHOWN_MAX);
+                .reports(tokio::time::Instant::now(), REQUESTS_SHOWN_MAX);
             let requests: Vec<Value> = requests
                 .iter()
                 .map(|request| {

@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ollamamax_server::cluster::admit::seed_node_ids;
+use ollamamax_io::blocking::run_inline;
+use ollamamax_io::entropy::seed_thread;
 use ollamamax_server::cluster::init::init;
 use ollamamax_server::cluster::paths::DataPaths;
 use ollamamax_server::node::FakeEngine;
@@ -87,8 +88,13 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
         .map(|index| format!("n{index}"))
         .collect();
     let first = DataPaths::new(root.path().join(&names[0]));
-    // Node ids are drawn on this thread (by `init` here, by the first node's join service later).
-    seed_node_ids(Some(mix(options.seed ^ 0x1d5)));
+    // Node ids, keys, join secrets and TLS handshakes draw their randomness on this thread, from the seed (by
+    // `init` here, by the nodes later: turmoil runs every host on this thread).
+    seed_thread(Some(mix(options.seed ^ 0x1d5)));
+    // Blocking work runs as tasks, ordered by the host's seeded scheduler (see `ollamamax_io::blocking`).
+    run_inline(true);
+    // Traffic left over from an earlier run on this thread is not this run's.
+    super::udp::take_sent();
     let token = match init(&first, None, false) {
         Ok(token) => token,
         Err(error) => {
@@ -139,7 +145,8 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
     let error = drive(&mut sim, options, &names, &trace, &shared);
     let simulated_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
     drop(sim);
-    seed_node_ids(None);
+    seed_thread(None);
+    run_inline(false);
     let shared = lock(&shared);
     let violation = error.or_else(|| shared.checks.violations.first().cloned());
     ShellReport {

@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions`.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;

@@ -1,7 +1,7 @@
 //! `POST /v1/completions`: a raw-ish text completion (the prompt goes through the model's template as Ollama's
 //! OpenAI middleware does, via `/api/generate` semantics).
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
