@@ -15,6 +15,7 @@
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -297,7 +298,14 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
                 }) {
                     Ok((head, first, rest)) => {
                         ticket.first_byte(node);
-                        return stream_through(cluster, head, first, rest, Some(ticket), node);
+                        return stream_through(
+                            cluster,
+                            head,
+                            (first, rest),
+                            Some(ticket),
+                            node,
+                            None,
+                        );
                     }
                     Err(why) => {
                         crate::metrics::routed("failed");
@@ -374,6 +382,15 @@ pub async fn route_to_holder(
                 .map(str::to_string)
         })
         .and_then(|name| ModelName::parse(&name).ok());
+    // A create run elsewhere ends once this node has applied the new model too, so a client that reads this
+    // node's list after the answer finds it there (read your writes through any node).
+    let created = (parts.uri.path() == "/api/create")
+        .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .flatten()
+        .and_then(|value| {
+            let name = value.get("model").or_else(|| value.get("name"))?.as_str()?;
+            ModelName::parse(name).ok()
+        });
     let rebuild = |bytes: Bytes| Request::from_parts(parts.clone(), Body::from(bytes));
     let Some(model) = needed else {
         return next.run(rebuild(bytes)).await;
@@ -392,7 +409,12 @@ pub async fn route_to_holder(
     };
     tracing::info!(model = %model.short(), node = node.0, "forwarding to a node that holds the model");
     match forward(&cluster, node, &parts, bytes.clone()).await {
-        Ok((head, first, rest)) => stream_through(cluster, head, first, rest, None, node),
+        Ok((head, first, rest)) => {
+            let settle = created.map(|name| {
+                Box::pin(applied_model(cluster.clone(), name)) as BoxFuture<'static, ()>
+            });
+            stream_through(cluster, head, (first, rest), None, node, settle)
+        }
         // The holder is unreachable: let this node answer (it will say what it lacks).
         Err(why) => {
             tracing::warn!(node = node.0, %why, "the holder did not answer");
@@ -518,13 +540,37 @@ impl Cluster {
 }
 
 /// Streams a forwarded answer to the client, ending it with an error line or event if the node fails midway.
+/// How long a forwarded create's last line waits for this node to apply the new model.
+const SETTLE_MS: u64 = 5_000;
+
+/// Resolves once this node's applied state has `model` (or after [`SETTLE_MS`]).
+async fn applied_model(cluster: Arc<Cluster>, model: ModelName) {
+    let mut applied = cluster.raft.applied();
+    let wait = async {
+        while applied.borrow_and_update().state.model(&model).is_none() {
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(SETTLE_MS), wait).await;
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// Streams a forwarded answer through. With `settle`, the last chunk is held until `settle` resolves.
 fn stream_through(
     cluster: Arc<Cluster>,
     head: ProxyReply,
-    first: Option<Bytes>,
-    mut rest: ReplyStream,
+    (first, mut rest): (Option<Bytes>, ReplyStream),
     ticket: Option<Ticket>,
     node: NodeId,
+    settle: Option<BoxFuture<'static, ()>>,
 ) -> Response {
     let mut response = Response::builder()
         .status(StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY));
@@ -541,8 +587,14 @@ fn stream_through(
     }
     let body = async_stream::stream! {
         let mut ticket = ticket;
+        // The chunk held back while `settle` is pending (none without it).
+        let mut held: Option<Bytes> = None;
         if let Some(first) = first {
-            yield Ok::<Bytes, std::io::Error>(first);
+            if settle.is_some() {
+                held = Some(first);
+            } else {
+                yield Ok::<Bytes, std::io::Error>(first);
+            }
             loop {
                 // Midway, the stream is given up when the detector rates the node Dead (or the connection's
                 // idle timeout fires, whichever comes first).
@@ -553,9 +605,17 @@ fn stream_through(
                     }
                 };
                 match next {
+                    Ok(Some(chunk)) if settle.is_some() => {
+                        if let Some(earlier) = held.replace(chunk) {
+                            yield Ok(earlier);
+                        }
+                    }
                     Ok(Some(chunk)) => yield Ok(chunk),
                     Ok(None) => break,
                     Err(error) => {
+                        if let Some(earlier) = held.take() {
+                            yield Ok(earlier);
+                        }
                         if let Some(ticket) = ticket.take() {
                             ticket.failed(node);
                             drop(ticket);
@@ -565,6 +625,16 @@ fn stream_through(
                     }
                 }
             }
+        }
+        // Only a success waits: a failed create has nothing to apply.
+        let succeeded = held
+            .as_ref()
+            .is_some_and(|last| contains(last, br#""status":"success""#));
+        if let (Some(settle), true) = (settle, succeeded) {
+            settle.await;
+        }
+        if let Some(last) = held {
+            yield Ok(last);
         }
         if let Some(ticket) = ticket.take() {
             ticket.finished(node);
