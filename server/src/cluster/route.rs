@@ -367,30 +367,17 @@ pub async fn route_to_holder(
         Ok(read) => read,
         Err(response) => return response,
     };
-    let needed = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|value| {
-            let key = if parts.uri.path() == "/api/create" {
-                "from"
-            } else {
-                "model"
-            };
-            value
-                .get(key)
-                .or_else(|| value.get("name"))
-                .and_then(|name| name.as_str())
-                .map(str::to_string)
-        })
-        .and_then(|name| ModelName::parse(&name).ok());
+    let body = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+    let named = |key: &str| {
+        let value = body.as_ref()?;
+        let name = value.get(key).or_else(|| value.get("name"))?.as_str()?;
+        ModelName::parse(name).ok()
+    };
+    let creating = parts.uri.path() == "/api/create";
+    let needed = named(if creating { "from" } else { "model" });
     // A create run elsewhere ends once this node has applied the new model too, so a client that reads this
     // node's list after the answer finds it there (read your writes through any node).
-    let created = (parts.uri.path() == "/api/create")
-        .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .flatten()
-        .and_then(|value| {
-            let name = value.get("model").or_else(|| value.get("name"))?.as_str()?;
-            ModelName::parse(name).ok()
-        });
+    let created = creating.then(|| named("model")).flatten();
     let rebuild = |bytes: Bytes| Request::from_parts(parts.clone(), Body::from(bytes));
     let Some(model) = needed else {
         return next.run(rebuild(bytes)).await;
