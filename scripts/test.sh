@@ -63,11 +63,13 @@ step "the dashboard in headless chromium (installs chromium and selenium if miss
 ./scripts/ui-test.sh 2>&1 | tee -a "$results"
 grep -q '^ui: PASS' "$results" && echo "test result: ok. 1 passed; 0 failed (dashboard)" >>"$results"
 
-step "the simulator catches planted bugs"
-cargo test --release -p ollamamax-sim --features planted-bugs --test planted_bugs -- --nocapture 2>&1 | tee -a "$results"
+step "the simulators catch planted bugs (in the core, and in the real node's code under the shell simulation)"
+cargo test --release -p ollamamax-sim --features planted-bugs --test planted_bugs --test planted_shell_bugs \
+  -- --nocapture 2>&1 | tee -a "$results"
 
-step "simulation sweep"
+step "simulation sweeps: the core World, then whole nodes under turmoil (shell)"
 cargo run --release -p ollamamax-sim -- sweep --seeds "${SWEEP_SEEDS:-500}"
+cargo run --release -p ollamamax-sim -- shell sweep --seeds "${SHELL_SEEDS:-30}"
 
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$results" | awk '{s += $4} END {print s + 0}')
 echo

@@ -10,5 +10,7 @@ pub mod config;
 pub mod duration;
 pub mod metrics;
 pub mod node;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod serve;
 pub mod ui;

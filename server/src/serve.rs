@@ -130,7 +130,7 @@ pub async fn start_node(setup: NodeSetup) -> Result<StartedNode> {
     };
     let router = api::router(state);
     if let Some(cluster) = &cluster {
-        cluster.proxy.set_router(router.clone());
+        cluster.set_router(router.clone());
     }
     Ok(StartedNode { router, cluster })
 }

@@ -143,8 +143,13 @@ fn shell_sweep(start: u64, count: u64) -> ExitCode {
         }
     }
     let seconds = began.elapsed().as_secs_f64();
+    // Open descriptors at the end: a node that outlives its host (a reference cycle) keeps its files open.
+    let open_files = std::fs::read_dir("/proc/self/fd").map_or_else(
+        |_| String::new(),
+        |entries| format!(", {} files open", entries.count()),
+    );
     println!(
-        "{count} seeds, {violations} violations, {:.1} s, {:.0} simulated s ({:.0}x real time)",
+        "{count} seeds, {violations} violations, {:.1} s, {:.0} simulated s ({:.0}x real time){open_files}",
         seconds,
         simulated_ms as f64 / 1000.0,
         simulated_ms as f64 / 1000.0 / seconds.max(1e-9)

@@ -407,20 +407,34 @@ impl RaftNode {
     /// The cluster state, linearizably (on the leader): confirm leadership with a quorum (read index, not a
     /// lease), wait until the state machine has applied up to the read index, then read it.
     pub async fn read_current(&self) -> Result<Arc<ClusterState>, ReadError> {
-        let read_log_id = match self.raft.ensure_linearizable().await {
-            Ok(read_log_id) => read_log_id,
+        let wanted = self.read_index().await?;
+        self.applied_at_least(wanted).await
+    }
+
+    /// The read index (on the leader): confirms leadership with a quorum and returns the log index a state
+    /// machine must have applied for a read to be linearizable (`None`: nothing committed yet). Any member can
+    /// then read its own state once [`RaftNode::applied_at_least`] that index.
+    pub async fn read_index(&self) -> Result<Option<u64>, ReadError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Ok(read_log_id.map(|log_id| log_id.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                return Err(ReadError::ForwardToLeader(forward.into()));
+                Err(ReadError::ForwardToLeader(forward.into()))
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
-                return Err(ReadError::NoQuorum(error.to_string()));
+                Err(ReadError::NoQuorum(error.to_string()))
             }
-            Err(RaftError::Fatal(fatal)) => return Err(fatal.into()),
-        };
-        let wanted = read_log_id.map(|log_id| log_id.index);
+            Err(RaftError::Fatal(fatal)) => Err(fatal.into()),
+        }
+    }
+
+    /// The applied state, once this node has applied the log up to `index` (at once if it has).
+    pub async fn applied_at_least(
+        &self,
+        index: Option<u64>,
+    ) -> Result<Arc<ClusterState>, ReadError> {
         let mut applied = self.applied.clone();
         let current = applied
-            .wait_for(|applied| applied.last_applied.map(|log_id| log_id.index) >= wanted)
+            .wait_for(|applied| applied.last_applied.map(|log_id| log_id.index) >= index)
             .await
             .map_err(|_| ReadError::from(Fatal::Stopped))?;
         Ok(current.state.clone())

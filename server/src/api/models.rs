@@ -121,58 +121,78 @@ impl AppState {
         Ok(Arc::new(recipe_from(&parsed, resolved, num_ctx)?))
     }
 
-    /// Every model in the store, as `/api/tags` lists them; on a cluster node also every cluster model this
-    /// node does not hold (it serves them by routing), with the details its config blob gives if present here.
+    /// The models `/api/tags` lists (see [`AppState::listing`]).
     pub async fn list_models(&self) -> Result<Vec<ListedModel>, ApiError> {
-        let cluster_models = self
-            .cluster
+        self.listing().await.map(|(models, _)| models)
+    }
+
+    /// The models `/api/tags` lists, and on a cluster node the consistency of the read it came from.
+    ///
+    /// A single server lists its store. A cluster node lists the cluster's models, read linearizably when a
+    /// leader confirms in time ([`crate::cluster::read`]): each with this node's stored details when it holds
+    /// the model, else with what the state and a config blob present here give (it serves those by routing).
+    /// A model in this node's store that the cluster does not list (a delete not yet synced here) is not listed.
+    pub async fn listing(&self) -> Result<(Vec<ListedModel>, Option<&'static str>), ApiError> {
+        let read = match &self.cluster {
+            Some(cluster) => Some(cluster.read_state().await),
+            None => None,
+        };
+        let consistency = read
             .as_ref()
-            .map(|cluster| cluster.models())
-            .unwrap_or_default();
-        let (summaries, remote) = blocking(&self.store, move |store| {
+            .map(crate::cluster::read::StateRead::consistency);
+        let models = blocking(&self.store, move |store| {
             let summaries = store.list()?;
-            let local: std::collections::BTreeSet<String> = summaries
-                .iter()
-                .map(|summary| summary.name.short())
-                .collect();
-            let remote: Vec<ListedModel> = cluster_models
-                .iter()
-                .filter(|(name, _)| !local.contains(&name.short()))
-                .map(|(name, manifest)| {
-                    let config = manifest
-                        .config
-                        .as_ref()
-                        .and_then(|config| store.read_config(&config.digest).ok())
-                        .map(|config| details(&config.details()))
-                        .unwrap_or_default();
-                    ListedModel {
-                        name: name.short(),
-                        model: name.short(),
-                        modified_at: Utc::now(),
-                        size: manifest.total_bytes(),
-                        digest: ollamamax_io::store::Manifest::from_core(manifest)
-                            .digest()
-                            .hex(),
-                        details: config,
-                    }
-                })
-                .collect();
-            Ok((summaries, remote))
+            let Some(read) = read else {
+                return Ok(summaries.into_iter().map(listed).collect());
+            };
+            let mut local: std::collections::BTreeMap<String, ollamamax_io::store::ModelSummary> =
+                summaries
+                    .into_iter()
+                    .map(|summary| (summary.name.short(), summary))
+                    .collect();
+            let mut models: Vec<ListedModel> = Vec::new();
+            let mut remote: Vec<ListedModel> = Vec::new();
+            for (name, manifest) in read.state.models() {
+                if let Some(summary) = local.remove(&name.short()) {
+                    models.push(listed(summary));
+                    continue;
+                }
+                let config = manifest
+                    .config
+                    .as_ref()
+                    .and_then(|config| store.read_config(&config.digest).ok())
+                    .map(|config| details(&config.details()))
+                    .unwrap_or_default();
+                remote.push(ListedModel {
+                    name: name.short(),
+                    model: name.short(),
+                    modified_at: Utc::now(),
+                    size: manifest.total_bytes(),
+                    digest: ollamamax_io::store::Manifest::from_core(manifest)
+                        .digest()
+                        .hex(),
+                    details: config,
+                });
+            }
+            // The store's order (newest first) for the models held here, then the others.
+            models.sort_by(|a, b| b.modified_at.cmp(&a.modified_at).then(a.name.cmp(&b.name)));
+            models.extend(remote);
+            Ok(models)
         })
         .await?;
-        let mut models: Vec<ListedModel> = summaries
-            .into_iter()
-            .map(|summary| ListedModel {
-                name: summary.name.short(),
-                model: summary.name.short(),
-                modified_at: DateTime::<Utc>::from(summary.modified),
-                size: summary.size,
-                digest: summary.digest.hex(),
-                details: details(&summary.details),
-            })
-            .collect();
-        models.extend(remote);
-        Ok(models)
+        Ok((models, consistency))
+    }
+}
+
+/// A stored model as `/api/tags` lists it.
+fn listed(summary: ollamamax_io::store::ModelSummary) -> ListedModel {
+    ListedModel {
+        name: summary.name.short(),
+        model: summary.name.short(),
+        modified_at: DateTime::<Utc>::from(summary.modified),
+        size: summary.size,
+        digest: summary.digest.hex(),
+        details: details(&summary.details),
     }
 }
 
@@ -190,8 +210,17 @@ pub fn cluster_error(error: ProposeError) -> ApiError {
 
 /// `GET /api/tags`.
 pub async fn tags(State(state): State<AppState>) -> Response {
-    match state.list_models().await {
-        Ok(models) => Json(json!({ "models": models })).into_response(),
+    match state.listing().await {
+        Ok((models, consistency)) => {
+            let mut response = Json(json!({ "models": models })).into_response();
+            if let Some(consistency) = consistency {
+                response.headers_mut().insert(
+                    crate::cluster::read::CONSISTENCY_HEADER,
+                    axum::http::HeaderValue::from_static(consistency),
+                );
+            }
+            response
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -211,14 +240,23 @@ pub async fn copy(State(state): State<AppState>, json::Body(body): json::Body) -
         // A model this node holds is copied here and published; one it does not hold is copied in the state
         // (each holder then writes the new name).
         let (from, to) = (source.clone(), target.clone());
-        match blocking(&state.store, move |store| store.copy(&from, &to)).await {
-            Ok(()) => cluster.publish(&target).await.map_err(cluster_error),
-            Err(error) if error.status == StatusCode::NOT_FOUND => cluster
-                .copy_model(&source, &target)
-                .await
-                .map_err(cluster_error),
-            Err(error) => Err(error),
+        let (store, cluster) = (state.store.clone(), cluster.clone());
+        let work = async move {
+            match blocking(&store, move |store| store.copy(&from, &to)).await {
+                Ok(()) => cluster.publish(&target).await.map_err(cluster_error),
+                Err(error) if error.status == StatusCode::NOT_FOUND => cluster
+                    .copy_model(&source, &target)
+                    .await
+                    .map_err(cluster_error),
+                Err(error) => Err(error),
+            }
+        };
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::is(crate::planted::ShellBug::AckBeforeCommit) {
+            tokio::spawn(work);
+            return Ok(());
         }
+        work.await
     };
     match result.await {
         Ok(()) => StatusCode::OK.into_response(),

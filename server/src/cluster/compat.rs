@@ -9,7 +9,7 @@
 //! until the peer sends something newer (once it is upgraded).
 //!
 //! Version 1 differs from 2 only in the heartbeat's load, which had no live requests: a version-1 load is read as
-//! reporting none. Messages that version 1 lacks (`RemoveMember`, `Removed`) are not sent to such a peer: the
+//! reporting none. Messages that version 1 lacks (`RemoveMember`, `Removed`, `ReadIndex`) are not sent to such a peer: the
 //! call fails with an error that says the peer is too old.
 
 use std::collections::BTreeMap;
@@ -172,6 +172,11 @@ impl TryFrom<Control> for ControlV1 {
             },
             Control::TransferFailed { digest, node } => ControlV1::TransferFailed { digest, node },
             Control::DropReplica { digest } => ControlV1::DropReplica { digest },
+            Control::ReadIndex => {
+                return Err(
+                    "the node speaks control protocol version 1, which has no read index".into(),
+                );
+            }
             Control::RemoveMember { .. } => {
                 return Err(
                     "the node speaks control protocol version 1, which cannot remove members; \
@@ -202,7 +207,9 @@ impl From<ControlReply> for ControlReplyV1 {
             ControlReply::Applied(result) => ControlReplyV1::Applied(result),
             ControlReply::Heartbeat(load) => ControlReplyV1::Heartbeat(load.into()),
             // Never asked by a version-1 node.
-            ControlReply::Removed(_) => ControlReplyV1::Refused("not in version 1".into()),
+            ControlReply::Removed(_) | ControlReply::ReadIndex(_) => {
+                ControlReplyV1::Refused("not in version 1".into())
+            }
         }
     }
 }

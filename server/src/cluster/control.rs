@@ -43,6 +43,10 @@ impl Cluster {
             Control::RemoveMember { node, force } => {
                 ControlReply::Removed(self.remove_as_leader(node, force).await)
             }
+            Control::ReadIndex => match self.raft.read_index().await {
+                Ok(index) => ControlReply::ReadIndex(index),
+                Err(error) => ControlReply::Refused(error.to_string()),
+            },
         }
     }
 }

@@ -232,6 +232,13 @@ pub async fn run(cluster: Arc<Cluster>) {
         observe(&cluster);
         let load = cluster.local_load().await;
         cluster.health.heard(cluster.node, load.clone());
+        #[allow(unused_mut)]
+        let mut members: Vec<(NodeId, String)> = members.into_iter().collect();
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::is(crate::planted::ShellBug::HashMapOrder) {
+            let unordered: std::collections::HashMap<NodeId, String> = members.drain(..).collect();
+            members.extend(unordered);
+        }
         for (node, address) in members {
             if node == cluster.node {
                 continue;

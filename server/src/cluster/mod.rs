@@ -19,6 +19,7 @@ pub mod models;
 pub mod paths;
 pub mod placement;
 pub mod propose;
+pub mod read;
 pub mod remove;
 pub mod route;
 pub mod rpc;
@@ -99,8 +100,10 @@ pub struct Cluster {
     receiving: Mutex<BTreeSet<Digest>>,
     /// Where requests accepted here run.
     pub scheduling: OnceLock<schedule::Scheduling>,
-    /// Serves requests other nodes forward here.
-    pub proxy: route::ProxyService,
+    /// Serves requests other nodes forward here; taken (once) to give it the router. Not kept: the router holds
+    /// this node's state, this `Cluster` among it, and keeping it here would make a cycle that outlives the
+    /// node's runtime (its files stay open; the simulator restarts nodes in one process).
+    proxy: Mutex<Option<route::ProxyService>>,
     /// Held while this node, as leader, changes Raft's membership (voters, removals): one change at a time.
     membership_changes: Arc<tokio::sync::Mutex<()>>,
     /// Set while this node leaves the cluster: it takes no new inference.
@@ -238,7 +241,7 @@ impl Cluster {
             addresses: Mutex::new(BTreeMap::new()),
             receiving: Mutex::new(BTreeSet::new()),
             scheduling: OnceLock::new(),
-            proxy,
+            proxy: Mutex::new(Some(proxy)),
             membership_changes,
             leaving: std::sync::atomic::AtomicBool::new(false),
             left: tokio::sync::watch::Sender::new(false),
@@ -292,6 +295,13 @@ impl Cluster {
             .map_err(|error| error.to_string())?;
         lock(&self.addresses).insert(node, address.to_string());
         Ok(())
+    }
+
+    /// Gives the service that answers forwarded requests this node's router (once; later calls do nothing).
+    pub fn set_router(&self, router: axum::Router) {
+        if let Some(proxy) = lock(&self.proxy).take() {
+            proxy.set_router(router);
+        }
     }
 
     /// [`Self::locate`] with the member's address from the applied state.

@@ -81,18 +81,47 @@ pub enum ProposeError {
     Unavailable(String),
 }
 
+/// Why one try did not commit, and whether it may have.
+enum TryError {
+    /// Nothing was sent to a leader: the command did not commit.
+    NotSent(String),
+    /// The command went to a leader but no answer came back: it may have committed.
+    Unknown(String),
+}
+
 impl Cluster {
     /// Commits the command `make` builds, through the leader. `make` is called again for every try, so a retried
     /// replica command carries a fresh fencing token.
+    ///
+    /// A retry after a try whose fate is unknown may find that try's effect: every command applies
+    /// idempotently but one, `DeleteModel`, whose retry is refused as an unknown model when the first try
+    /// deleted it. So a retried delete refused that way counts as done: the model is gone, most likely by this
+    /// very request (a client-session table in the state would tell for sure; not there yet).
     pub async fn propose(&self, make: impl Fn() -> Command) -> Result<Reply, ProposeError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_PATIENCE;
+        let mut maybe_committed = false;
         loop {
-            let once = tokio::time::timeout(FORWARD_TIMEOUT, self.propose_once(make()));
+            let command = make();
+            let deleting = matches!(command, Command::DeleteModel { .. });
+            let once = tokio::time::timeout(FORWARD_TIMEOUT, self.propose_once(command));
             let problem = match once.await {
                 Ok(Ok(Ok(reply))) => return Ok(reply),
+                Ok(Ok(Err(Refusal::UnknownModel(_)))) if deleting && maybe_committed => {
+                    tracing::info!(
+                        "a retried delete found the model gone: an earlier try deleted it"
+                    );
+                    return Ok(Reply::Changed);
+                }
                 Ok(Ok(Err(refused))) => return Err(ProposeError::Refused(refused)),
-                Ok(Err(problem)) => problem,
-                Err(_) => "the write did not commit in time".to_string(),
+                Ok(Err(TryError::NotSent(problem))) => problem,
+                Ok(Err(TryError::Unknown(problem))) => {
+                    maybe_committed = true;
+                    problem
+                }
+                Err(_) => {
+                    maybe_committed = true;
+                    "the write did not commit in time".to_string()
+                }
             };
             if tokio::time::Instant::now() + PROPOSE_RETRY > deadline {
                 return Err(ProposeError::Unavailable(problem));
@@ -102,35 +131,41 @@ impl Cluster {
     }
 
     /// One try: write locally on the leader, else forward to the leader this node knows.
-    async fn propose_once(&self, command: Command) -> Result<Result<Reply, Refusal>, String> {
+    async fn propose_once(&self, command: Command) -> Result<Result<Reply, Refusal>, TryError> {
         let leader = match self.raft.write(command.clone()).await {
             Ok(result) => return Ok(result.map_err(Refusal::from)),
             Err(WriteError::ForwardToLeader(forward)) => forward.leader,
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(TryError::Unknown(error.to_string())),
         };
         let Some(leader) = leader.filter(|leader| *leader != self.node) else {
-            return Err("no leader yet".into());
+            return Err(TryError::NotSent("no leader yet".into()));
         };
         // A leader this node's detector no longer hears from is likely dead; wait for the next election.
         if matches!(
             self.health.liveness(leader),
             Some(Liveness::Suspect | Liveness::Dead)
         ) {
-            return Err(format!("the leader (node {}) is not answering", leader.0));
+            return Err(TryError::NotSent(format!(
+                "the leader (node {}) is not answering",
+                leader.0
+            )));
         }
-        self.locate_member(leader)?;
+        self.locate_member(leader).map_err(TryError::NotSent)?;
         let call = call_control(&self.transport, leader, Control::Propose(command));
         // Given up early when Raft learns of another leader (the old one died): no need to wait for the timeout.
         let mut metrics = self.raft.raft().metrics();
         let replaced = metrics.wait_for(|metrics| metrics.current_leader != Some(leader.0));
         let answer = tokio::select! {
             answer = call => answer,
-            _ = replaced => return Err(format!("the leader changed from node {}", leader.0)),
+            _ = replaced => {
+                return Err(TryError::Unknown(format!("the leader changed from node {}", leader.0)));
+            }
         };
-        match answer? {
+        match answer.map_err(TryError::Unknown)? {
             ControlReply::Applied(result) => Ok(result),
-            ControlReply::Refused(why) => Err(why),
-            other => Err(format!("unexpected reply {other:?}")),
+            // The receiver did not write it (not the leader any more, or its write failed).
+            ControlReply::Refused(why) => Err(TryError::Unknown(why)),
+            other => Err(TryError::Unknown(format!("unexpected reply {other:?}"))),
         }
     }
 

@@ -72,7 +72,7 @@ struct ProxyRequest {
 }
 
 #[derive(Serialize, Deserialize)]
-struct ProxyReply {
+pub(crate) struct ProxyReply {
     version: u16,
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
@@ -298,14 +298,18 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
                 }) {
                     Ok((head, first, rest)) => {
                         ticket.first_byte(node);
-                        return stream_through(
-                            cluster,
-                            head,
-                            (first, rest),
-                            Some(ticket),
-                            node,
-                            None,
-                        );
+                        #[cfg(feature = "planted-bugs")]
+                        let again = (cluster.clone(), parts.clone(), bytes.clone());
+                        let response =
+                            stream_through(cluster, head, (first, rest), Some(ticket), node, None);
+                        #[cfg(feature = "planted-bugs")]
+                        if crate::planted::is(crate::planted::ShellBug::RetryAfterBytes) {
+                            let (cluster, parts, bytes) = again;
+                            return crate::planted::retry_after_bytes(
+                                cluster, response, node, model, parts, bytes,
+                            );
+                        }
+                        return response;
                     }
                     Err(why) => {
                         crate::metrics::routed("failed");
@@ -411,10 +415,10 @@ pub async fn route_to_holder(
 }
 
 /// The forwarded answer's head, its first chunk (`None`: an empty body), and the rest.
-type Forwarded = (ProxyReply, Option<Bytes>, ReplyStream);
+pub(crate) type Forwarded = (ProxyReply, Option<Bytes>, ReplyStream);
 
 /// Sends the request to `node` and waits for the reply head and the first chunk of its body.
-async fn forward(
+pub(crate) async fn forward(
     cluster: &Cluster,
     node: NodeId,
     parts: &axum::http::request::Parts,

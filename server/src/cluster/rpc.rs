@@ -74,6 +74,10 @@ pub enum Control {
         /// Remove it even if a model loses its only copy.
         force: bool,
     },
+    /// To the leader: confirm leadership with a quorum and answer the read index (`ReadIndex`), so the sender
+    /// can serve a linearizable read from its own state once it has applied that far. Added within version 2:
+    /// an older version-2 binary cannot decode it and refuses, and the sender then reads its own state.
+    ReadIndex,
 }
 
 /// What a node registers: where it is reached and what it offers.
@@ -120,6 +124,8 @@ pub enum ControlReply {
     Heartbeat(Load),
     /// The outcome of a `RemoveMember`.
     Removed(Result<(), super::remove::RemoveError>),
+    /// The answer to `ReadIndex`: the log index a reader must have applied (`None`: nothing committed yet).
+    ReadIndex(Option<u64>),
 }
 
 #[derive(Serialize, Deserialize)]

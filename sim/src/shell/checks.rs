@@ -172,6 +172,7 @@ mod tests {
     fn reply(status: u16, body: &str) -> Reply {
         Reply {
             status,
+            headers: Vec::new(),
             body: body.as_bytes().to_vec(),
         }
     }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::checks::{Checks, Outcome};
 use super::host::API_PORT;
 use super::http::{self, HttpError, Reply};
+use super::linearizable::{History, Op, Ret};
 use super::model::tiny_model;
 use super::options::{Draws, ShellOptions};
 use super::trace::Trace;
@@ -38,6 +39,10 @@ pub struct Shared {
     pub checks: Checks,
     /// Models created with a success answer and never since touched by a delete.
     pub acknowledged: BTreeSet<String>,
+    /// Every name a copy was asked to make (delete victims are drawn from these, so some are gone already).
+    pub copied: BTreeSet<String>,
+    /// The cluster-state operations and their outcomes, for the linearizability check.
+    pub history: History,
     /// A one-line summary of the run, for the report.
     pub summary: String,
 }
@@ -69,6 +74,32 @@ struct Tally {
     unanswered: u32,
     created: u32,
     deleted: u32,
+    listed: u32,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.done += other.done;
+        self.refused += other.refused;
+        self.failed += other.failed;
+        self.unanswered += other.unanswered;
+        self.created += other.created;
+        self.deleted += other.deleted;
+        self.listed += other.listed;
+    }
+}
+
+/// Concurrent sessions in the safety phase: 2 or 3 (concurrency is what a linearizability check is about).
+const SESSIONS_MIN: u64 = 2;
+
+/// The outcome of a model write as the linearizability check sees it: 200 took effect, 404 found no model,
+/// anything else (a refusal after a timeout, no answer) may or may not have.
+fn write_outcome(result: &Result<Reply, HttpError>) -> Ret {
+    match result {
+        Ok(reply) if reply.status == 200 => Ret::Ok,
+        Ok(reply) if reply.status == 404 => Ret::NotFound,
+        _ => Ret::Unknown,
+    }
 }
 
 impl Client {
@@ -119,24 +150,54 @@ impl Client {
                 .push("the cluster did not form with the base model".into());
             return Ok(());
         }
+        let sessions = SESSIONS_MIN + draws.below(2);
+        let tallies = futures::future::join_all(
+            (0..sessions).map(|session| self.session(session as u32, sessions)),
+        )
+        .await;
         let mut tally = Tally::default();
-        let pause_ms = self.options.safety_ms / u64::from(self.options.operations.max(1));
-        for operation in 0..self.options.operations {
-            let host = self.hosts[draws.below(self.hosts.len() as u64) as usize].clone();
-            self.operation(operation, &host, &mut draws, &mut tally, false)
-                .await;
-            tokio::time::sleep(Duration::from_millis(draws.below(pause_ms.max(1)))).await;
+        for each in &tallies {
+            tally.add(each);
         }
         while !lock(&self.shared).healed {
             tokio::time::sleep(POLL).await;
         }
         self.trace.record("liveness phase");
         self.liveness(&mut tally).await;
-        lock(&self.shared).summary = format!(
-            "{} generates done, {} refused, {} failed mid-stream, {} unanswered; {} models created, {} deleted",
-            tally.done, tally.refused, tally.failed, tally.unanswered, tally.created, tally.deleted
+        let mut shared = lock(&self.shared);
+        if let Err(violation) = shared.history.check() {
+            shared.checks.violations.push(violation);
+        }
+        shared.summary = format!(
+            "{} generates done, {} refused, {} failed mid-stream, {} unanswered; {} models created, {} deleted; \
+             {} linearizable listings, {} operations checked for linearizability",
+            tally.done,
+            tally.refused,
+            tally.failed,
+            tally.unanswered,
+            tally.created,
+            tally.deleted,
+            tally.listed,
+            shared.history.len()
         );
         Ok(())
+    }
+
+    /// One of `sessions` concurrent clients of the safety phase: its share of the seed's operations.
+    async fn session(&self, session: u32, sessions: u64) -> Tally {
+        let mut draws = Draws::new(super::mix(
+            self.options.seed ^ 0x5e55_1000 ^ u64::from(session),
+        ));
+        let mut tally = Tally::default();
+        let operations = (u64::from(self.options.operations) / sessions).max(4);
+        let pause_ms = self.options.safety_ms / operations;
+        for operation in 0..operations as u32 {
+            let host = self.hosts[draws.below(self.hosts.len() as u64) as usize].clone();
+            self.operation(session, operation, &host, &mut draws, &mut tally)
+                .await;
+            tokio::time::sleep(Duration::from_millis(draws.below(pause_ms.max(1)))).await;
+        }
+        tally
     }
 
     /// Waits until every node is a member and a leader is known, then creates the base model.
@@ -165,9 +226,17 @@ impl Client {
             let body =
                 json!({ "model": BASE_MODEL, "files": { "model.gguf": digest }, "stream": false });
             if matches!(uploaded, Ok(ref reply) if reply.status < 300) {
+                let pending = lock(&self.shared)
+                    .history
+                    .invoke(0, Op::Create(BASE_MODEL.into()));
                 let created = self
                     .call(host, "POST", "/api/create", body.to_string().as_bytes())
                     .await;
+                let outcome = match write_outcome(&created) {
+                    Ret::NotFound => Ret::Unknown,
+                    other => other,
+                };
+                lock(&self.shared).history.complete(pending, outcome);
                 if matches!(created, Ok(ref reply) if reply.status == 200) {
                     let mut shared = lock(&self.shared);
                     shared.acknowledged.insert(BASE_MODEL.into());
@@ -185,58 +254,105 @@ impl Client {
 
     async fn operation(
         &self,
+        session: u32,
         operation: u32,
         host: &str,
         draws: &mut Draws,
         tally: &mut Tally,
-        must_answer: bool,
     ) {
         match draws.below(10) {
-            0..=4 => {
+            0..=3 => {
                 let prompt = PROMPTS[draws.below(PROMPTS.len() as u64) as usize];
                 let num_predict = 2 + draws.below(10) as u32;
-                self.generate(host, prompt, num_predict, tally, must_answer)
-                    .await;
+                self.generate(host, prompt, num_predict, tally, false).await;
             }
-            5 | 6 => {
-                let name = format!("copy{operation}:latest");
+            4 | 5 => {
+                let name = format!("copy{session}-{operation}:latest");
+                let op = Op::Copy {
+                    source: BASE_MODEL.into(),
+                    destination: name.clone(),
+                };
+                let pending = {
+                    let mut shared = lock(&self.shared);
+                    shared.copied.insert(name.clone());
+                    shared.history.invoke(session, op)
+                };
                 let body = json!({ "source": BASE_MODEL, "destination": name });
-                if let Ok(reply) = self
+                let result = self
                     .call(host, "POST", "/api/copy", body.to_string().as_bytes())
-                    .await
-                    && reply.status == 200
-                {
+                    .await;
+                let outcome = write_outcome(&result);
+                let mut shared = lock(&self.shared);
+                if outcome == Ret::Ok {
                     tally.created += 1;
-                    lock(&self.shared).acknowledged.insert(name);
+                    shared.acknowledged.insert(name);
                 }
+                shared.history.complete(pending, outcome);
             }
-            7 => {
-                let victim = lock(&self.shared)
-                    .acknowledged
-                    .iter()
-                    .filter(|name| name.as_str() != BASE_MODEL)
-                    .nth(draws.below(4) as usize)
-                    .cloned();
+            6 => {
+                // Any name ever copied: some are deleted already (a 404 the history must explain).
+                let victim = {
+                    let shared = lock(&self.shared);
+                    let count = shared.copied.len() as u64;
+                    shared
+                        .copied
+                        .iter()
+                        .nth(draws.below(count) as usize)
+                        .cloned()
+                };
                 if let Some(name) = victim {
                     // Whatever the answer, the model may be gone now: it is no longer promised.
-                    lock(&self.shared).acknowledged.remove(&name);
+                    let pending = {
+                        let mut shared = lock(&self.shared);
+                        shared.acknowledged.remove(&name);
+                        shared.history.invoke(session, Op::Delete(name.clone()))
+                    };
                     let body = json!({ "model": name });
-                    if let Ok(reply) = self
+                    let result = self
                         .call(host, "DELETE", "/api/delete", body.to_string().as_bytes())
-                        .await
-                        && reply.status == 200
-                    {
+                        .await;
+                    let outcome = write_outcome(&result);
+                    if outcome == Ret::Ok {
                         tally.deleted += 1;
                     }
+                    lock(&self.shared).history.complete(pending, outcome);
                 }
             }
-            8 => {
-                let _ = self.call(host, "GET", "/api/tags", b"").await;
+            7 | 8 => {
+                if matches!(self.list(session, host).await, Some((_, true))) {
+                    tally.listed += 1;
+                }
             }
             _ => {
                 let _ = self.status(host).await;
             }
         }
+    }
+
+    /// `/api/tags` on `host`: the names listed and whether the node read them linearizably, if it answered. A
+    /// linearizable answer goes into the history.
+    async fn list(&self, session: u32, host: &str) -> Option<(BTreeSet<String>, bool)> {
+        let pending = lock(&self.shared).history.invoke(session, Op::List);
+        let reply = self.call(host, "GET", "/api/tags", b"").await;
+        let listed = reply.ok().filter(|reply| reply.status == 200).map(|reply| {
+            let names: BTreeSet<String> = reply.json()["models"]
+                .as_array()
+                .map(|models| {
+                    models
+                        .iter()
+                        .filter_map(|model| model["name"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let linearizable = reply.header("x-ollamamax-consistency") == Some("linearizable");
+            (names, linearizable)
+        });
+        let mut shared = lock(&self.shared);
+        match &listed {
+            Some((names, true)) => shared.history.complete(pending, Ret::Listed(names.clone())),
+            _ => shared.history.discard(pending),
+        }
+        listed
     }
 
     async fn generate(
@@ -288,22 +404,29 @@ impl Client {
         let started = tokio::time::Instant::now();
         let deadline = Duration::from_millis(self.options.liveness_ms);
         let acknowledged = lock(&self.shared).acknowledged.clone();
-        let mut pending: BTreeSet<String> = self.hosts.iter().cloned().collect();
+        // Each node not converged yet, and why not (as of its last poll).
+        let mut pending: std::collections::BTreeMap<String, String> = self
+            .hosts
+            .iter()
+            .map(|host| (host.clone(), "not polled".to_string()))
+            .collect();
         while !pending.is_empty() && started.elapsed() < deadline {
-            for host in pending.clone() {
-                if self.converged(&host, &acknowledged).await {
-                    pending.remove(&host);
+            for host in pending.keys().cloned().collect::<Vec<_>>() {
+                match self.converged(&host, &acknowledged).await {
+                    Ok(()) => {
+                        pending.remove(&host);
+                    }
+                    Err(why) => {
+                        pending.insert(host, why);
+                    }
                 }
             }
             tokio::time::sleep(POLL).await;
         }
         if !pending.is_empty() {
-            let mut shared = lock(&self.shared);
-            shared.checks.violations.push(format!(
-                "not converged {} ms after healing: {pending:?} (a leader known, all {} nodes members, every \
-                 acknowledged model listed: {acknowledged:?})",
-                self.options.liveness_ms,
-                self.hosts.len()
+            lock(&self.shared).checks.violations.push(format!(
+                "not converged {} ms after healing: {pending:?}",
+                self.options.liveness_ms
             ));
             return;
         }
@@ -318,26 +441,36 @@ impl Client {
         }
     }
 
-    async fn converged(&self, host: &str, acknowledged: &BTreeSet<String>) -> bool {
-        let Some(status) = self.status(host).await else {
-            return false;
-        };
+    /// Whether `host` converged: it knows a leader and all nodes as members, every model is back at the
+    /// replication factor (all nodes are up again), and it lists every acknowledged model.
+    async fn converged(&self, host: &str, acknowledged: &BTreeSet<String>) -> Result<(), String> {
+        let status = self.status(host).await.ok_or("no status")?;
         let members = status["members"].as_array().map_or(0, Vec::len);
         if members != self.hosts.len() || !status["leader"].is_u64() {
-            return false;
+            return Err(format!("{members} members, leader {}", status["leader"]));
         }
-        let Ok(reply) = self.call(host, "GET", "/api/tags", b"").await else {
-            return false;
-        };
-        let listed: BTreeSet<String> = reply.json()["models"]
+        let wanted = status["replication"]
+            .as_u64()
+            .unwrap_or(1)
+            .min(members as u64);
+        let short: Vec<String> = status["models"]
             .as_array()
             .map(|models| {
                 models
                     .iter()
-                    .filter_map(|model| model["name"].as_str().map(str::to_string))
+                    .filter(|model| model["replicas"].as_u64().unwrap_or(0) < wanted)
+                    .map(|model| format!("{} ({} replicas)", model["name"], model["replicas"]))
                     .collect()
             })
             .unwrap_or_default();
-        acknowledged.is_subset(&listed)
+        if !short.is_empty() {
+            return Err(format!("models under {wanted} replicas: {short:?}"));
+        }
+        let (listed, _) = self.list(0, host).await.ok_or("no listing")?;
+        let missing: Vec<&String> = acknowledged.difference(&listed).collect();
+        if !missing.is_empty() {
+            return Err(format!("acknowledged models not listed: {missing:?}"));
+        }
+        Ok(())
     }
 }

@@ -37,11 +37,21 @@ impl axum::serve::Listener for TurmoilListener {
 pub struct Reply {
     /// The status code.
     pub status: u16,
+    /// The headers, names in lower case.
+    pub headers: Vec<(String, String)>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
 }
 
 impl Reply {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
     /// The body as JSON (`Null` if it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
@@ -130,11 +140,13 @@ pub fn parse(raw: &[u8]) -> Result<Reply, HttpError> {
         .ok_or(HttpError::Malformed("bad status line"))?;
     let mut chunked = false;
     let mut length = None;
+    let mut headers = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
         let value = value.trim();
+        headers.push((name.to_ascii_lowercase(), value.to_string()));
         if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
             chunked = true;
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -150,7 +162,11 @@ pub fn parse(raw: &[u8]) -> Result<Reply, HttpError> {
     } else {
         rest.to_vec()
     };
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, HttpError> {
@@ -192,8 +208,10 @@ mod tests {
         let reply = parse(raw).expect("parses");
         assert_eq!(reply.status, 200);
         assert_eq!(reply.body, b"abcde");
-        let raw = b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\nhi";
-        assert_eq!(parse(raw).expect("parses").body, b"hi");
+        let raw = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nhi";
+        let reply = parse(raw).expect("parses");
+        assert_eq!(reply.body, b"hi");
+        assert_eq!(reply.header("content-length"), Some("2"));
         // A chunked body cut off mid-way (the server died) is an error, not a shorter answer.
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
         assert!(parse(raw).is_err());

@@ -20,6 +20,7 @@ pub mod checks;
 pub mod client;
 pub mod host;
 pub mod http;
+pub mod linearizable;
 pub mod model;
 pub mod options;
 pub mod scenario;
@@ -71,8 +72,12 @@ impl ShellReport {
 /// Runs one shell seed (printing every trace line when `verbose`). A panic inside the simulation is reported as
 /// a violation.
 pub fn run_seed(seed: u64, verbose: bool) -> ShellReport {
-    let options = ShellOptions::from_seed(seed);
-    match std::panic::catch_unwind(|| scenario::run(&options, verbose)) {
+    run_options(&ShellOptions::from_seed(seed), verbose)
+}
+
+/// Runs one shell seed with `options` (a seed's own, or changed by a test), as [`run_seed`] does.
+pub fn run_options(options: &ShellOptions, verbose: bool) -> ShellReport {
+    match std::panic::catch_unwind(|| scenario::run(options, verbose)) {
         Ok(report) => report,
         Err(panic) => {
             let message = panic
@@ -80,7 +85,7 @@ pub fn run_seed(seed: u64, verbose: bool) -> ShellReport {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
                 .unwrap_or_else(|| "a panic".into());
-            ShellReport::failed(&options, &Trace::new(false), format!("panicked: {message}"))
+            ShellReport::failed(options, &Trace::new(false), format!("panicked: {message}"))
         }
     }
 }

@@ -6,8 +6,8 @@ use super::mix;
 pub const NODES_CHOICES: [u32; 2] = [3, 5];
 /// Most faults one seed injects in its safety phase.
 pub const FAULTS_MAX: u32 = 12;
-/// Most client operations in the safety phase.
-pub const OPERATIONS_MAX: u32 = 24;
+/// Most client operations in the safety phase (over all concurrent sessions).
+pub const OPERATIONS_MAX: u32 = 40;
 
 /// The options of one shell seed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub struct ShellOptions {
     pub latency_max_ms: u64,
     /// Simulated time per token of the fake engine.
     pub token_latency_ms: u32,
+    /// The deliberate bug the nodes exhibit (the planted-bug self-test only).
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<ollamamax_server::planted::ShellBug>,
 }
 
 impl ShellOptions {
@@ -42,12 +45,14 @@ impl ShellOptions {
             seed,
             nodes,
             faults: draws.below(u64::from(FAULTS_MAX) + 1) as u32,
-            operations: 8 + draws.below(u64::from(OPERATIONS_MAX - 8) + 1) as u32,
+            operations: 12 + draws.below(u64::from(OPERATIONS_MAX - 12) + 1) as u32,
             safety_ms: 8_000 + draws.below(8_000),
             liveness_ms: 40_000,
             latency_min_ms,
             latency_max_ms: latency_min_ms + draws.below(20),
             token_latency_ms: 5 + draws.below(20) as u32,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
         }
     }
 }

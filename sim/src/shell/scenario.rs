@@ -90,9 +90,8 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
     let first = DataPaths::new(root.path().join(&names[0]));
     // Node ids, keys, join secrets and TLS handshakes draw their randomness on this thread, from the seed (by
     // `init` here, by the nodes later: turmoil runs every host on this thread).
-    seed_thread(Some(mix(options.seed ^ 0x1d5)));
     // Blocking work runs as tasks, ordered by the host's seeded scheduler (see `ollamamax_io::blocking`).
-    run_inline(true);
+    let _thread = ThreadSetup::new(options);
     // Traffic left over from an earlier run on this thread is not this run's.
     super::udp::take_sent();
     let token = match init(&first, None, false) {
@@ -145,8 +144,6 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
     let error = drive(&mut sim, options, &names, &trace, &shared);
     let simulated_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
     drop(sim);
-    seed_thread(None);
-    run_inline(false);
     let shared = lock(&shared);
     let violation = error.or_else(|| shared.checks.violations.first().cloned());
     ShellReport {
@@ -159,6 +156,29 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
         violation,
         summary: shared.summary.clone(),
         tail: trace.tail(),
+    }
+}
+
+/// This thread's settings for one run (seeded entropy, blocking work inline, the planted bug), undone when
+/// dropped, however the run ends.
+struct ThreadSetup;
+
+impl ThreadSetup {
+    fn new(options: &ShellOptions) -> Self {
+        seed_thread(Some(mix(options.seed ^ 0x1d5)));
+        run_inline(true);
+        #[cfg(feature = "planted-bugs")]
+        ollamamax_server::planted::plant(options.planted);
+        Self
+    }
+}
+
+impl Drop for ThreadSetup {
+    fn drop(&mut self) {
+        seed_thread(None);
+        run_inline(false);
+        #[cfg(feature = "planted-bugs")]
+        ollamamax_server::planted::plant(None);
     }
 }
 

@@ -1,0 +1,59 @@
+//! The shell simulation can fail: each deliberate bug planted in the real node's code (server/src/planted.rs)
+//! is caught within 200 seeds, and a determinism bug by comparing two runs of one seed.
+//!
+//! Run with `cargo test -p ollamamax-sim --release --features planted-bugs --test planted_shell_bugs`. Without
+//! the feature this file compiles to nothing, and the bugs never reach a normal build.
+#![cfg(feature = "planted-bugs")]
+
+use ollamamax_server::planted::ShellBug;
+use ollamamax_sim::shell::{self, options::ShellOptions};
+
+const SEEDS: u64 = 200;
+
+fn planted(seed: u64, bug: ShellBug) -> ShellOptions {
+    let mut options = ShellOptions::from_seed(seed);
+    options.planted = Some(bug);
+    options
+}
+
+/// Runs seeds with `bug` planted until one breaks an invariant; asserts the violation names `expected`.
+fn assert_caught(bug: ShellBug, expected: &[&str]) {
+    let caught = (0..SEEDS).find_map(|seed| {
+        let report = shell::run_options(&planted(seed, bug), false);
+        report.violation.map(|violation| (seed, violation))
+    });
+    let (seed, violation) = caught.unwrap_or_else(|| panic!("{bug:?} survived {SEEDS} seeds"));
+    println!("{bug:?}: caught at seed {seed}: {violation}");
+    assert!(
+        expected.iter().any(|text| violation.contains(text)),
+        "{bug:?} was caught for another reason at seed {seed}: {violation}"
+    );
+}
+
+#[test]
+fn a_retry_after_bytes_were_sent_is_caught() {
+    assert_caught(
+        ShellBug::RetryAfterBytes,
+        &["duplicated or lost", "spliced", "after the terminal line"],
+    );
+}
+
+#[test]
+fn a_copy_acknowledged_before_its_commit_is_caught() {
+    assert_caught(
+        ShellBug::AckBeforeCommit,
+        &["not linearizable", "acknowledged models not listed"],
+    );
+}
+
+#[test]
+fn heartbeats_in_hash_map_order_are_caught_by_the_trace_comparison() {
+    let caught = (1..=5).find(|seed| {
+        let first = shell::run_options(&planted(*seed, ShellBug::HashMapOrder), false);
+        let second = shell::run_options(&planted(*seed, ShellBug::HashMapOrder), false);
+        first.trace_hash != second.trace_hash
+    });
+    let seed =
+        caught.expect("two runs of each of 5 seeds matched with heartbeats in HashMap order");
+    println!("HashMapOrder: two runs of seed {seed} differ");
+}
