@@ -5,6 +5,7 @@
 //! their own issues (single node, cluster).
 
 pub mod blocking;
+pub mod clock;
 pub mod cluster;
 pub mod engine;
 pub mod entropy;

@@ -6,7 +6,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use futures::StreamExt;
 use ollamamax_core::residency::KeepAlive;
 use ollamamax_io::engine::template::Message;
@@ -37,7 +36,7 @@ fn assistant(content: String) -> ChatMessage {
 fn line(model: &str, content: String) -> ChatResponse {
     ChatResponse {
         model: model.to_string(),
-        created_at: Utc::now(),
+        created_at: super::utc_now(),
         message: assistant(content),
         done: false,
         done_reason: None,

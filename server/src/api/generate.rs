@@ -6,7 +6,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use futures::StreamExt;
 use ollamamax_core::residency::KeepAlive;
 
@@ -26,7 +25,7 @@ pub async fn generate(State(state): State<AppState>, json::Body(body): json::Bod
 fn line(model: &str, response: String) -> GenerateResponse {
     GenerateResponse {
         model: model.to_string(),
-        created_at: Utc::now(),
+        created_at: super::utc_now(),
         response,
         done: false,
         done_reason: None,

@@ -1,7 +1,6 @@
 //! What generate, chat and the OpenAI routes share: resolving options and keep-alive, taking a slot on a loaded
 //! model, tokenizing, and turning the runner's events into a stream of text pieces and one final outcome.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -131,7 +130,7 @@ pub fn elapsed_ns(since: Instant) -> u64 {
 
 /// A fresh seed for a request without `seed`.
 pub fn entropy() -> u64 {
-    RandomState::new().hash_one(Instant::now())
+    super::random_u64()
 }
 
 /// Tokens of a rendered prompt.

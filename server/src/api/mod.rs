@@ -157,10 +157,21 @@ async fn request_id(mut request: axum::extract::Request, next: axum::middleware:
 
 /// 16 random hex digits.
 fn new_request_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 8];
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    format!("{:016x}", random_u64())
+}
+
+/// 64 random bits from [`ollamamax_io::entropy`] (the simulator's seed on its thread), or, should the OS have
+/// none to give, a hash of the time with std's per-process keys.
+pub fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    ollamamax_io::entropy::next_u64()
+        .unwrap_or_else(|_| std::hash::RandomState::new().hash_one(std::time::Instant::now()))
+}
+
+/// The wall-clock time answers report (`created_at`, `modified_at`): the node's clock, which the simulator
+/// replaces on its thread ([`ollamamax_io::clock`]).
+pub fn utc_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::<chrono::Utc>::from(ollamamax_io::clock::now())
 }
 
 /// Counts every routed request by its route template and status, with its duration and the number in flight.

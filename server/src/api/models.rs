@@ -166,7 +166,7 @@ impl AppState {
                 remote.push(ListedModel {
                     name: name.short(),
                     model: name.short(),
-                    modified_at: Utc::now(),
+                    modified_at: super::utc_now(),
                     size: manifest.total_bytes(),
                     digest: ollamamax_io::store::Manifest::from_core(manifest)
                         .digest()

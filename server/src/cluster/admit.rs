@@ -18,9 +18,7 @@ use super::rpc::{Control, ControlReply, Registration, call_control};
 
 /// Seconds since the Unix epoch (join tokens expire by wall-clock time).
 pub fn now_unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
+    ollamamax_io::clock::now_unix_s()
 }
 
 /// A random node id (never 0): ids are permanent and must not collide across joins on different nodes. Drawn

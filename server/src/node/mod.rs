@@ -385,7 +385,7 @@ impl Task {
 
     fn resident(&self) -> Vec<ResidentModel> {
         let now = self.now();
-        let wall = Utc::now();
+        let wall = crate::api::utc_now();
         self.residency
             .models()
             .filter(|(_, info)| info.state == ModelState::Ready)

@@ -167,6 +167,8 @@ impl ThreadSetup {
     fn new(options: &ShellOptions) -> Self {
         seed_thread(Some(mix(options.seed ^ 0x1d5)));
         run_inline(true);
+        // Timestamps in answers and templates follow simulated time (lengths too: see `ollamamax_io::clock`).
+        ollamamax_io::clock::simulate(Some(|| turmoil::sim_elapsed().unwrap_or_default()));
         #[cfg(feature = "planted-bugs")]
         ollamamax_server::planted::plant(options.planted);
         Self
@@ -177,6 +179,7 @@ impl Drop for ThreadSetup {
     fn drop(&mut self) {
         seed_thread(None);
         run_inline(false);
+        ollamamax_io::clock::simulate(None);
         #[cfg(feature = "planted-bugs")]
         ollamamax_server::planted::plant(None);
     }

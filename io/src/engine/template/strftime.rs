@@ -1,10 +1,8 @@
 //! Dates for templates that print today's date (Hugging Face's `strftime_now`, Ollama's `currentDate`), in UTC.
 
-/// Seconds since the Unix epoch, now (0 if the clock is before 1970).
+/// Seconds since the Unix epoch, now (0 if the clock is before 1970), on the node's clock ([`crate::clock`]).
 pub fn now_unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
+    crate::clock::now_unix_s()
 }
 
 /// Formats a UTC time like C's `strftime`, for the codes chat templates use (dates in system prompts).

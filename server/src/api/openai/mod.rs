@@ -7,7 +7,6 @@ pub mod embeddings;
 pub mod models;
 
 use std::convert::Infallible;
-use std::hash::{BuildHasher, RandomState};
 
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
@@ -107,13 +106,13 @@ pub fn finish_reason(done_reason: &str) -> &'static str {
 
 /// An id like OpenAI's (`chatcmpl-123`), random per response.
 pub fn response_id(prefix: &str) -> String {
-    let n = RandomState::new().hash_one(std::time::Instant::now()) % 1000;
+    let n = crate::api::random_u64() % 1000;
     format!("{prefix}-{n}")
 }
 
 /// Seconds since the epoch.
 pub fn created() -> i64 {
-    chrono::Utc::now().timestamp()
+    crate::api::utc_now().timestamp()
 }
 
 /// Server-sent events: each item a `data: {json}` frame, then `data: [DONE]`.
