@@ -39,7 +39,7 @@ pub struct Shared {
     pub checks: Checks,
     /// Models created with a success answer and never since touched by a delete.
     pub acknowledged: BTreeSet<String>,
-    /// Every name a copy was asked to make (delete victims are drawn from these, so some are gone already).
+    /// Every name a finished copy was asked to make (delete victims are drawn from these; some are gone).
     pub copied: BTreeSet<String>,
     /// The cluster-state operations and their outcomes, for the linearizability check.
     pub history: History,
@@ -272,17 +272,16 @@ impl Client {
                     source: BASE_MODEL.into(),
                     destination: name.clone(),
                 };
-                let pending = {
-                    let mut shared = lock(&self.shared);
-                    shared.copied.insert(name.clone());
-                    shared.history.invoke(session, op)
-                };
+                let pending = lock(&self.shared).history.invoke(session, op);
                 let body = json!({ "source": BASE_MODEL, "destination": name });
                 let result = self
                     .call(host, "POST", "/api/copy", body.to_string().as_bytes())
                     .await;
                 let outcome = write_outcome(&result);
                 let mut shared = lock(&self.shared);
+                // A delete may pick the name only now: one overlapping the copy could take effect before or
+                // after it, and the name could not be promised either way.
+                shared.copied.insert(name.clone());
                 if outcome == Ret::Ok {
                     tally.created += 1;
                     shared.acknowledged.insert(name);
