@@ -18,7 +18,8 @@ cached_venv venv-clients tests/e2e/requirements.txt
 if [ -n "${OLLAMAMAX_BIN:-}" ]; then
   bin="$OLLAMAMAX_BIN"
 else
-  cargo build --release -p ollamamax-server --bin ollamamax >&2
+  # The workspace's feature set, as scripts/test.sh builds it (a `-p` build would rebuild the dependencies).
+  cargo build --release --workspace --bins --examples >&2
   bin="$(cargo metadata --format-version 1 --no-deps | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/ollamamax"
 fi
 [ -x "$bin" ] || { echo "e2e: $bin is not an executable" >&2; exit 1; }

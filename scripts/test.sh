@@ -47,6 +47,15 @@ OLLAMAMAX_VOCABS=$(./scripts/fetch-vocabs.sh)
 export OLLAMAMAX_VOCABS
 echo "$OLLAMAMAX_VOCABS"
 
+# Every step below runs what this one build makes. Cargo unifies features over the packages a command selects, and
+# `--examples` turns on dev-dependencies' features as `cargo test --workspace` does, so this is exactly the feature
+# set of the test step: nothing is built twice. (Each `-p PACKAGE` command used to rebuild most dependencies with
+# that package's own feature set: four rebuilds of the server, 25 minutes of a CI run.)
+step "build: binaries, tests and examples of the whole workspace, in one feature set shared by every step"
+cargo build --release --workspace --bins --tests --examples
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+export OLLAMAMAX_BIN="$target_dir/release/ollamamax"
+
 step "unit, property and integration tests"
 cargo test --release --workspace 2>&1 | tee -a "$results"
 
@@ -54,7 +63,7 @@ step "fuzzing: every cargo-fuzz target for 20 s, then the grown API corpus repla
 FUZZ_PROFILE=dev ./scripts/fuzz.sh 20   # dev: builds in about half the time; long runs: scripts/fuzz.sh (release)
 targets=$(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list | wc -l)
 echo "test result: ok. $targets passed; 0 failed (fuzz)" >>"$results"
-cargo test --release -p ollamamax-tests --test t25_fuzz_corpus_replay
+cargo test --release --workspace --test t25_fuzz_corpus_replay
 
 step "end to end: ollamamax serve driven by the official ollama and openai Python clients"
 ./scripts/e2e.sh 2>&1 | tee -a "$results"
@@ -63,13 +72,16 @@ step "the dashboard in headless chromium (installs chromium and selenium if miss
 ./scripts/ui-test.sh 2>&1 | tee -a "$results"
 grep -q '^ui: PASS' "$results" && echo "test result: ok. 1 passed; 0 failed (dashboard)" >>"$results"
 
-step "the simulators catch planted bugs (in the core, and in the real node's code under the shell simulation)"
-cargo test --release -p ollamamax-sim --features planted-bugs --test planted_bugs --test planted_shell_bugs \
-  -- --nocapture 2>&1 | tee -a "$results"
-
 step "simulation sweeps: the core World, then whole nodes under turmoil (shell)"
-cargo run --release -p ollamamax-sim -- sweep --seeds "${SWEEP_SEEDS:-500}"
-cargo run --release -p ollamamax-sim -- shell sweep --seeds "${SHELL_SEEDS:-30}"
+"$target_dir/release/ollamamax-sim" sweep --seeds "${SWEEP_SEEDS:-500}"
+"$target_dir/release/ollamamax-sim" shell sweep --seeds "${SHELL_SEEDS:-30}"
+
+step "the simulators catch planted bugs (in the core, and in the real node's code under the shell simulation)"
+# Last: its build replaces target/release/ollamamax-sim with one that has the planted bugs compiled in (off until a
+# test plants one). --workspace, so that only the crates the feature touches (core, io, server, sim) build again, not
+# their dependencies.
+cargo test --release --workspace --features ollamamax-sim/planted-bugs --test planted_bugs --test planted_shell_bugs \
+  -- --nocapture 2>&1 | tee -a "$results"
 
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$results" | awk '{s += $4} END {print s + 0}')
 echo

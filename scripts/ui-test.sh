@@ -24,12 +24,16 @@ fi
 . scripts/lib/venv.sh
 cached_venv venv-ui tests/ui/requirements.txt
 
-cargo build --release -p ollamamax-server --bin ollamamax >&2
 target_dir="$(cargo metadata --format-version 1 --no-deps | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+if [ -z "${OLLAMAMAX_BIN:-}" ]; then
+  # The workspace's feature set, as scripts/test.sh builds it (a `-p` build would rebuild the dependencies).
+  cargo build --release --workspace --bins --examples >&2
+  OLLAMAMAX_BIN="$target_dir/release/ollamamax"
+fi
 # A private copy: other builds sharing the target directory may replace the binary while the test runs.
 bin_dir="$(mktemp -d)"
 trap 'rm -rf "$bin_dir"' EXIT
-cp "$target_dir/release/ollamamax" "$bin_dir/ollamamax"
+cp "$OLLAMAMAX_BIN" "$bin_dir/ollamamax"
 export OLLAMAMAX_BIN="$bin_dir/ollamamax"
 export OLLAMAMAX_MODEL="${OLLAMAMAX_MODEL:-$(./scripts/fetch-model.sh)}"
 export SCREENSHOT="$target_dir/ui-dashboard.png"

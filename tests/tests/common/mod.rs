@@ -37,8 +37,10 @@ pub fn workspace_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `ollamamax` binary: `OLLAMAMAX_BIN` when set (relative to the workspace root), else `target/release/ollamamax`, brought up to date once per
-/// test process by `cargo build --release -p ollamamax-server` (a no-op when nothing changed).
+/// The `ollamamax` binary: `OLLAMAMAX_BIN` when set (relative to the workspace root), else `target/release/ollamamax`,
+/// brought up to date once per test process by `cargo build --release --workspace --bins --examples` (a no-op when
+/// nothing changed). That is the feature set of `cargo test --workspace` (`--examples` turns dev-dependencies on), so
+/// it shares every dependency's build with the tests; `-p ollamamax-server` would build most of them again.
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -57,21 +59,14 @@ pub fn binary() -> &'static Path {
         let path = target.join("release").join("ollamamax");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "ollamamax-server",
-                "--bin",
-                "ollamamax",
-            ])
+            .args(["build", "--release", "--workspace", "--bins", "--examples"])
             .current_dir(workspace_dir())
             .stdout(Stdio::null())
             .status()
             .expect("cargo runs");
         assert!(
             status.success(),
-            "cargo build --release -p ollamamax-server failed"
+            "cargo build --release --workspace --bins --examples failed"
         );
         assert!(
             path.is_file(),
