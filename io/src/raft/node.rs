@@ -12,7 +12,7 @@ use super::LogStore;
 use super::network::{
     APPEND_ENTRIES_MAX, ENTRY_BYTES_MAX, NetworkFactory, RaftTransport, SNAPSHOT_CHUNK_BYTES,
 };
-use super::runtime::RngStream;
+use super::runtime::{RngStream, SeededRuntime};
 use super::state_machine::{AppliedState, StateMachine};
 use super::store::{StoreError, open_database};
 use super::types::{NodeAddr, Raft, Request};
@@ -22,7 +22,7 @@ use ollamamax_core::limits::VOTERS_MAX;
 use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError,
 };
-use openraft::{ChangeMembers, Config, ConfigError, ServerState, SnapshotPolicy};
+use openraft::{AsyncRuntime, ChangeMembers, Config, ConfigError, ServerState, SnapshotPolicy};
 use redb::Database;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -204,7 +204,7 @@ pub enum MembershipError {
 pub enum ShutdownError {
     /// openraft's core task panicked or was cancelled.
     #[error("raft core task: {0}")]
-    Join(#[source] tokio::task::JoinError),
+    Join(#[source] <SeededRuntime as AsyncRuntime>::JoinError),
     /// openraft's tasks still hold the store after the wait: reopening the directory would fail.
     #[error("the raft store is still in use after shutdown")]
     StoreInUse,
@@ -475,7 +475,7 @@ impl RaftNode {
             if Arc::strong_count(&database) == 1 {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(STORE_RELEASE_POLL_MS)).await;
+            SeededRuntime::sleep(Duration::from_millis(STORE_RELEASE_POLL_MS)).await;
         }
         Err(ShutdownError::StoreInUse)
     }

@@ -11,13 +11,16 @@
 //! often it resets its own election timer, never on how other nodes' tasks interleave with it. Code outside any
 //! scope (the storage test suite, say) draws from a per-thread stream seeded from the OS's entropy.
 
+#[cfg(not(madsim))]
 use openraft::AsyncRuntime;
+#[cfg(not(madsim))]
 use openraft::async_runtime::TokioOneShotSender;
 use rand_core::{Error as RngError, RngCore};
 use std::cell::Cell;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
+#[cfg(not(madsim))]
 use std::time::Duration;
 
 tokio::task_local! {
@@ -71,10 +74,15 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The stream of the task running now, if it runs in a [`RngStream::scope`].
+pub(super) fn current_stream() -> Option<RngStream> {
+    STREAM.try_with(RngStream::clone).ok()
+}
+
 /// The RNG openraft gets from [`SeededRuntime::thread_rng`]: the current task's stream, if any.
 #[derive(Debug)]
 pub struct SeededRng {
-    stream: Option<RngStream>,
+    pub(super) stream: Option<RngStream>,
 }
 
 impl RngCore for SeededRng {
@@ -107,10 +115,12 @@ impl RngCore for SeededRng {
     }
 }
 
-/// tokio, with seeded per-node randomness. See the module docs.
+/// tokio, with seeded per-node randomness. See the module docs. Built with `--cfg madsim` (the madsim/ crate),
+/// it runs on madsim's executor and clock instead ([`super::runtime_madsim`]).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SeededRuntime;
 
+#[cfg(not(madsim))]
 impl AsyncRuntime for SeededRuntime {
     type JoinError = tokio::task::JoinError;
     type JoinHandle<T: Send + 'static> = tokio::task::JoinHandle<T>;
@@ -128,9 +138,9 @@ impl AsyncRuntime for SeededRuntime {
         T: Future + Send + 'static,
         T::Output: Send + 'static,
     {
-        match STREAM.try_with(RngStream::clone) {
-            Ok(stream) => tokio::spawn(STREAM.scope(stream, future)),
-            Err(_) => tokio::spawn(future),
+        match current_stream() {
+            Some(stream) => tokio::spawn(stream.scope(future)),
+            None => tokio::spawn(future),
         }
     }
 
@@ -162,7 +172,7 @@ impl AsyncRuntime for SeededRuntime {
 
     fn thread_rng() -> Self::ThreadLocalRng {
         SeededRng {
-            stream: STREAM.try_with(RngStream::clone).ok(),
+            stream: current_stream(),
         }
     }
 
@@ -172,7 +182,7 @@ impl AsyncRuntime for SeededRuntime {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(madsim)))]
 mod tests {
     use super::*;
 

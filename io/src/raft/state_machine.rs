@@ -99,6 +99,43 @@ impl StateMachine {
     }
 }
 
+#[cfg(madsim)]
+impl StateMachine {
+    /// The planted interleaving bug ([`super::planted`]): each command of a batch is applied by a task of its
+    /// own, so one entry's effect may land before the previous one's. Spawned in log order, the tasks run in that
+    /// order on tokio (turmoil never sees the bug); madsim runs ready tasks in a random order.
+    async fn apply_in_tasks(&mut self, entries: Vec<Entry>) -> Vec<Response> {
+        let shared = Arc::new(std::sync::Mutex::new(std::mem::replace(
+            &mut self.state,
+            ClusterState::new(),
+        )));
+        let mut pending = Vec::new();
+        for entry in entries {
+            match entry.payload {
+                EntryPayload::Normal(request) => {
+                    self.last_applied = Some(entry.log_id);
+                    let shared = shared.clone();
+                    pending.push(Err(madsim::task::spawn(async move {
+                        let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        Response(state.apply(&request.command))
+                    })));
+                }
+                _ => pending.push(Ok(self.apply_one(entry))),
+            }
+        }
+        let mut responses = Vec::new();
+        for response in pending {
+            responses.push(match response {
+                Ok(response) => response,
+                Err(task) => task.await.expect("a planted apply task is never cancelled"),
+            });
+        }
+        let state = Arc::try_unwrap(shared).expect("every apply task has finished");
+        self.state = state.into_inner().unwrap_or_else(|e| e.into_inner());
+        responses
+    }
+}
+
 fn decode_state(bytes: &[u8]) -> Result<ClusterState, StoreError> {
     decode(bytes)
 }
@@ -165,6 +202,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        #[cfg(madsim)]
+        if super::planted::apply_out_of_order() {
+            let responses = self.apply_in_tasks(entries.into_iter().collect()).await;
+            self.publish();
+            return Ok(responses);
+        }
         let responses: Vec<Response> = entries
             .into_iter()
             .map(|entry| self.apply_one(entry))

@@ -1,0 +1,116 @@
+//! What a run records and checks while it runs: the trace (every fault, outcome and leader change, with the
+//! simulated time), one leader per term, and that every node's applied state at a log index is the same state.
+//!
+//! Why these: Raft's election safety says at most one leader per term; its state machine safety says no two
+//! nodes apply different entries at one index, so the states they publish after applying through an index must
+//! be equal (a node that restarts and re-applies must reach the same state again, which is also how a changed
+//! committed entry would show).
+
+use crate::raft::AppliedState;
+use openraft::ServerState;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// The run's record: trace, violations, and what the invariants remember.
+pub struct Checks {
+    inner: Mutex<Inner>,
+    started: Instant,
+    verbose: bool,
+}
+
+struct Inner {
+    trace: Vec<String>,
+    violations: Vec<String>,
+    /// The leader of each term any node has led.
+    leaders: BTreeMap<u64, u64>,
+    /// The state fingerprint after applying through each index, and the node that first published it.
+    applied: BTreeMap<u64, (u64, u64)>,
+}
+
+impl Checks {
+    /// An empty record; `verbose` prints each trace line as it happens.
+    pub fn new(verbose: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner {
+                trace: Vec::new(),
+                violations: Vec::new(),
+                leaders: BTreeMap::new(),
+                applied: BTreeMap::new(),
+            }),
+            started: Instant::now(),
+            verbose,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Simulated milliseconds since the run began.
+    pub fn now_ms(&self) -> u128 {
+        self.started.elapsed().as_millis()
+    }
+
+    /// Append a line to the trace.
+    pub fn trace(&self, line: impl Into<String>) {
+        let line = format!("{:>7} {}", self.now_ms(), line.into());
+        if self.verbose {
+            println!("{line}");
+        }
+        self.lock().trace.push(line);
+    }
+
+    /// Record a violation (also traced).
+    pub fn violation(&self, what: impl Into<String>) {
+        let what = what.into();
+        self.trace(format!("VIOLATION {what}"));
+        self.lock().violations.push(what);
+    }
+
+    /// A node published its metrics: a leader claims its term.
+    pub fn observe_role(&self, node: u64, role: ServerState, term: u64) {
+        if role != ServerState::Leader {
+            return;
+        }
+        let previous = *self.lock().leaders.entry(term).or_insert(node);
+        if previous == node {
+            return;
+        }
+        self.violation(format!(
+            "two leaders in term {term}: node {previous} and node {node}"
+        ));
+    }
+
+    /// A node published its applied state.
+    pub fn observe_applied(&self, node: u64, applied: &AppliedState) {
+        let Some(log_id) = applied.last_applied else {
+            return;
+        };
+        let fingerprint = applied.state.fingerprint();
+        let first = *self
+            .lock()
+            .applied
+            .entry(log_id.index)
+            .or_insert((fingerprint, node));
+        if first.0 != fingerprint {
+            self.violation(format!(
+                "applied states disagree at index {}: node {} has state {:016x}, node {} had {:016x}",
+                log_id.index, node, fingerprint, first.1, first.0
+            ));
+        }
+    }
+
+    /// Leader changes seen so far (for the summary).
+    pub fn terms_led(&self) -> usize {
+        self.lock().leaders.len()
+    }
+
+    /// The trace and the violations, at the end of the run.
+    pub fn finish(&self) -> (Vec<String>, Vec<String>) {
+        let inner = self.lock();
+        (inner.trace.clone(), inner.violations.clone())
+    }
+}
