@@ -64,11 +64,17 @@ enum ShellCommand {
     Run {
         /// The seed.
         seed: u64,
+        /// Simulated ms per turmoil step (a seed found with another step length replays only with it).
+        #[arg(long, default_value_t = shell::options::TICK_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=50))]
+        tick_ms: u64,
     },
     /// Run one seed printing every trace line (to debug a failure).
     Replay {
         /// The seed.
         seed: u64,
+        /// Simulated ms per turmoil step.
+        #[arg(long, default_value_t = shell::options::TICK_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=50))]
+        tick_ms: u64,
     },
     /// Run many seeds; exit non-zero if any violates an invariant.
     Sweep {
@@ -87,20 +93,19 @@ fn main() -> ExitCode {
         Command::Replay { seed } => run_one(seed, true),
         Command::Sweep { seeds, start } => sweep(start, seeds),
         Command::Shell { command } => match command {
-            ShellCommand::Run { seed } => shell_one(seed, false),
-            ShellCommand::Replay { seed } => shell_one(seed, true),
+            ShellCommand::Run { seed, tick_ms } => shell_one(seed, tick_ms, false),
+            ShellCommand::Replay { seed, tick_ms } => shell_one(seed, tick_ms, true),
             ShellCommand::Sweep { seeds, start } => shell_sweep(start, seeds),
         },
         Command::ChainBench { members, blob_mib } => chain_bench(members, blob_mib),
     }
 }
 
-fn shell_one(seed: u64, verbose: bool) -> ExitCode {
-    println!(
-        "seed {seed}: {:?}",
-        shell::options::ShellOptions::from_seed(seed)
-    );
-    let report = shell::run_seed(seed, verbose);
+fn shell_one(seed: u64, tick_ms: u64, verbose: bool) -> ExitCode {
+    let mut options = shell::options::ShellOptions::from_seed(seed);
+    options.tick_ms = tick_ms;
+    println!("seed {seed}: {options:?}");
+    let report = shell::run_options(&options, verbose);
     println!(
         "seed {seed}: {} simulated ms in {} wall ms ({:.0}x), {} trace lines, trace {:016x}",
         report.simulated_ms,
@@ -122,7 +127,7 @@ fn shell_one(seed: u64, verbose: bool) -> ExitCode {
                 }
             }
             println!("seed {seed}: VIOLATION: {violation}");
-            println!("replay: {}", shell::replay_command(seed));
+            println!("replay: {}", shell::replay_options_command(&options));
             ExitCode::FAILURE
         }
     }

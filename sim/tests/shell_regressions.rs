@@ -2,15 +2,19 @@
 //! whenever a shell sweep finds one, after fixing it.
 
 use ollamamax_sim::shell;
+use ollamamax_sim::shell::options::ShellOptions;
 
-/// `(seed, what it found)`.
-const REGRESSIONS: &[(u64, &str)] = &[
+/// `(seed, turmoil step in ms it was found with, what it found)`. A seed replays its run only with the step
+/// length it was found with, so each keeps its own.
+const REGRESSIONS: &[(u64, u64, &str)] = &[
     (
         3,
+        1,
         "a delete retried after its first try timed out (yet committed) answered 404 for an acknowledged model",
     ),
     (
         19,
+        1,
         "the same retried-delete bug: 404 for a model copied (and acknowledged) just before",
     ),
 ];
@@ -18,13 +22,15 @@ const REGRESSIONS: &[(u64, &str)] = &[
 
 #[test]
 fn shell_regression_seeds_pass() {
-    for (seed, found) in REGRESSIONS {
-        let report = shell::run_seed(*seed, false);
+    for (seed, tick_ms, found) in REGRESSIONS {
+        let mut options = ShellOptions::from_seed(*seed);
+        options.tick_ms = *tick_ms;
+        let report = shell::run_options(&options, false);
         assert!(
             report.violation.is_none(),
             "shell seed {seed} (once: {found}) fails again: {:?}\nreplay: {}",
             report.violation,
-            shell::replay_command(*seed)
+            shell::replay_options_command(&options)
         );
     }
 }

@@ -92,7 +92,20 @@ pub fn run_options(options: &ShellOptions, verbose: bool) -> ShellReport {
 
 /// The command that replays a shell seed, printing its trace.
 pub fn replay_command(seed: u64) -> String {
-    format!("cargo run -p ollamamax-sim --release -- shell replay {seed}")
+    replay_options_command(&ShellOptions::from_seed(seed))
+}
+
+/// The command that replays a run of `options` (its seed, and its step length when not the default).
+pub fn replay_options_command(options: &ShellOptions) -> String {
+    let tick = if options.tick_ms == options::TICK_MS_DEFAULT {
+        String::new()
+    } else {
+        format!(" --tick-ms {}", options.tick_ms)
+    };
+    format!(
+        "cargo run -p ollamamax-sim --release -- shell replay {}{tick}",
+        options.seed
+    )
 }
 
 /// splitmix64's finalizer: spreads one seed into independent-looking values.

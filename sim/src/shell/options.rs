@@ -8,6 +8,10 @@ pub const NODES_CHOICES: [u32; 2] = [3, 5];
 pub const FAULTS_MAX: u32 = 12;
 /// Most client operations in the safety phase (over all concurrent sessions).
 pub const OPERATIONS_MAX: u32 = 40;
+/// Simulated time per turmoil step, unless a run asks for another. Every host's runtime is polled once per step,
+/// busy or not, so the step length sets the simulator's speed: 1 ms steps ran 5-node seeds at ~20x real time,
+/// 4 ms steps at ~40x (docs/simulation.md). Link latencies are rounded up to whole steps.
+pub const TICK_MS_DEFAULT: u64 = 4;
 
 /// The options of one shell seed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +34,9 @@ pub struct ShellOptions {
     pub latency_max_ms: u64,
     /// Simulated time per token of the fake engine.
     pub token_latency_ms: u32,
+    /// Simulated time per turmoil step ([`TICK_MS_DEFAULT`] unless changed: a seed found with another step
+    /// length replays only with it).
+    pub tick_ms: u64,
     /// The deliberate bug the nodes exhibit (the planted-bug self-test only).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<ollamamax_server::planted::ShellBug>,
@@ -51,6 +58,7 @@ impl ShellOptions {
             latency_min_ms,
             latency_max_ms: latency_min_ms + draws.below(20),
             token_latency_ms: 5 + draws.below(20) as u32,
+            tick_ms: TICK_MS_DEFAULT,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }

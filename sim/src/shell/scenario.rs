@@ -73,14 +73,27 @@ fn schedule(options: &ShellOptions) -> Vec<Scheduled> {
     faults
 }
 
+/// The run's data directories: on tmpfs where the machine has one. redb fsyncs every commit, and a restart copies
+/// the node's directory; on tmpfs both cost nothing, and the simulation does not measure the disk (a crash loses
+/// nothing written before it either way, see docs/simulation.md).
+fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    let builder = tempfile::Builder::new()
+        .prefix("ollamamax-shell-")
+        .to_owned();
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = builder.tempdir_in(shm)
+    {
+        return Ok(dir);
+    }
+    builder.tempdir()
+}
+
 /// Runs one seed.
 pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
     let began = Instant::now();
     let trace = Trace::new(verbose);
-    let root = match tempfile::Builder::new()
-        .prefix("ollamamax-shell-")
-        .tempdir()
-    {
+    let root = match scratch_dir() {
         Ok(root) => root,
         Err(error) => return ShellReport::failed(options, &trace, format!("no temp dir: {error}")),
     };
@@ -103,6 +116,7 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
     let mut sim = turmoil::Builder::new()
         .rng_seed(options.seed)
         .simulation_duration(SIMULATION_LIMIT)
+        .tick_duration(Duration::from_millis(options.tick_ms))
         .min_message_latency(Duration::from_millis(options.latency_min_ms))
         .max_message_latency(Duration::from_millis(options.latency_max_ms))
         .enable_random_order()
