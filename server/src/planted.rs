@@ -18,6 +18,10 @@ pub enum ShellBug {
     /// The health monitor sends heartbeats in a `HashMap`'s order, which differs between runs: a determinism
     /// bug that the same-seed trace comparison must catch.
     HashMapOrder,
+    /// A bug fixed on 2026-12-03, put back: a retried delete that finds the model gone answers 404, though its
+    /// own earlier try (whose answer was lost) deleted it. Kept as a planted bug, not as fixed seeds, so the
+    /// regression stays tested when the harness's schedules change.
+    RetriedDeleteNotFound,
 }
 
 thread_local! {

@@ -47,6 +47,11 @@ fn a_copy_acknowledged_before_its_commit_is_caught() {
 }
 
 #[test]
+fn a_retried_delete_answering_404_for_its_own_delete_is_caught() {
+    assert_caught(ShellBug::RetriedDeleteNotFound, &["not linearizable"]);
+}
+
+#[test]
 fn heartbeats_in_hash_map_order_are_caught_by_the_trace_comparison() {
     let caught = (1..=5).find(|seed| {
         let first = shell::run_options(&planted(*seed, ShellBug::HashMapOrder), false);

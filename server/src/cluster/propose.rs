@@ -103,6 +103,9 @@ impl Cluster {
         loop {
             let command = make();
             let deleting = matches!(command, Command::DeleteModel { .. });
+            #[cfg(feature = "planted-bugs")]
+            let deleting =
+                deleting && !crate::planted::is(crate::planted::ShellBug::RetriedDeleteNotFound);
             let once = tokio::time::timeout(FORWARD_TIMEOUT, self.propose_once(command));
             let problem = match once.await {
                 Ok(Ok(Ok(reply))) => return Ok(reply),

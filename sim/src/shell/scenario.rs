@@ -34,6 +34,10 @@ enum Fault {
     Crash(usize),
     /// Restart a node at once.
     Bounce(usize),
+    /// Lose this many datagrams in 1000 from and to a node (its QUIC traffic: Raft, forwarding, blobs).
+    Lossy(usize, u32),
+    /// A slow link: every message between two nodes takes this many ms.
+    SlowLink(usize, usize, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -52,12 +56,14 @@ fn schedule(options: &ShellOptions) -> Vec<Scheduled> {
         .map(|_| {
             let a = draws.below(nodes) as usize;
             let b = (a + 1 + draws.below(nodes - 1) as usize) % nodes as usize;
-            let fault = match draws.below(5) {
+            let fault = match draws.below(7) {
                 0 => Fault::Partition(a, b),
                 1 => Fault::PartitionOneway(a, b),
                 2 => Fault::Hold(a, b),
                 3 => Fault::Crash(a),
-                _ => Fault::Bounce(a),
+                4 => Fault::Bounce(a),
+                5 => Fault::Lossy(a, 50 + draws.below(350) as u32),
+                _ => Fault::SlowLink(a, b, 30 + draws.below(470)),
             };
             let at_ms = draws.below(options.safety_ms);
             // Faults straddle election timeouts: from well under one to several.
@@ -107,6 +113,7 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
     let _thread = ThreadSetup::new(options);
     // Traffic left over from an earlier run on this thread is not this run's.
     super::udp::take_sent();
+    super::udp::reset_loss(mix(options.seed ^ 0x1055));
     let token = match init(&first, None, false) {
         Ok(token) => token,
         Err(error) => {
@@ -248,10 +255,10 @@ fn drive(
                 u128::from(now_ms),
                 format!("end {:?}", named(&scheduled.fault, names)),
             );
-            end(sim, &scheduled.fault, names);
+            end(sim, &scheduled.fault, names, options);
         }
         if since_ms >= options.safety_ms {
-            heal(sim, names);
+            heal(sim, names, options);
             trace.record_at(u128::from(now_ms), "healed");
             lock(shared).healed = true;
             healed = true;
@@ -266,6 +273,8 @@ fn named(fault: &Fault, names: &[String]) -> String {
         Fault::Hold(a, b) => format!("hold {} {}", names[*a], names[*b]),
         Fault::Crash(a) => format!("crash {}", names[*a]),
         Fault::Bounce(a) => format!("bounce {}", names[*a]),
+        Fault::Lossy(a, per_mille) => format!("lose {per_mille}/1000 at {}", names[*a]),
+        Fault::SlowLink(a, b, ms) => format!("slow link {} {} ({ms} ms)", names[*a], names[*b]),
     }
 }
 
@@ -282,10 +291,24 @@ fn start(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String]) {
             }
         }
         Fault::Bounce(a) => sim.bounce(names[*a].as_str()),
+        Fault::Lossy(a, per_mille) => {
+            super::udp::set_loss(sim.lookup(names[*a].as_str()), *per_mille);
+        }
+        Fault::SlowLink(a, b, ms) => sim.set_link_latency(
+            names[*a].as_str(),
+            names[*b].as_str(),
+            Duration::from_millis(*ms),
+        ),
     }
 }
 
-fn end(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String]) {
+/// Give the link between `a` and `b` the run's latency bounds again.
+fn restore_latency(sim: &turmoil::Sim<'_>, a: &str, b: &str, options: &ShellOptions) {
+    sim.set_link_latency(a, b, Duration::from_millis(options.latency_min_ms));
+    sim.set_link_max_message_latency(a, b, Duration::from_millis(options.latency_max_ms));
+}
+
+fn end(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], options: &ShellOptions) {
     match fault {
         Fault::Partition(a, b) | Fault::PartitionOneway(a, b) => {
             sim.repair(names[*a].as_str(), names[*b].as_str())
@@ -297,13 +320,19 @@ fn end(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String]) {
             }
         }
         Fault::Bounce(_) => {}
+        Fault::Lossy(a, _) => super::udp::set_loss(sim.lookup(names[*a].as_str()), 0),
+        Fault::SlowLink(a, b, _) => {
+            restore_latency(sim, names[*a].as_str(), names[*b].as_str(), options);
+        }
     }
 }
 
-/// Undoes every fault: links repaired and released, stopped nodes restarted.
-fn heal(sim: &mut turmoil::Sim<'_>, names: &[String]) {
+/// Undoes every fault: links repaired and released, latencies restored, no loss, stopped nodes restarted.
+fn heal(sim: &mut turmoil::Sim<'_>, names: &[String], options: &ShellOptions) {
     for (index, a) in names.iter().enumerate() {
+        super::udp::set_loss(sim.lookup(a.as_str()), 0);
         for b in &names[index + 1..] {
+            restore_latency(sim, a.as_str(), b.as_str(), options);
             sim.repair(a.as_str(), b.as_str());
             sim.repair_oneway(a.as_str(), b.as_str());
             sim.repair_oneway(b.as_str(), a.as_str());

@@ -36,6 +36,60 @@ pub fn take_sent() -> (u64, u64) {
     SENT.replace((0, 0))
 }
 
+/// Seeded datagram loss (turmoil loses no single message: its `fail_rate` partitions whole links): datagrams
+/// from or to a lossy address are dropped with its probability. Only QUIC goes over these sockets, so only the
+/// cluster's traffic is lossy, and quinn's retransmissions are what is under test.
+#[derive(Debug, Default)]
+struct Loss {
+    /// Dropped datagrams in 1000, per address.
+    per_mille: std::collections::BTreeMap<std::net::IpAddr, u32>,
+    /// splitmix64 state of the drop decisions (the simulation runs on one thread, so they replay).
+    state: u64,
+}
+
+thread_local! {
+    static LOSS: std::cell::RefCell<Loss> = std::cell::RefCell::new(Loss::default());
+}
+
+/// Start a run's loss decisions from `seed`, with no lossy address.
+pub fn reset_loss(seed: u64) {
+    LOSS.set(Loss {
+        per_mille: Default::default(),
+        state: seed,
+    });
+}
+
+/// Drop `per_mille` datagrams in 1000 from or to `address` (0: none).
+pub fn set_loss(address: std::net::IpAddr, per_mille: u32) {
+    LOSS.with_borrow_mut(|loss| {
+        if per_mille == 0 {
+            loss.per_mille.remove(&address);
+        } else {
+            loss.per_mille.insert(address, per_mille);
+        }
+    });
+}
+
+/// Whether a datagram from `from` to `to` is lost.
+fn lost(from: std::net::IpAddr, to: std::net::IpAddr) -> bool {
+    LOSS.with_borrow_mut(|loss| {
+        let rate = [from, to]
+            .iter()
+            .filter_map(|address| loss.per_mille.get(address))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        rate > 0 && super::mix(loss.next()) % 1000 < u64::from(rate)
+    })
+}
+
+impl Loss {
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.state
+    }
+}
+
 /// A turmoil UDP socket as quinn sees it.
 pub struct TurmoilUdp {
     /// `None` once closed: sends vanish and receives wait forever.
@@ -115,6 +169,10 @@ impl AsyncUdpSocket for TurmoilUdp {
         };
         let (datagrams, bytes) = SENT.get();
         SENT.set((datagrams + 1, bytes + transmit.contents.len() as u64));
+        let from = socket.local_addr()?.ip();
+        if lost(from, transmit.destination.ip()) {
+            return Ok(());
+        }
         match socket.try_send_to(transmit.contents, transmit.destination) {
             Ok(_) => Ok(()),
             // A datagram to an unreachable host is lost, as on a real network; quinn's timers deal with it.
