@@ -21,6 +21,7 @@ pub mod membership;
 pub mod memory;
 pub mod network;
 mod node;
+pub mod observe;
 #[cfg(madsim)]
 pub mod planted;
 pub mod runtime;

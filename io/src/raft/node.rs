@@ -310,6 +310,7 @@ impl RaftNode {
         let raft = stream
             .scope(Raft::new(id.0, config, network, log_store, state_machine))
             .await?;
+        super::observe::started(id.0, applied.clone(), raft.metrics());
         Ok(Self {
             id,
             raft,

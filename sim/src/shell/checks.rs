@@ -10,6 +10,13 @@
 //!   must be `<KEY:0><KEY:1>…` with one key, and all `num_predict` tokens when it ended `done`. A retry that
 //!   forwarded a request again after bytes were sent shows up as a repeated index or a second key.
 //! - One prompt, one key: the same prompt always yields the same sequence, whichever node ran it.
+//!
+//! And on the nodes themselves, through `ollamamax_io::raft::observe` (every published change of each node's
+//! Raft metrics and applied state):
+//! - At most one leader per term, among the nodes that say they lead (with the `/api/cluster` answers above).
+//! - Applied states agree (Raft's state machine safety, §5.4.3): the state a node publishes after applying
+//!   through log index `i` is the state every node publishes for `i`, before and after restarts. A committed
+//!   entry that changed, or entries applied in another order, shows here.
 
 use std::collections::BTreeMap;
 
@@ -35,11 +42,38 @@ pub struct Checks {
     leaders: BTreeMap<u64, u64>,
     /// The key each prompt's sequence had.
     keys: BTreeMap<String, u32>,
+    /// The state fingerprint after applying through each log index, and the node that first published it.
+    applied: BTreeMap<u64, (u64, u64)>,
     /// Violations found, in order.
     pub violations: Vec<String>,
 }
 
 impl Checks {
+    /// Node `node` says (in its Raft metrics) that it leads `term`.
+    pub fn observe_leader(&mut self, node: u64, term: u64) {
+        let known = *self.leaders.entry(term).or_insert(node);
+        if known != node {
+            self.violations.push(format!(
+                "two leaders in term {term}: node {known} and node {node} (node {node}'s own Raft metrics)"
+            ));
+        }
+    }
+
+    /// Node `node` published the state `fingerprint` after applying through log index `index`.
+    pub fn observe_applied(&mut self, node: u64, index: u64, fingerprint: u64) {
+        let (first, by) = *self.applied.entry(index).or_insert((fingerprint, node));
+        if first != fingerprint {
+            self.violations.push(format!(
+                "applied states disagree at index {index}: node {node} has state {fingerprint:016x}, node {by} had {first:016x}"
+            ));
+        }
+    }
+
+    /// Log indexes whose applied state the nodes published, and terms with a known leader (what the run covered).
+    pub fn raft_coverage(&self) -> (usize, usize) {
+        (self.applied.len(), self.leaders.len())
+    }
+
     /// Records a `/api/cluster` answer from `host`.
     pub fn observe_status(&mut self, host: &str, status: &Value) {
         let term = status.get("term").and_then(Value::as_u64);

@@ -263,7 +263,8 @@ impl Client {
         match draws.below(10) {
             0..=3 => {
                 let prompt = PROMPTS[draws.below(PROMPTS.len() as u64) as usize];
-                let num_predict = 2 + draws.below(10) as u32;
+                // Long enough that a crash often lands mid-stream.
+                let num_predict = 4 + draws.below(21) as u32;
                 self.generate(host, prompt, num_predict, tally, false).await;
             }
             4 | 5 => {

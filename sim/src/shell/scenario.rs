@@ -56,13 +56,15 @@ fn schedule(options: &ShellOptions) -> Vec<Scheduled> {
         .map(|_| {
             let a = draws.below(nodes) as usize;
             let b = (a + 1 + draws.below(nodes - 1) as usize) % nodes as usize;
-            let fault = match draws.below(7) {
+            // Crashes and bounces weigh double: a node that dies under a forwarded stream or an unanswered write
+            // is where retries go wrong.
+            let fault = match draws.below(9) {
                 0 => Fault::Partition(a, b),
                 1 => Fault::PartitionOneway(a, b),
                 2 => Fault::Hold(a, b),
-                3 => Fault::Crash(a),
-                4 => Fault::Bounce(a),
-                5 => Fault::Lossy(a, 50 + draws.below(350) as u32),
+                3 | 4 => Fault::Crash(a),
+                5 | 6 => Fault::Bounce(a),
+                7 => Fault::Lossy(a, 50 + draws.below(350) as u32),
                 _ => Fault::SlowLink(a, b, 30 + draws.below(470)),
             };
             let at_ms = draws.below(options.safety_ms);
@@ -162,7 +164,9 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
         shared: shared.clone(),
     };
     sim.client("client", client.run());
+    observe_raft(&shared);
     let error = drive(&mut sim, options, &names, &trace, &shared);
+    ollamamax_io::raft::observe::observe(None);
     let simulated_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
     drop(sim);
     let shared = lock(&shared);
@@ -175,7 +179,13 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
         trace_hash: trace.hash(),
         trace_lines: trace.lines(),
         violation,
-        summary: shared.summary.clone(),
+        summary: {
+            let (indexes, terms) = shared.checks.raft_coverage();
+            format!(
+                "{}; on the nodes: applied states agree at {indexes} log indexes, {terms} terms with one leader",
+                shared.summary
+            )
+        },
         tail: trace.tail(),
     }
 }
@@ -204,6 +214,44 @@ impl Drop for ThreadSetup {
         #[cfg(feature = "planted-bugs")]
         ollamamax_server::planted::plant(None);
     }
+}
+
+/// Watch every node's Raft metrics and applied state from its start to its crash (a task on its host), for the
+/// checks that need the nodes' own view: one leader per term, applied states that agree at every index.
+fn observe_raft(shared: &Arc<Mutex<Shared>>) {
+    let shared = shared.clone();
+    ollamamax_io::raft::observe::observe(Some(std::rc::Rc::new(
+        move |node, mut applied, mut metrics| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (state, term) = {
+                        let metrics = metrics.borrow_and_update();
+                        (metrics.state, metrics.current_term)
+                    };
+                    let published = {
+                        let applied = applied.borrow_and_update();
+                        applied
+                            .last_applied
+                            .map(|log_id| (log_id.index, applied.state.fingerprint()))
+                    };
+                    {
+                        let mut shared = lock(&shared);
+                        if state == openraft::ServerState::Leader {
+                            shared.checks.observe_leader(node, term);
+                        }
+                        if let Some((index, fingerprint)) = published {
+                            shared.checks.observe_applied(node, index, fingerprint);
+                        }
+                    }
+                    tokio::select! {
+                        changed = metrics.changed() => if changed.is_err() { return },
+                        changed = applied.changed() => if changed.is_err() { return },
+                    }
+                }
+            });
+        },
+    )));
 }
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
