@@ -3,16 +3,15 @@
 //! clients reach nodes through.
 //!
 //! A call runs the receiver's handler as a task *on the receiving madsim node*, so a crash of the receiver
-//! cancels it mid-way, as a real crash would. Every RPC and reply is encoded and decoded with postcard on the way.
+//! cancels it mid-way, as a real crash would. Every RPC and reply is encoded and decoded with postcard on the way
+//! (io's `over_the_wire`).
 
-use crate::raft::network::RPC_BYTES_MAX;
+use crate::raft::memory::over_the_wire;
 use crate::raft::{
     NodeAddr, RaftNode, RaftRpc, RaftRpcReply, RaftTransport, TransportError, handle_rpc,
 };
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -164,17 +163,4 @@ impl RaftTransport for Transport {
         madsim::time::sleep(latency).await;
         over_the_wire(target, &reply)
     }
-}
-
-/// Encode and decode `value` as a real transport would, refusing what exceeds [`RPC_BYTES_MAX`].
-fn over_the_wire<T: Serialize + DeserializeOwned>(
-    target: u64,
-    value: &T,
-) -> Result<T, TransportError> {
-    let failed = |reason: String| TransportError::Failed { target, reason };
-    let bytes = postcard::to_allocvec(value).map_err(|error| failed(error.to_string()))?;
-    if bytes.len() as u64 > RPC_BYTES_MAX {
-        return Err(failed(format!("message of {} bytes", bytes.len())));
-    }
-    postcard::from_bytes(&bytes).map_err(|error| failed(error.to_string()))
 }

@@ -122,8 +122,9 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Encode and decode `value` as a transport would, refusing what exceeds [`RPC_BYTES_MAX`].
-fn over_the_wire<T: Serialize + DeserializeOwned>(
+/// Encode and decode `value` as a transport would, refusing what exceeds [`RPC_BYTES_MAX`] (also the madsim
+/// crate's network).
+pub fn over_the_wire<T: Serialize + DeserializeOwned>(
     target: u64,
     value: &T,
 ) -> Result<T, TransportError> {
