@@ -10,7 +10,7 @@ pub const FAULTS_MAX: u32 = 12;
 pub const OPERATIONS_MAX: u32 = 40;
 /// Simulated time per turmoil step, unless a run asks for another. Every host's runtime is polled once per step,
 /// busy or not, so the step length sets the simulator's speed: 1 ms steps ran 5-node seeds at ~20x real time,
-/// 4 ms steps at ~40x (docs/simulation.md). Link latencies are rounded up to whole steps.
+/// 4 ms steps at ~35x (docs/simulation.md). Link latencies are rounded up to whole steps.
 pub const TICK_MS_DEFAULT: u64 = 4;
 
 /// The options of one shell seed.
