@@ -14,6 +14,7 @@ compile_error!(
 
 mod checks;
 mod client;
+mod faults;
 mod net;
 mod run;
 
