@@ -169,7 +169,7 @@ fn sweep(start: u64, seeds: u64, plant: bool) -> ExitCode {
             continue;
         }
         violations += 1;
-        println!("seed {seed}: {}", outcome.violations[0]);
+        println!("seed {seed}: VIOLATION: {}", outcome.violations[0]);
         println!("  replay: {}", replay_command(seed, plant));
         if plant {
             break;
