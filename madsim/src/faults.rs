@@ -1,12 +1,15 @@
 //! The fault side of a run: the safety phase's fault loop (crashes and restarts of at most a minority,
-//! isolations, one-way link cuts, loss and latency), and healing before the liveness phase.
+//! isolations, one-way link cuts, loss and latency, voters removed and added back), and healing before the
+//! liveness phase.
 
 use crate::checks::Checks;
 use crate::net::SimNet;
+use crate::raft::MembershipError;
 use crate::run::Options;
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle};
-use std::collections::BTreeMap;
+use ollamamax_core::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ pub async fn faults(
     handle: &Handle,
     hosts: &BTreeMap<u64, NodeHandle>,
     net: &Arc<SimNet>,
-    checks: &Checks,
+    checks: &Arc<Checks>,
     options: &Options,
     end_ms: u128,
 ) -> BTreeMap<u64, u128> {
@@ -39,7 +42,7 @@ pub async fn faults(
         let (choice, node, other, millis) = {
             let mut rng = thread_rng();
             (
-                rng.gen_range(0..8),
+                rng.gen_range(0..9),
                 rng.gen_range(1..=options.nodes),
                 rng.gen_range(1..=options.nodes),
                 rng.gen_range(100..2_500u128),
@@ -78,10 +81,51 @@ pub async fn faults(
                 checks.trace(format!("links lose {loss}/1000, latency {latency:?} ms"));
                 net.set_link_quality(loss, latency);
             }
+            6 | 7 => {
+                // Membership change: node `node` stops or starts being a voter (it stays a learner, so it can
+                // come back), keeping at least two voters. Raft's joint consensus, under random scheduling.
+                let Some(current) = net.running().first().and_then(|id| net.node(*id)) else {
+                    continue;
+                };
+                let mut voters: BTreeSet<u64> =
+                    current.status().voters.iter().map(|id| id.0).collect();
+                if !voters.remove(&node) {
+                    voters.insert(node);
+                }
+                if voters.len() >= 2 {
+                    checks.trace(format!("change voters to {voters:?}"));
+                    let (net, checks) = (net.clone(), checks.clone());
+                    madsim::task::spawn(async move {
+                        let outcome = change_voters(&net, &voters).await;
+                        checks.trace(format!("voters {voters:?}: {outcome}"));
+                    });
+                }
+            }
             _ => {}
         }
     }
     down
+}
+
+/// Make `voters` the voter set through any running node, following leader hints.
+async fn change_voters(net: &Arc<SimNet>, voters: &BTreeSet<u64>) -> String {
+    let wanted: BTreeSet<NodeId> = voters.iter().copied().map(NodeId).collect();
+    let mut target = net.running().first().copied();
+    for _ in 0..8 {
+        let Some(node) = target.and_then(|id| net.node(id)) else {
+            return "no node to ask".into();
+        };
+        match madsim::time::timeout(Duration::from_secs(3), node.change_voters(&wanted)).await {
+            Ok(Ok(_)) => return "committed".into(),
+            Ok(Err(MembershipError::ForwardToLeader(forward))) => {
+                madsim::time::sleep(Duration::from_millis(20)).await;
+                target = forward.leader.map(|leader| leader.0);
+            }
+            Ok(Err(error)) => return format!("refused: {error}"),
+            Err(_) => return "timed out".into(),
+        }
+    }
+    "no leader found".into()
 }
 
 /// Heal every link and restart every node still down.
