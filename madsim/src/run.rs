@@ -250,11 +250,11 @@ fn node_main(
             net.register(id, node);
             let mut last_role = None;
             loop {
-                let (role, term) = {
+                let (role, term, vote) = {
                     let metrics = metrics.borrow_and_update();
-                    (metrics.state, metrics.current_term)
+                    (metrics.state, metrics.current_term, metrics.vote)
                 };
-                checks.observe_role(id, role, term);
+                checks.observe_role(id, role, term, &vote);
                 if last_role != Some((role, term)) && role == openraft::ServerState::Leader {
                     checks.trace(format!("node {id} leads term {term}"));
                 }

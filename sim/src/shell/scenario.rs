@@ -182,7 +182,7 @@ pub fn run(options: &ShellOptions, verbose: bool) -> ShellReport {
         summary: {
             let (indexes, terms) = shared.checks.raft_coverage();
             format!(
-                "{}; on the nodes: applied states agree at {indexes} log indexes, {terms} terms with one leader",
+                "{}; on the nodes: applied states agree at {indexes} log indexes, votes never went back, {terms} terms led",
                 shared.summary
             )
         },
@@ -217,7 +217,7 @@ impl Drop for ThreadSetup {
 }
 
 /// Watch every node's Raft metrics and applied state from its start to its crash (a task on its host), for the
-/// checks that need the nodes' own view: one leader per term, applied states that agree at every index.
+/// checks that need the nodes' own view: votes that never go back, applied states that agree at every index.
 fn observe_raft(shared: &Arc<Mutex<Shared>>) {
     let shared = shared.clone();
     ollamamax_io::raft::observe::observe(Some(std::rc::Rc::new(
@@ -225,9 +225,9 @@ fn observe_raft(shared: &Arc<Mutex<Shared>>) {
             let shared = shared.clone();
             tokio::spawn(async move {
                 loop {
-                    let (state, term) = {
+                    let (state, term, vote) = {
                         let metrics = metrics.borrow_and_update();
-                        (metrics.state, metrics.current_term)
+                        (metrics.state, metrics.current_term, metrics.vote)
                     };
                     let published = {
                         let applied = applied.borrow_and_update();
@@ -240,6 +240,7 @@ fn observe_raft(shared: &Arc<Mutex<Shared>>) {
                         if state == openraft::ServerState::Leader {
                             shared.checks.observe_leader(node, term);
                         }
+                        shared.checks.observe_vote(node, &vote);
                         if let Some((index, fingerprint)) = published {
                             shared.checks.observe_applied(node, index, fingerprint);
                         }
