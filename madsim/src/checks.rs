@@ -30,6 +30,8 @@ struct Inner {
     violations: Vec<String>,
     /// The terms some node has led, with the nodes that led them.
     leaders: BTreeMap<u64, std::collections::BTreeSet<u64>>,
+    /// Client operations whose outcome the client learned.
+    known_outcomes: usize,
     /// Each node's latest published vote.
     votes: BTreeMap<u64, Vote<u64>>,
     /// The state fingerprint after applying through each index, and the node that first published it.
@@ -44,6 +46,7 @@ impl Checks {
                 trace: Vec::new(),
                 violations: Vec::new(),
                 leaders: BTreeMap::new(),
+                known_outcomes: 0,
                 votes: BTreeMap::new(),
                 applied: BTreeMap::new(),
             }),
@@ -119,6 +122,16 @@ impl Checks {
                 log_id.index, node, fingerprint, first.1, first.0
             ));
         }
+    }
+
+    /// A client learned an operation's outcome.
+    pub fn count_known_outcome(&self) {
+        self.lock().known_outcomes += 1;
+    }
+
+    /// Client operations whose outcome the client learned (for the summary).
+    pub fn known_outcomes(&self) -> usize {
+        self.lock().known_outcomes
     }
 
     /// Leader changes seen so far (for the summary).

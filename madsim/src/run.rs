@@ -187,14 +187,7 @@ pub async fn scenario(seed: u64, options: Options, verbose: bool) -> Outcome {
     liveness(&net, &checks, &options, &history).await;
 
     let ops = history.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let known_ops = checks
-        .finish()
-        .0
-        .iter()
-        .filter(|line| {
-            line.contains(" -> ") && !line.ends_with("unknown") && !line.ends_with("no answer")
-        })
-        .count();
+    let known_ops = checks.known_outcomes();
     if let Err(why) = history.lock().unwrap_or_else(|e| e.into_inner()).check() {
         checks.violation(format!("the client history is not linearizable: {why}"));
     }
@@ -249,6 +242,8 @@ fn node_main(
             let mut metrics = node.raft().metrics();
             net.register(id, node);
             let mut last_role = None;
+            // Metrics change at every heartbeat; the state is fingerprinted only when it was published anew.
+            let mut applied_changed = true;
             loop {
                 let (role, term, vote) = {
                     let metrics = metrics.borrow_and_update();
@@ -259,11 +254,13 @@ fn node_main(
                     checks.trace(format!("node {id} leads term {term}"));
                 }
                 last_role = Some((role, term));
-                checks.observe_applied(id, &applied.borrow_and_update().clone());
-                tokio::select! {
-                    changed = metrics.changed() => if changed.is_err() { break },
-                    changed = applied.changed() => if changed.is_err() { break },
+                if applied_changed {
+                    checks.observe_applied(id, &applied.borrow_and_update().clone());
                 }
+                applied_changed = tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { break } else { false },
+                    changed = applied.changed() => if changed.is_err() { break } else { true },
+                };
             }
             // Raft stopped on its own (a fatal storage error): stay down until the run restarts the node.
             checks.trace(format!("node {id} raft stopped"));
@@ -411,6 +408,9 @@ async fn session_main(
                     other => format!("{other:?}"),
                 })
         ));
+        if ret.as_ref().is_some_and(|ret| *ret != Ret::Unknown) {
+            checks.count_known_outcome();
+        }
         {
             let mut history = history.lock().unwrap_or_else(|e| e.into_inner());
             match ret {

@@ -13,7 +13,6 @@
 
 #[cfg(not(madsim))]
 use openraft::AsyncRuntime;
-#[cfg(not(madsim))]
 use openraft::async_runtime::TokioOneShotSender;
 use rand_core::{Error as RngError, RngCore};
 use std::cell::Cell;
@@ -79,10 +78,31 @@ pub(super) fn current_stream() -> Option<RngStream> {
     STREAM.try_with(RngStream::clone).ok()
 }
 
+/// A tokio oneshot channel in openraft's wrapper (both runtimes use it: it needs no executor).
+pub(super) fn oneshot<T: Send>() -> (
+    openraft::async_runtime::TokioOneShotSender<T>,
+    tokio::sync::oneshot::Receiver<T>,
+) {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    (
+        openraft::async_runtime::TokioOneShotSender(sender),
+        receiver,
+    )
+}
+
 /// The RNG openraft gets from [`SeededRuntime::thread_rng`]: the current task's stream, if any.
 #[derive(Debug)]
 pub struct SeededRng {
-    pub(super) stream: Option<RngStream>,
+    stream: Option<RngStream>,
+}
+
+impl SeededRng {
+    /// The current task's stream (see [`current_stream`]).
+    pub(super) fn current() -> Self {
+        Self {
+            stream: current_stream(),
+        }
+    }
 }
 
 impl RngCore for SeededRng {
@@ -171,14 +191,11 @@ impl AsyncRuntime for SeededRuntime {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        SeededRng {
-            stream: current_stream(),
-        }
+        SeededRng::current()
     }
 
     fn oneshot<T: Send>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>) {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        (TokioOneShotSender(sender), receiver)
+        oneshot()
     }
 }
 

@@ -6,7 +6,7 @@
 //! answers `clock_gettime`, so `tokio::time::Instant` (a `std::time::Instant` without tokio's test clock) reads
 //! simulated time and serves as openraft's instant here too. The per-node RNG streams are the same as on tokio.
 
-use super::runtime::{SeededRng, SeededRuntime, current_stream};
+use super::runtime::{SeededRng, SeededRuntime, current_stream, oneshot};
 use openraft::AsyncRuntime;
 use openraft::async_runtime::TokioOneShotSender;
 use std::future::Future;
@@ -95,13 +95,10 @@ impl AsyncRuntime for SeededRuntime {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        SeededRng {
-            stream: current_stream(),
-        }
+        SeededRng::current()
     }
 
     fn oneshot<T: Send>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>) {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        (TokioOneShotSender(sender), receiver)
+        oneshot()
     }
 }

@@ -136,7 +136,7 @@ impl Client {
             return None;
         }
         let status = reply.json();
-        lock(&self.shared).checks.observe_status(host, &status);
+        lock(&self.shared).checks.observe_status(&status);
         Some(status)
     }
 

@@ -224,17 +224,21 @@ fn observe_raft(shared: &Arc<Mutex<Shared>>) {
         move |node, mut applied, mut metrics| {
             let shared = shared.clone();
             tokio::spawn(async move {
+                // Metrics change at every heartbeat; the state is fingerprinted only when it was published anew.
+                let mut applied_changed = true;
                 loop {
                     let (state, term, vote) = {
                         let metrics = metrics.borrow_and_update();
                         (metrics.state, metrics.current_term, metrics.vote)
                     };
-                    let published = {
-                        let applied = applied.borrow_and_update();
-                        applied
-                            .last_applied
-                            .map(|log_id| (log_id.index, applied.state.fingerprint()))
-                    };
+                    let published = applied_changed
+                        .then(|| {
+                            let applied = applied.borrow_and_update();
+                            applied
+                                .last_applied
+                                .map(|log_id| (log_id.index, applied.state.fingerprint()))
+                        })
+                        .flatten();
                     {
                         let mut shared = lock(&shared);
                         if state == openraft::ServerState::Leader {
@@ -245,10 +249,10 @@ fn observe_raft(shared: &Arc<Mutex<Shared>>) {
                             shared.checks.observe_applied(node, index, fingerprint);
                         }
                     }
-                    tokio::select! {
-                        changed = metrics.changed() => if changed.is_err() { return },
-                        changed = applied.changed() => if changed.is_err() { return },
-                    }
+                    applied_changed = tokio::select! {
+                        changed = metrics.changed() => if changed.is_err() { return } else { false },
+                        changed = applied.changed() => if changed.is_err() { return } else { true },
+                    };
                 }
             });
         },
