@@ -22,6 +22,9 @@ pub enum ShellBug {
     /// own earlier try (whose answer was lost) deleted it. Kept as a planted bug, not as fixed seeds, so the
     /// regression stays tested when the harness's schedules change.
     RetriedDeleteNotFound,
+    /// The Raft store commits the vote without a sync (in io: `ollamamax_io::raft::planted`), so a power cut can
+    /// take back a vote the node already cast, and the node may vote again in that term.
+    UnsyncedVote,
 }
 
 thread_local! {
@@ -31,6 +34,7 @@ thread_local! {
 /// Makes nodes running on this thread exhibit `bug` (or none).
 pub fn plant(bug: Option<ShellBug>) {
     PLANTED.with(|planted| planted.set(bug));
+    ollamamax_io::raft::planted::plant_unsynced_vote(bug == Some(ShellBug::UnsyncedVote));
 }
 
 /// Whether nodes on this thread exhibit `bug`.

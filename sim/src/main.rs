@@ -88,6 +88,15 @@ enum ShellCommand {
 }
 
 fn main() -> ExitCode {
+    // The nodes' own logs, to debug a replay: `OLLAMAMAX_LOG=info ollamamax-sim shell replay SEED` (off unless set;
+    // the lines carry no simulated time, so read them beside the trace).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("OLLAMAMAX_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     match Cli::parse().command {
         Command::Run { seed } => run_one(seed, false),
         Command::Replay { seed } => run_one(seed, true),

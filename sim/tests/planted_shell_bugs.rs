@@ -62,3 +62,8 @@ fn heartbeats_in_hash_map_order_are_caught_by_the_trace_comparison() {
         caught.expect("two runs of each of 5 seeds matched with heartbeats in HashMap order");
     println!("HashMapOrder: two runs of seed {seed} differ");
 }
+
+#[test]
+fn a_vote_committed_without_a_sync_is_caught() {
+    assert_caught(ShellBug::UnsyncedVote, &["vote went back"]);
+}

@@ -16,13 +16,14 @@
 //! [`run_membership_action`]; forwarding of writes and linearizable reads to the leader named by
 //! [`ForwardToLeader`].
 
+pub mod disk;
 mod log_store;
 pub mod membership;
 pub mod memory;
 pub mod network;
 mod node;
 pub mod observe;
-#[cfg(madsim)]
+#[cfg(any(madsim, feature = "planted-bugs"))]
 pub mod planted;
 pub mod runtime;
 #[cfg(madsim)]

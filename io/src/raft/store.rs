@@ -62,7 +62,11 @@ from_redb!(
 /// Open (or create) the store in `dir`, which must exist, and make sure both tables exist so that readers never
 /// meet a missing table.
 pub fn open_database(dir: &Path) -> Result<Arc<Database>, StoreError> {
-    let database = Database::create(dir.join(DATABASE_FILE_NAME))?;
+    let path = dir.join(DATABASE_FILE_NAME);
+    let database = match super::disk::backend(&path) {
+        Some(backend) => redb::Builder::new().create_with_backend(backend)?,
+        None => Database::create(path)?,
+    };
     let mut transaction = database.begin_write()?;
     transaction.set_durability(Durability::Immediate)?;
     transaction.open_table(LOG)?;
@@ -102,6 +106,13 @@ pub(crate) fn write_meta<T: Serialize>(
 ) -> Result<(), StoreError> {
     let bytes = encode(value)?;
     let mut transaction = database.begin_write()?;
+    #[cfg(feature = "planted-bugs")]
+    if key == KEY_VOTE && super::planted::unsynced_vote() {
+        transaction.set_durability(Durability::None)?;
+    } else {
+        transaction.set_durability(Durability::Immediate)?;
+    }
+    #[cfg(not(feature = "planted-bugs"))]
     transaction.set_durability(Durability::Immediate)?;
     {
         let mut table = transaction.open_table(META)?;

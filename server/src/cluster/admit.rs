@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -30,19 +30,27 @@ pub fn random_node_id() -> Option<NodeId> {
 
 /// The join authority of a node holding the CA: it checks secrets against `tokens.json`, read at every join (so
 /// a token made by `cluster token` while the server runs works at once) and saved after each use, and remembers
-/// whom it admitted until they register.
+/// whom it admitted until they become members, in `admitted.json` too: a restart of this node between a join and
+/// the new node's registration must not lock the new node out (only members and admitted nodes may connect).
 pub struct TokenAuthority {
     /// Serializes read-redeem-save, so two joiners cannot both use a single-use token.
     tokens_file: Mutex<PathBuf>,
     admitted: Arc<Mutex<BTreeSet<NodeId>>>,
+    admitted_file: PathBuf,
 }
 
 impl TokenAuthority {
-    /// An authority over the tokens in `tokens_file`.
-    pub fn new(tokens_file: PathBuf, admitted: Arc<Mutex<BTreeSet<NodeId>>>) -> Self {
+    /// An authority over the tokens in `tokens_file`, remembering whom it admitted in `admitted` and
+    /// `admitted_file`.
+    pub fn new(
+        tokens_file: PathBuf,
+        admitted: Arc<Mutex<BTreeSet<NodeId>>>,
+        admitted_file: PathBuf,
+    ) -> Self {
         Self {
             tokens_file: Mutex::new(tokens_file),
             admitted,
+            admitted_file,
         }
     }
 
@@ -68,12 +76,50 @@ impl JoinAuthority for TokenAuthority {
     ) -> BoxFuture<'_, Result<NodeId, JoinRefusal>> {
         let result = self.redeem(&secret).and_then(|()| {
             let node = random_node_id().ok_or(JoinRefusal::Unavailable)?;
-            super::lock(&self.admitted).insert(node);
+            let mut admitted = super::lock(&self.admitted);
+            admitted.insert(node);
+            if let Err(error) = save_admitted(&self.admitted_file, &admitted) {
+                admitted.remove(&node);
+                tracing::warn!(error = %format!("{error:#}"), "cannot save the admitted nodes");
+                return Err(JoinRefusal::Unavailable);
+            }
             tracing::info!(node = node.0, %remote, "admitted a joining node");
             Ok(node)
         });
         Box::pin(std::future::ready(result))
     }
+}
+
+/// The nodes admitted and not yet members, as saved in `file` (none if there is no file; a corrupt one is logged
+/// and read as none: those nodes then join again).
+pub fn load_admitted(file: &Path) -> BTreeSet<NodeId> {
+    match std::fs::read(file) {
+        Ok(text) => serde_json::from_slice::<Vec<u64>>(&text)
+            .map(|nodes| nodes.into_iter().map(NodeId).collect())
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, file = %file.display(), "the admitted nodes file is corrupt");
+                BTreeSet::new()
+            }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        Err(error) => {
+            tracing::warn!(%error, file = %file.display(), "cannot read the admitted nodes");
+            BTreeSet::new()
+        }
+    }
+}
+
+/// Saves the nodes admitted and not yet members to `file`, atomically and durably.
+pub fn save_admitted(file: &Path, nodes: &BTreeSet<NodeId>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = file
+        .parent()
+        .context("the admitted nodes file has no directory")?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    let ids: Vec<u64> = nodes.iter().map(|node| node.0).collect();
+    serde_json::to_writer(temp.as_file_mut(), &ids)?;
+    temp.as_file().sync_all()?;
+    temp.persist(file).map_err(|error| error.error)?;
+    Ok(())
 }
 
 /// On the leader: add `node` as a learner and as a member. Elsewhere: pass the registration to the leader.
@@ -161,5 +207,24 @@ pub fn new_member(node: NodeId, address: NodeAddr, capacity: Capacity) -> Member
         cluster_address: address.cluster_address,
         capacity,
         status: MemberStatus::Active,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admitted_nodes_survive_a_restart_and_a_corrupt_file_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admitted.json");
+        assert!(load_admitted(&file).is_empty());
+        let nodes: BTreeSet<NodeId> = [NodeId(7), NodeId(u64::MAX)].into();
+        save_admitted(&file, &nodes).unwrap();
+        assert_eq!(load_admitted(&file), nodes);
+        save_admitted(&file, &BTreeSet::new()).unwrap();
+        assert!(load_admitted(&file).is_empty());
+        std::fs::write(&file, b"{not json").unwrap();
+        assert!(load_admitted(&file).is_empty());
     }
 }

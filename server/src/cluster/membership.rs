@@ -3,6 +3,7 @@
 //! the committed members and voters and carries out its `ChangeVoters`).
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,19 +17,30 @@ const VOTERS_CHECK_PERIOD: Duration = Duration::from_millis(500);
 
 /// Keeps `members` equal to the applied state's members plus Raft's voters and learners; empty while this node
 /// has applied no state with members (see the membership predicate in [`super::Cluster::start`]). Forgets the
-/// `admitted` nodes that have become members: from then on the state alone lets them in, so a member removed
-/// later is refused.
+/// `admitted` nodes that have become members (and saves the rest to `admitted_file`, on the node that admits):
+/// from then on the state alone lets them in, so a member removed later is refused.
 pub async fn track_members(
     raft: Arc<RaftNode>,
     members: Arc<Mutex<BTreeSet<NodeId>>>,
     admitted: Arc<Mutex<BTreeSet<NodeId>>>,
+    admitted_file: Option<PathBuf>,
 ) {
     let mut applied = raft.applied();
     loop {
         let status = raft.status();
         let mut allowed: BTreeSet<NodeId> =
             applied.borrow().state.members().keys().copied().collect();
-        super::lock(&admitted).retain(|node| !allowed.contains(node));
+        {
+            let mut admitted = super::lock(&admitted);
+            let before = admitted.len();
+            admitted.retain(|node| !allowed.contains(node));
+            if admitted.len() != before
+                && let Some(file) = &admitted_file
+                && let Err(error) = super::admit::save_admitted(file, &admitted)
+            {
+                tracing::warn!(error = %format!("{error:#}"), "cannot save the admitted nodes");
+            }
+        }
         if !allowed.is_empty() {
             allowed.extend(status.voters);
             allowed.extend(status.learners);

@@ -177,7 +177,13 @@ impl Cluster {
             let ca = ClusterCa::load(&dir).context("cannot read the cluster CA")?;
             // Read once here so a corrupt file stops the start with a clear error; joins reread it.
             init::load_tokens(&paths.tokens())?;
-            let authority = admit::TokenAuthority::new(paths.tokens(), handler.admitted.clone());
+            // Nodes admitted before a restart that have not registered yet may still connect.
+            *lock(&handler.admitted) = admit::load_admitted(&paths.admitted());
+            let authority = admit::TokenAuthority::new(
+                paths.tokens(),
+                handler.admitted.clone(),
+                paths.admitted(),
+            );
             Some(Arc::new(JoinService::new(ca, Arc::new(authority))))
         } else {
             None
@@ -223,6 +229,7 @@ impl Cluster {
             raft.clone(),
             members,
             handler.admitted.clone(),
+            paths.has_ca_key().then(|| paths.admitted()),
         ));
         tokio::spawn(membership::run_voters(
             raft.clone(),

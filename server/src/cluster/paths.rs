@@ -46,6 +46,11 @@ impl DataPaths {
         self.cluster().join("tokens.json")
     }
 
+    /// The nodes this node admitted that have not become members yet (on the node holding the CA).
+    pub fn admitted(&self) -> PathBuf {
+        self.cluster().join("admitted.json")
+    }
+
     /// Whether this node has a cluster identity (it ran `cluster init` or joined).
     pub fn has_identity(&self) -> bool {
         self.cluster()

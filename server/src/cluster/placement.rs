@@ -45,11 +45,15 @@ pub struct TransferFailure {
     pub node: NodeId,
 }
 
-/// Runs the planner whenever this node leads.
+/// Runs the planner whenever this node leads, until its Raft node stops (a storage error stops it, and its last
+/// status may still name this node the leader: the planner must not spin on that).
 pub async fn run(cluster: Arc<Cluster>, mut failures: mpsc::Receiver<TransferFailure>) {
     loop {
         if cluster.raft.status().leader == Some(cluster.node) {
-            lead(&cluster, &mut failures).await;
+            if lead(&cluster, &mut failures).await == Led::RaftStopped {
+                tracing::warn!("Raft stopped; blob placement stops planning");
+                return;
+            }
         } else {
             // Reports meant for an earlier leadership are stale.
             while failures.try_recv().is_ok() {}
@@ -58,8 +62,17 @@ pub async fn run(cluster: Arc<Cluster>, mut failures: mpsc::Receiver<TransferFai
     }
 }
 
+/// Why [`lead`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Led {
+    /// This node no longer leads.
+    Deposed,
+    /// Its Raft node (or health monitor) stopped: nothing more will change.
+    RaftStopped,
+}
+
 /// Plans while this node leads; returns when it no longer does.
-async fn lead(cluster: &Arc<Cluster>, failures: &mut mpsc::Receiver<TransferFailure>) {
+async fn lead(cluster: &Arc<Cluster>, failures: &mut mpsc::Receiver<TransferFailure>) -> Led {
     let epoch = Instant::now();
     let now = || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut applied = cluster.raft.applied();
@@ -83,7 +96,7 @@ async fn lead(cluster: &Arc<Cluster>, failures: &mut mpsc::Receiver<TransferFail
             tokio::spawn(send_order(cluster.clone(), action));
         }
         if cluster.raft.status().leader != Some(cluster.node) {
-            return;
+            return Led::Deposed;
         }
         let sleep = placement
             .poll_timeout()
@@ -93,11 +106,11 @@ async fn lead(cluster: &Arc<Cluster>, failures: &mut mpsc::Receiver<TransferFail
             .min(TICK_MAX);
         tokio::select! {
             changed = applied.changed() => {
-                if changed.is_err() { return; }
+                if changed.is_err() { return Led::RaftStopped; }
                 input = Some(Input::StateChanged);
             }
             changed = liveness.changed() => {
-                if changed.is_err() { return; }
+                if changed.is_err() { return Led::RaftStopped; }
                 let current = liveness.borrow_and_update().clone();
                 for (node, status) in current {
                     let is_dead = status == Liveness::Dead;

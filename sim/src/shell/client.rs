@@ -14,7 +14,7 @@ use super::host::API_PORT;
 use super::http::{self, HttpError, Reply};
 use super::linearizable::{History, Op, Ret};
 use super::model::tiny_model;
-use super::options::{Draws, ShellOptions};
+use super::options::{Draws, RemovalKind, ShellOptions};
 use super::trace::Trace;
 
 /// The model every generate request runs.
@@ -45,6 +45,21 @@ pub struct Shared {
     pub history: History,
     /// A one-line summary of the run, for the report.
     pub summary: String,
+    /// The node hosts that exist now (a joiner is added when it starts).
+    pub hosts: Vec<String>,
+    /// The member asked to go, and what came of it.
+    pub removal: Option<(String, Membership)>,
+}
+
+/// Whether a member asked to go went, as far as its client can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// It was removed (a success answer).
+    Gone,
+    /// It is still a member (refused, and no earlier try may have done it).
+    Stayed,
+    /// No answer told (every try failed or timed out, or one did and a later try was refused).
+    Unknown,
 }
 
 /// The client's view of the run.
@@ -151,8 +166,11 @@ impl Client {
             return Ok(());
         }
         let sessions = SESSIONS_MIN + draws.below(2);
-        let tallies = futures::future::join_all(
-            (0..sessions).map(|session| self.session(session as u32, sessions)),
+        let (tallies, ()) = futures::future::join(
+            futures::future::join_all(
+                (0..sessions).map(|session| self.session(session as u32, sessions)),
+            ),
+            self.remove_member(),
         )
         .await;
         let mut tally = Tally::default();
@@ -192,7 +210,10 @@ impl Client {
         let operations = (u64::from(self.options.operations) / sessions).max(4);
         let pause_ms = self.options.safety_ms / operations;
         for operation in 0..operations as u32 {
-            let host = self.hosts[draws.below(self.hosts.len() as u64) as usize].clone();
+            let host = {
+                let hosts = &lock(&self.shared).hosts;
+                hosts[draws.below(hosts.len() as u64) as usize].clone()
+            };
             self.operation(session, operation, &host, &mut draws, &mut tally)
                 .await;
             tokio::time::sleep(Duration::from_millis(draws.below(pause_ms.max(1)))).await;
@@ -399,22 +420,97 @@ impl Client {
         Some(outcome)
     }
 
-    /// After healing: every node agrees on the leader, lists every acknowledged model, and serves a generate.
+    /// The seed's removal, if it has one: at its time, asks the member to leave or another node to remove it,
+    /// and records what came of it for the liveness phase.
+    async fn remove_member(&self) {
+        const TRIES: u32 = 3;
+        let Some(removal) = self.options.membership.removal.clone() else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(removal.at_ms)).await;
+        let target = self.hosts[removal.node].clone();
+        let mut outcome = Membership::Unknown;
+        let mut unknown_before = false;
+        for _ in 0..TRIES {
+            let result = match removal.how {
+                RemovalKind::Leave => {
+                    let body = json!({ "drain_s": 5 }).to_string();
+                    self.call(&target, "POST", "/api/cluster/leave", body.as_bytes())
+                        .await
+                }
+                RemovalKind::Remove { via } => {
+                    let path = format!("/api/cluster/members/{}", self.address(&target));
+                    self.call(&self.hosts[via], "DELETE", &path, b"").await
+                }
+            };
+            outcome = match result.map(|reply| reply.status) {
+                Ok(200) => Membership::Gone,
+                // A refusal says the member is still there, unless an earlier try may have removed it.
+                Ok(404 | 409) if !unknown_before => Membership::Stayed,
+                _ => Membership::Unknown,
+            };
+            if outcome != Membership::Unknown {
+                break;
+            }
+            unknown_before = true;
+            tokio::time::sleep(POLL * 2).await;
+        }
+        self.trace.record(format!(
+            "{target} asked to go ({:?}): {outcome:?}",
+            removal.how
+        ));
+        lock(&self.shared).removal = Some((target, outcome));
+    }
+
+    /// After healing: every member agrees on the members and the leader, lists every acknowledged model, and
+    /// serves a generate.
     async fn liveness(&self, tally: &mut Tally) {
         let started = tokio::time::Instant::now();
         let deadline = Duration::from_millis(self.options.liveness_ms);
-        let acknowledged = lock(&self.shared).acknowledged.clone();
-        // Each node not converged yet, and why not (as of its last poll).
-        let mut pending: std::collections::BTreeMap<String, String> = self
-            .hosts
+        let (acknowledged, hosts, removal) = {
+            let shared = lock(&self.shared);
+            (
+                shared.acknowledged.clone(),
+                shared.hosts.clone(),
+                shared.removal.clone(),
+            )
+        };
+        // The members there must be, and the one that may or may not be (a removal nobody answered).
+        let gone = removal
+            .as_ref()
+            .filter(|(_, outcome)| *outcome != Membership::Stayed);
+        let maybe = removal
+            .as_ref()
+            .filter(|(_, outcome)| *outcome == Membership::Unknown)
+            .map(|(host, _)| host.clone());
+        let expected: BTreeSet<String> = hosts
+            .into_iter()
+            .filter(|host| gone.is_none_or(|(gone, _)| gone != host))
+            .collect();
+        let members = Members {
+            expected: expected
+                .iter()
+                .map(|host| self.address(host).to_string())
+                .collect(),
+            maybe: maybe.as_ref().map(|host| self.address(host).to_string()),
+        };
+        // Each member not converged yet, and why not (as of its last poll).
+        let mut pending: std::collections::BTreeMap<String, String> = expected
             .iter()
             .map(|host| (host.clone(), "not polled".to_string()))
             .collect();
+        let mut serving = expected.clone();
         while !pending.is_empty() && started.elapsed() < deadline {
             for host in pending.keys().cloned().collect::<Vec<_>>() {
-                match self.converged(&host, &acknowledged).await {
-                    Ok(()) => {
+                match self.converged(&host, &acknowledged, &members).await {
+                    Ok(maybe_listed) => {
                         pending.remove(&host);
+                        // The removal did not happen after all: that node must converge and serve too.
+                        if let Some(maybe) = maybe.as_ref().filter(|_| maybe_listed)
+                            && serving.insert(maybe.clone())
+                        {
+                            pending.insert(maybe.clone(), "not polled".into());
+                        }
                     }
                     Err(why) => {
                         pending.insert(host, why);
@@ -431,7 +527,7 @@ impl Client {
             return;
         }
         self.trace.record("converged");
-        for host in &self.hosts {
+        for host in &serving {
             let outcome = self.generate(host, PROMPTS[0], 3, tally, true).await;
             if outcome != Some(Outcome::Done) {
                 lock(&self.shared).checks.violations.push(format!(
@@ -441,18 +537,43 @@ impl Client {
         }
     }
 
-    /// Whether `host` converged: it knows a leader and all nodes as members, every model is back at the
-    /// replication factor (all nodes are up again), and it lists every acknowledged model.
-    async fn converged(&self, host: &str, acknowledged: &BTreeSet<String>) -> Result<(), String> {
+    /// Whether `host` converged: it knows a leader and the members there must be (and perhaps the one that may
+    /// be), every model is back at the replication factor (all nodes are up again), and it lists every
+    /// acknowledged model. `Ok(true)` when it lists the member that may be.
+    async fn converged(
+        &self,
+        host: &str,
+        acknowledged: &BTreeSet<String>,
+        members: &Members,
+    ) -> Result<bool, String> {
         let status = self.status(host).await.ok_or("no status")?;
-        let members = status["members"].as_array().map_or(0, Vec::len);
-        if members != self.hosts.len() || !status["leader"].is_u64() {
-            return Err(format!("{members} members, leader {}", status["leader"]));
+        let listed: BTreeSet<String> = status["members"]
+            .as_array()
+            .map(|members| {
+                members
+                    .iter()
+                    .filter_map(|member| member["api_address"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let maybe_listed = members
+            .maybe
+            .as_ref()
+            .is_some_and(|maybe| listed.contains(maybe));
+        let extra = listed.len() - members.expected.intersection(&listed).count();
+        if !members.expected.is_subset(&listed)
+            || extra > usize::from(maybe_listed)
+            || !status["leader"].is_u64()
+        {
+            return Err(format!(
+                "members {listed:?} (expected {:?}, maybe {:?}), leader {}",
+                members.expected, members.maybe, status["leader"]
+            ));
         }
         let wanted = status["replication"]
             .as_u64()
             .unwrap_or(1)
-            .min(members as u64);
+            .min(listed.len() as u64);
         let short: Vec<String> = status["models"]
             .as_array()
             .map(|models| {
@@ -471,6 +592,14 @@ impl Client {
         if !missing.is_empty() {
             return Err(format!("acknowledged models not listed: {missing:?}"));
         }
-        Ok(())
+        Ok(maybe_listed)
     }
+}
+
+/// The members the liveness phase expects, by API address.
+struct Members {
+    /// Those there must be.
+    expected: BTreeSet<String>,
+    /// The one that may be there or not.
+    maybe: Option<String>,
 }

@@ -1,14 +1,18 @@
 //! One simulated node: the real node ([`ollamamax_server::serve::start_node`]) on a turmoil host, its cluster
 //! sockets on turmoil UDP, its HTTP API served by axum from turmoil TCP, models run by the fake engine.
 //!
-//! The data directory is a real directory on disk, kept across crashes and restarts: a crash loses nothing that
-//! was written (unsynced writes are not modeled yet). A crashed node's objects outlive its runtime (reference
-//! cycles, see `udp.rs`), its Raft database among them, still open; so each restart copies the directory to a
-//! fresh one (`n2.1`, `n2.2`, ...) and starts from the copy, as a restarted process would find the files.
+//! The data directory is a real directory, kept across crashes and restarts; the Raft database in it lives on the
+//! simulated disk instead (`disk.rs`), where a crash loses what was not synced. A crashed node's objects outlive
+//! its runtime (reference cycles, see `udp.rs`); so each restart copies the directory to a fresh one (`n2.1`,
+//! `n2.2`, ...) and starts from the copy, as a restarted process would find the files.
+//!
+//! A node that leaves the cluster (`cluster leave`, or removed by another) shuts down as the real server does, and
+//! its host's software ends: it stays down (`HostPlan::departed`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ollamamax_core::cluster_state::Capacity;
@@ -20,6 +24,7 @@ use ollamamax_server::config::{HostAddress, ServerConfig};
 use ollamamax_server::node::{EngineChoice, FakeEngine};
 use ollamamax_server::serve::{NodeSetup, start_node};
 
+use super::disk::Disk;
 use super::http::TurmoilListener;
 use super::trace::Trace;
 use super::udp::{SocketRegistry, TurmoilSockets};
@@ -56,6 +61,11 @@ pub struct HostPlan {
     pub sockets: Arc<SocketRegistry>,
     /// Starts so far, and the data directory the latest one used.
     pub incarnation: std::sync::Mutex<(u32, PathBuf)>,
+    /// Set once the node has left the cluster (as it starts to shut down): it is never started again, since its
+    /// next start would join anew, as a new node.
+    pub departed: AtomicBool,
+    /// The disk under its Raft database.
+    pub disk: Arc<Disk>,
 }
 
 impl HostPlan {
@@ -104,6 +114,9 @@ pub async fn run(plan: Arc<HostPlan>, trace: Trace) -> turmoil::Result {
             Ok(started) => break started,
             // Only a join can fail for reasons a retry cures (the admitting node unreachable); anything else
             // stops the node, and so the simulation, as a finding.
+            // The power went during a sync of the start: the process is as good as dead; the driver crashes the
+            // host at the end of this step.
+            Err(_) if plan.disk.power_lost(&plan.name) => std::future::pending().await,
             Err(error) if !DataPaths::new(data_dir.clone()).has_identity() => {
                 trace.record(format!("{} join failed: {error:#}", plan.name));
                 tokio::time::sleep(JOIN_RETRY).await;
@@ -115,7 +128,24 @@ pub async fn run(plan: Arc<HostPlan>, trace: Trace) -> turmoil::Result {
     let listener =
         turmoil::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, API_PORT)))
             .await?;
-    axum::serve(TurmoilListener(listener), started.router).await?;
+    // A node that left its cluster stops as the real server does (`serve.rs`).
+    let left = started.cluster.as_ref().map(|cluster| cluster.left());
+    let leaving = plan.clone();
+    let leaving_trace = trace.clone();
+    axum::serve(TurmoilListener(listener), started.router)
+        .with_graceful_shutdown(async move {
+            match left {
+                Some(left) => left.await,
+                None => std::future::pending().await,
+            }
+            leaving.departed.store(true, Ordering::SeqCst);
+            leaving_trace.record(format!("{} left the cluster", leaving.name));
+        })
+        .await?;
+    if let Some(cluster) = started.cluster {
+        cluster.transport.shutdown().await;
+    }
+    trace.record(format!("{} stopped", plan.name));
     Ok(())
 }
 

@@ -18,6 +18,8 @@ compile_error!(
 
 pub mod checks;
 pub mod client;
+pub mod disk;
+pub mod faults;
 pub mod host;
 pub mod http;
 pub mod linearizable;

@@ -37,10 +37,48 @@ pub struct ShellOptions {
     /// Simulated time per turmoil step ([`TICK_MS_DEFAULT`] unless changed: a seed found with another step
     /// length replays only with it).
     pub tick_ms: u64,
+    /// Members that join or go during the safety phase.
+    pub membership: Membership,
     /// The deliberate bug the nodes exhibit (the planted-bug self-test only).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<ollamamax_server::planted::ShellBug>,
 }
+
+/// Changes of the cluster's members during the safety phase (times after the cluster formed, in simulated ms).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// A new node (`n4` of three, `n6` of five) starts then and joins through `n1`.
+    pub join_at_ms: Option<u64>,
+    /// A member goes.
+    pub removal: Option<Removal>,
+}
+
+/// A member that goes: which (an index, never 0: `n1` holds the CA and admits joiners), how, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The node's index (`n2` is 1).
+    pub node: usize,
+    /// How it goes.
+    pub how: RemovalKind,
+    /// When it is asked to.
+    pub at_ms: u64,
+}
+
+/// How a member goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalKind {
+    /// `cluster leave` on the node itself: it drains, is removed, shuts down.
+    Leave,
+    /// `cluster remove` through the node with this index (it may be down; on its next start it finds itself
+    /// removed, or, if the removal never reached it, is refused by the others).
+    Remove {
+        /// The node asked.
+        via: usize,
+    },
+}
+
+/// Percent of seeds where a node joins, and where one goes.
+const MEMBERSHIP_CHANGE_PERCENT: u64 = 35;
 
 impl ShellOptions {
     /// The options of `seed`.
@@ -48,7 +86,7 @@ impl ShellOptions {
         let mut draws = Draws::new(seed);
         let nodes = NODES_CHOICES[draws.below(NODES_CHOICES.len() as u64) as usize];
         let latency_min_ms = 1 + draws.below(3);
-        Self {
+        let mut options = Self {
             seed,
             nodes,
             faults: draws.below(u64::from(FAULTS_MAX) + 1) as u32,
@@ -59,9 +97,35 @@ impl ShellOptions {
             latency_max_ms: latency_min_ms + draws.below(20),
             token_latency_ms: 5 + draws.below(20) as u32,
             tick_ms: TICK_MS_DEFAULT,
+            membership: Membership::default(),
             #[cfg(feature = "planted-bugs")]
             planted: None,
-        }
+        };
+        // Drawn after the rest, so the other choices of a seed are what they were before membership changes.
+        let nodes = u64::from(nodes);
+        options.membership = Membership {
+            join_at_ms: draws
+                .chance(MEMBERSHIP_CHANGE_PERCENT)
+                .then(|| draws.below(options.safety_ms)),
+            removal: draws.chance(MEMBERSHIP_CHANGE_PERCENT).then(|| {
+                let node = 1 + draws.below(nodes - 1) as usize;
+                let how = if draws.chance(50) {
+                    RemovalKind::Leave
+                } else {
+                    let others = (0..nodes as usize).filter(|&other| other != node);
+                    let others: Vec<usize> = others.collect();
+                    RemovalKind::Remove {
+                        via: others[draws.below(others.len() as u64) as usize],
+                    }
+                };
+                Removal {
+                    node,
+                    how,
+                    at_ms: draws.below(options.safety_ms),
+                }
+            }),
+        };
+        options
     }
 }
 
