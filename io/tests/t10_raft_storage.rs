@@ -137,3 +137,98 @@ async fn append(log_store: &mut LogStore, entries: Vec<Entry>) {
     use openraft::storage::RaftLogStorageExt;
     log_store.blocking_append(entries).await.unwrap();
 }
+
+/// A store whose syncs fail once `broken` is set, like a disk that went bad.
+#[derive(Debug)]
+struct FailingDisk {
+    inner: redb::backends::InMemoryBackend,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl redb::StorageBackend for FailingDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("the disk failed"));
+        }
+        self.inner.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write(offset, data)
+    }
+}
+
+/// A store that fails a write stops Raft for good: `failed` says why, and the node no longer calls itself the
+/// leader (its last metrics did, which kept blob placement spinning on a stopped core).
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_store_write_stops_raft_and_says_why() {
+    use ollamamax_io::raft::memory::MemoryNetwork;
+    use ollamamax_io::raft::{NodeAddr, RaftNode, RaftOptions};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let disk = broken.clone();
+    // The hook is per thread: this test's runtime runs on this thread only.
+    ollamamax_io::raft::disk::simulate(Some(std::rc::Rc::new(move |_path: &std::path::Path| {
+        Box::new(FailingDisk {
+            inner: redb::backends::InMemoryBackend::new(),
+            broken: disk.clone(),
+        }) as ollamamax_io::raft::disk::Backend
+    })));
+    let dir = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(1);
+    let node = RaftNode::start(
+        NodeId(1),
+        dir.path(),
+        &RaftOptions {
+            rng_seed: Some(1),
+            ..RaftOptions::default()
+        },
+        network.transport(1),
+    )
+    .await
+    .unwrap();
+    ollamamax_io::raft::disk::simulate(None);
+    network.register(1, node.raft().clone());
+    let address = NodeAddr {
+        cluster_address: "10.0.0.1:7946".into(),
+        api_address: "10.0.0.1:11434".into(),
+    };
+    node.initialize(BTreeMap::from([(NodeId(1), address)]))
+        .await
+        .unwrap();
+    node.raft()
+        .wait(Some(Duration::from_secs(60)))
+        .state(openraft::ServerState::Leader, "node 1 leads")
+        .await
+        .unwrap();
+    node.write(Command::AddNode { member: member(1) })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(node.status().leader, Some(NodeId(1)));
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        node.write(Command::AddNode { member: member(2) })
+            .await
+            .is_err()
+    );
+    let reason = tokio::time::timeout(Duration::from_secs(60), node.failed())
+        .await
+        .expect("Raft reports its failure");
+    assert!(reason.contains("the disk failed"), "{reason}");
+    assert_eq!(node.status().leader, None);
+}

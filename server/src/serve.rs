@@ -176,13 +176,21 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    // A node that left its cluster (`cluster leave`) stops like one told to.
-    let left = cluster.as_ref().map(|cluster| cluster.left());
+    // A node that left its cluster (`cluster leave`) stops like one told to. One whose Raft stopped on a fatal
+    // error (its store failed a write) can take no further part in the cluster: it stops with an error, so that
+    // its supervisor restarts it and it recovers from what its store holds.
+    let watched = cluster.clone();
+    let fatal = Arc::new(std::sync::Mutex::new(None));
+    let failed = fatal.clone();
     let shutdown = async move {
-        match left {
-            Some(left) => tokio::select! {
+        match watched {
+            Some(cluster) => tokio::select! {
                 () = shutdown_signal() => {},
-                () = left => {},
+                () = cluster.left() => {},
+                reason = cluster.raft.failed() => {
+                    tracing::error!(%reason, "Raft stopped on a fatal error; shutting down");
+                    *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+                },
             },
             None => shutdown_signal().await,
         }
@@ -194,6 +202,13 @@ pub async fn serve(args: crate::cli::ServeArgs) -> Result<()> {
     if let Some(cluster) = cluster {
         // Close the QUIC connections politely, so peers see the node leave instead of timing out.
         cluster.transport.shutdown().await;
+    }
+    if let Some(reason) = fatal
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    {
+        anyhow::bail!("Raft stopped on a fatal error: {reason}");
     }
     Ok(())
 }

@@ -454,7 +454,11 @@ impl RaftNode {
             id: self.id,
             role: metrics.state,
             term: metrics.current_term,
-            leader: metrics.current_leader.map(NodeId),
+            // A stopped core keeps its last metrics, this node's leadership among them.
+            leader: metrics
+                .current_leader
+                .filter(|_| metrics.state != ServerState::Shutdown)
+                .map(NodeId),
             last_log_index: metrics.last_log_index,
             last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
             snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
@@ -462,6 +466,22 @@ impl RaftNode {
             voters: membership.voter_ids().map(NodeId).collect(),
             learners: membership.learner_ids().map(NodeId).collect(),
             quorum_ack_age_ms: metrics.millis_since_quorum_ack,
+        }
+    }
+
+    /// Resolves, with the reason, once the Raft core has stopped on a fatal error, such as a store that failed a
+    /// write: the node can take no further part in the cluster (a requested shutdown never resolves it).
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state
+                && !matches!(fatal, openraft::error::Fatal::Stopped)
+            {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 
