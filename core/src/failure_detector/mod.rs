@@ -24,6 +24,24 @@ use std::collections::{BTreeMap, VecDeque};
 #[cfg(test)]
 mod tests;
 
+/// Whether `me` sends the heartbeats between `me` and `peer`: exactly one node of each pair does (the
+/// exchange's reply carries the other's load, and each side hears the other from it), so a cluster of n nodes
+/// exchanges n(n-1)/2 heartbeats a period instead of n(n-1). A hash of the pair picks the sender, so each node
+/// sends to about half of its peers, whatever the ids.
+pub fn initiates_heartbeat(me: NodeId, peer: NodeId) -> bool {
+    if me == peer {
+        return false;
+    }
+    let (low, high) = (me.min(peer), me.max(peer));
+    // splitmix64's finalizer over the pair.
+    let mut hash = low.0 ^ high.0.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    let sender = if hash & 1 == 0 { low } else { high };
+    sender == me
+}
+
 /// How long silence is tolerated. Defaults follow a heartbeat every few hundred milliseconds: several missed
 /// beats make a node Suspect, a few seconds of silence make it Dead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

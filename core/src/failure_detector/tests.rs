@@ -272,3 +272,34 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Exactly one node of every pair sends its heartbeats, and none to itself.
+    #[test]
+    fn one_node_of_each_pair_initiates_heartbeats(a in any::<u64>(), b in any::<u64>()) {
+        let (a, b) = (NodeId(a), NodeId(b));
+        if a == b {
+            prop_assert!(!initiates_heartbeat(a, b));
+        } else {
+            prop_assert!(initiates_heartbeat(a, b) != initiates_heartbeat(b, a));
+        }
+    }
+}
+
+/// Over random ids, each node initiates about half of its pairs (no node carries them all).
+#[test]
+fn heartbeat_initiation_is_spread() {
+    let ids: Vec<NodeId> = (0..64_u64)
+        .map(|index| NodeId(index.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17)))
+        .collect();
+    for &me in &ids {
+        let initiated = ids
+            .iter()
+            .filter(|&&peer| initiates_heartbeat(me, peer))
+            .count();
+        assert!(
+            (12..=51).contains(&initiated),
+            "node {me:?} initiates {initiated} of 63"
+        );
+    }
+}

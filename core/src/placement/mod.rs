@@ -247,12 +247,14 @@ impl Placement {
             &self.busy,
             self.config.transfers_per_node_max,
         );
+        let siblings = siblings(state);
         for (digest, replicas) in state.replicas() {
             if !state.is_referenced(digest) {
                 continue;
             }
             let want =
                 (state.settings().replication_factor as usize).min(view.targets_by_space.len());
+            let affinity = affinity(state, siblings.get(digest));
             self.plan_blob(
                 now,
                 &mut view,
@@ -260,6 +262,7 @@ impl Placement {
                 replicas.size,
                 &replicas.nodes,
                 want,
+                &affinity,
             );
         }
     }
@@ -331,6 +334,7 @@ impl Placement {
         size: u64,
         holders: &BTreeSet<NodeId>,
         want: usize,
+        affinity: &BTreeMap<NodeId, usize>,
     ) {
         if self.transfers.contains_key(&digest) {
             // One transfer per blob at a time; its targets count towards the goal once stored.
@@ -350,9 +354,17 @@ impl Placement {
             .copied()
             .collect();
         if kept.len() < want {
-            self.plan_copy(now, view, digest, size, holders, want - kept.len());
+            self.plan_copy(
+                now,
+                view,
+                digest,
+                size,
+                holders,
+                want - kept.len(),
+                affinity,
+            );
         } else if kept.len() > want {
-            self.plan_trim(now, view, digest, &kept, want);
+            self.plan_trim(now, view, digest, &kept, want, affinity);
         } else if !kept.is_empty() {
             // Enough copies on serving nodes: the copies on draining nodes may go.
             for node in draining {
@@ -369,6 +381,7 @@ impl Placement {
         size: u64,
         holders: &BTreeSet<NodeId>,
         missing: usize,
+        affinity: &BTreeMap<NodeId, usize>,
     ) {
         if view.idle_nodes == 0 {
             return;
@@ -389,7 +402,12 @@ impl Placement {
         };
         let missing = missing.min(self.config.chain_targets_max as usize);
         let mut chain = Vec::with_capacity(missing);
-        for &(node, _) in &view.targets_by_space {
+        // Nodes holding more of the blob's siblings first (a model is served only where all its blobs are),
+        // then the most free space.
+        let mut targets = view.targets_by_space.clone();
+        targets
+            .sort_by_key(|(node, _)| std::cmp::Reverse(affinity.get(node).copied().unwrap_or(0)));
+        for &(node, _) in &targets {
             if chain.len() == missing {
                 break;
             }
@@ -431,6 +449,7 @@ impl Placement {
         digest: Digest,
         kept: &[NodeId],
         want: usize,
+        affinity: &BTreeMap<NodeId, usize>,
     ) {
         #[allow(unused_mut)]
         let mut keep = want.max(1);
@@ -438,9 +457,16 @@ impl Placement {
         if self.planted == Some(crate::planted::PlantedBug::DropLastReplica) {
             keep = want.saturating_sub(1);
         }
-        // Drop from the fullest nodes first.
+        // Drop from the nodes holding the fewest of the blob's siblings first (a model is served only where all
+        // its blobs are), the fullest among them first.
         let mut by_fullness: Vec<NodeId> = kept.to_vec();
-        by_fullness.sort_by_key(|n| (view.free_disk(*n), *n));
+        by_fullness.sort_by_key(|n| {
+            (
+                affinity.get(n).copied().unwrap_or(0),
+                view.free_disk(*n),
+                *n,
+            )
+        });
         for node in by_fullness
             .into_iter()
             .take(kept.len().saturating_sub(keep))
@@ -484,6 +510,35 @@ fn digest_key(digest: &Digest) -> u64 {
 }
 
 /// Per-plan derived data: who is alive, serving, how much disk and how many transfer slots each node has left.
+/// For each blob, the other blobs of the models that use it.
+fn siblings(state: &ClusterState) -> BTreeMap<Digest, BTreeSet<Digest>> {
+    let mut siblings: BTreeMap<Digest, BTreeSet<Digest>> = BTreeMap::new();
+    for manifest in state.models().values() {
+        let blobs: BTreeSet<Digest> = manifest.blobs().map(|layer| layer.digest).collect();
+        for blob in &blobs {
+            let others = siblings.entry(*blob).or_default();
+            others.extend(blobs.iter().filter(|other| *other != blob));
+        }
+    }
+    siblings
+}
+
+/// How many of `siblings` each node holds.
+fn affinity(state: &ClusterState, siblings: Option<&BTreeSet<Digest>>) -> BTreeMap<NodeId, usize> {
+    let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for sibling in siblings.into_iter().flatten() {
+        for node in state
+            .blob(sibling)
+            .map(|replicas| &replicas.nodes)
+            .into_iter()
+            .flatten()
+        {
+            *counts.entry(*node).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
 struct PlanView {
     alive: BTreeSet<NodeId>,
     serving: BTreeSet<NodeId>,

@@ -419,3 +419,91 @@ proptest! {
         }
     }
 }
+
+/// A model with two blobs (config and weights), each stored on `holders`.
+fn two_blob_model(nodes: u64, config: &[u64], weights: &[u64], rf: u32) -> ClusterState {
+    let mut state = ClusterState::new();
+    for id in 1..=nodes {
+        state
+            .apply(&Command::AddNode {
+                member: member(id, 1000),
+            })
+            .unwrap();
+    }
+    state
+        .apply(&Command::SetReplication { factor: rf })
+        .unwrap();
+    for (blob, holders) in [(1, config), (2, weights)] {
+        for node in holders {
+            state
+                .apply(&Command::ReplicaStored {
+                    node: NodeId(*node),
+                    digest: digest(blob),
+                    size: 10,
+                    fence: fence(),
+                })
+                .unwrap();
+        }
+    }
+    let layer = |blob: u8| Layer {
+        media_type: "application/vnd.ollama.image.model".into(),
+        digest: digest(blob),
+        size: 10,
+    };
+    let manifest = Manifest {
+        config: Some(layer(1)),
+        layers: vec![layer(2)],
+    };
+    let name = ModelName::parse("m").unwrap();
+    state.apply(&Command::PutModel { name, manifest }).unwrap();
+    state
+}
+
+/// Over-replicated blobs of one model are trimmed so that a node still holds all of them: the node holding both
+/// is the fullest, and dropping from the fullest first, blob by blob, left the model on no node at all (found by
+/// the shell simulation, seed 147).
+#[test]
+fn trimming_keeps_a_model_whole_on_some_node() {
+    let state = two_blob_model(5, &[1, 2, 3], &[3, 4, 5], 2);
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(0, &state, Input::StateChanged);
+    let dropped: BTreeSet<(Digest, NodeId)> = drain(&mut placement)
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Drop { digest, node } => Some((digest, node)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    let kept = |blob: u8, holders: &[u64]| -> BTreeSet<NodeId> {
+        holders
+            .iter()
+            .map(|node| NodeId(*node))
+            .filter(|node| !dropped.contains(&(digest(blob), *node)))
+            .collect()
+    };
+    let whole: BTreeSet<NodeId> = kept(1, &[1, 2, 3])
+        .intersection(&kept(2, &[3, 4, 5]))
+        .copied()
+        .collect();
+    assert!(
+        !whole.is_empty(),
+        "no node keeps the whole model: {dropped:?}"
+    );
+}
+
+/// A missing copy goes first to a node that holds the model's other blobs.
+#[test]
+fn copies_go_where_the_models_other_blobs_are() {
+    let state = two_blob_model(4, &[1, 2], &[1], 2);
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(0, &state, Input::StateChanged);
+    let actions = drain(&mut placement);
+    assert!(
+        actions.iter().any(|action| matches!(
+            action,
+            Action::Transfer { digest: d, chain, .. } if *d == digest(2) && chain == &vec![NodeId(2)]
+        )),
+        "{actions:?}"
+    );
+}

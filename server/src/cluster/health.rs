@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use ollamamax_core::NodeId;
 use ollamamax_core::failure_detector::{
-    Action, FailureDetector, FailureDetectorConfig, Input, Liveness,
+    Action, FailureDetector, FailureDetectorConfig, Input, Liveness, initiates_heartbeat,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -212,7 +212,7 @@ impl Health {
     }
 }
 
-/// Sends heartbeats to every member and keeps the detector's members in step with the applied state.
+/// Sends heartbeats to the members this node initiates with (the others send theirs to it) and keeps the detector's members in step with the applied state.
 pub async fn run(cluster: Arc<Cluster>) {
     let mut period = tokio::time::interval(HEARTBEAT_PERIOD);
     period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -240,7 +240,9 @@ pub async fn run(cluster: Arc<Cluster>) {
             members.extend(unordered);
         }
         for (node, address) in members {
-            if node == cluster.node {
+            // One node of each pair sends (see the core's `initiates_heartbeat`); the other hears it from the
+            // request.
+            if !initiates_heartbeat(cluster.node, node) {
                 continue;
             }
             let cluster = cluster.clone();

@@ -89,8 +89,11 @@ impl Cluster {
 
     /// Removes `node` from the cluster: on the leader here, elsewhere through it (see the module docs).
     /// `force` allows losing the only copy of a model.
+    /// A try that failed as unavailable may have committed the removal before it failed (its answer lost, or
+    /// the Raft part refused): a later try that finds no such member reports the removal done, not 404.
     pub async fn remove_member(&self, node: NodeId, force: bool) -> Result<(), RemoveError> {
         let mut last = RemoveError::Unavailable("no leader yet; retry".into());
+        let mut tried = false;
         for _ in 0..REMOVE_TRIES_MAX {
             let leader = self.raft.status().leader;
             let result = match leader {
@@ -99,7 +102,11 @@ impl Cluster {
                 None => Err(RemoveError::Unavailable("no leader yet; retry".into())),
             };
             match result {
-                Err(RemoveError::Unavailable(why)) => last = RemoveError::Unavailable(why),
+                Err(RemoveError::Unavailable(why)) => {
+                    tried |= leader.is_some();
+                    last = RemoveError::Unavailable(why);
+                }
+                Err(RemoveError::UnknownMember(_)) if tried => return Ok(()),
                 other => return other,
             }
             tokio::time::sleep(REMOVE_RETRY).await;
@@ -156,8 +163,17 @@ impl Cluster {
                 *peer == self.node || self.health.liveness(*peer) == Some(Liveness::Alive)
             })
             .collect();
-        let voters = voters_after_removal(&status.voters, &status.learners, &live, node)
-            .map_err(|refused| RemoveError::Conflict(refused.to_string()))?;
+        let voters = match voters_after_removal(&status.voters, &status.learners, &live, node) {
+            Ok(voters) => voters,
+            // An earlier try committed the removal from the state, and the voters alive now cannot release its
+            // seat: it is removed (no longer listed, routed to, or counted); the leader's voter loop releases
+            // the seat once it can.
+            Err(refused) if !member => {
+                tracing::info!(node = node.0, %refused, "removed a member; its voter seat goes later");
+                return Ok(());
+            }
+            Err(refused) => return Err(RemoveError::Conflict(refused.to_string())),
+        };
         if member && state.members().len() == 1 {
             return Err(RemoveError::Conflict(format!(
                 "node {} is the only member",

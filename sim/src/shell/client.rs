@@ -405,6 +405,12 @@ impl Client {
                 return None;
             }
         };
+        if reply.status >= 400 {
+            self.trace.record(format!(
+                "{host} generate refused: {}",
+                String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)])
+            ));
+        }
         let checked = lock(&self.shared)
             .checks
             .check_generate(prompt, num_predict, &reply);
@@ -579,8 +585,20 @@ impl Client {
             .map(|models| {
                 models
                     .iter()
-                    .filter(|model| model["replicas"].as_u64().unwrap_or(0) < wanted)
-                    .map(|model| format!("{} ({} replicas)", model["name"], model["replicas"]))
+                    // Every blob at the factor, and as many nodes holding all of them (a model is served only
+                    // where every blob of it is).
+                    .filter(|model| {
+                        let whole = model["nodes"].as_array().map_or(0, Vec::len) as u64;
+                        model["replicas"].as_u64().unwrap_or(0) < wanted || whole < wanted
+                    })
+                    .map(|model| {
+                        format!(
+                            "{} ({} replicas, {} nodes with every blob)",
+                            model["name"],
+                            model["replicas"],
+                            model["nodes"].as_array().map_or(0, Vec::len)
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
