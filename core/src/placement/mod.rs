@@ -255,15 +255,13 @@ impl Placement {
             let want =
                 (state.settings().replication_factor as usize).min(view.targets_by_space.len());
             let affinity = affinity(state, siblings.get(digest));
-            self.plan_blob(
-                now,
-                &mut view,
-                *digest,
-                replicas.size,
-                &replicas.nodes,
-                want,
-                &affinity,
-            );
+            let blob = Blob {
+                digest: *digest,
+                size: replicas.size,
+                holders: &replicas.nodes,
+                affinity: &affinity,
+            };
+            self.plan_blob(now, &mut view, &blob, want);
         }
     }
 
@@ -326,16 +324,13 @@ impl Placement {
         }
     }
 
-    fn plan_blob(
-        &mut self,
-        now: Millis,
-        view: &mut PlanView,
-        digest: Digest,
-        size: u64,
-        holders: &BTreeSet<NodeId>,
-        want: usize,
-        affinity: &BTreeMap<NodeId, usize>,
-    ) {
+    fn plan_blob(&mut self, now: Millis, view: &mut PlanView, blob: &Blob<'_>, want: usize) {
+        let Blob {
+            digest,
+            holders,
+            affinity,
+            ..
+        } = *blob;
         if self.transfers.contains_key(&digest) {
             // One transfer per blob at a time; its targets count towards the goal once stored.
             return;
@@ -354,15 +349,7 @@ impl Placement {
             .copied()
             .collect();
         if kept.len() < want {
-            self.plan_copy(
-                now,
-                view,
-                digest,
-                size,
-                holders,
-                want - kept.len(),
-                affinity,
-            );
+            self.plan_copy(now, view, blob, want - kept.len());
         } else if kept.len() > want {
             self.plan_trim(now, view, digest, &kept, want, affinity);
         } else if !kept.is_empty() {
@@ -373,16 +360,13 @@ impl Placement {
         }
     }
 
-    fn plan_copy(
-        &mut self,
-        now: Millis,
-        view: &mut PlanView,
-        digest: Digest,
-        size: u64,
-        holders: &BTreeSet<NodeId>,
-        missing: usize,
-        affinity: &BTreeMap<NodeId, usize>,
-    ) {
+    fn plan_copy(&mut self, now: Millis, view: &mut PlanView, blob: &Blob<'_>, missing: usize) {
+        let Blob {
+            digest,
+            size,
+            holders,
+            affinity,
+        } = *blob;
         if view.idle_nodes == 0 {
             return;
         }
@@ -510,6 +494,16 @@ fn digest_key(digest: &Digest) -> u64 {
 }
 
 /// Per-plan derived data: who is alive, serving, how much disk and how many transfer slots each node has left.
+/// One referenced blob as a planning pass sees it.
+#[derive(Clone, Copy)]
+struct Blob<'a> {
+    digest: Digest,
+    size: u64,
+    holders: &'a BTreeSet<NodeId>,
+    /// How many of the blob's siblings (the other blobs of the models using it) each node holds.
+    affinity: &'a BTreeMap<NodeId, usize>,
+}
+
 /// For each blob, the other blobs of the models that use it.
 fn siblings(state: &ClusterState) -> BTreeMap<Digest, BTreeSet<Digest>> {
     let mut siblings: BTreeMap<Digest, BTreeSet<Digest>> = BTreeMap::new();
