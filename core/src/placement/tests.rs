@@ -30,8 +30,8 @@ fn digest(byte: u8) -> Digest {
     Digest::from_bytes([byte; 32])
 }
 
-/// A cluster of `nodes` nodes with one model per blob in `blobs`, each stored on node 1 only.
-fn cluster(nodes: u64, blobs: &[u8], rf: u32) -> ClusterState {
+/// `nodes` members with 1000 bytes of disk each, replication factor `rf`, nothing stored.
+fn members(nodes: u64, rf: u32) -> ClusterState {
     let mut state = ClusterState::new();
     for id in 1..=nodes {
         state
@@ -43,6 +43,12 @@ fn cluster(nodes: u64, blobs: &[u8], rf: u32) -> ClusterState {
     state
         .apply(&Command::SetReplication { factor: rf })
         .unwrap();
+    state
+}
+
+/// A cluster of `nodes` nodes with one model per blob in `blobs`, each stored on node 1 only.
+fn cluster(nodes: u64, blobs: &[u8], rf: u32) -> ClusterState {
+    let mut state = members(nodes, rf);
     for blob in blobs {
         state
             .apply(&Command::ReplicaStored {
@@ -422,17 +428,7 @@ proptest! {
 
 /// A model with two blobs (config and weights), each stored on `holders`.
 fn two_blob_model(nodes: u64, config: &[u64], weights: &[u64], rf: u32) -> ClusterState {
-    let mut state = ClusterState::new();
-    for id in 1..=nodes {
-        state
-            .apply(&Command::AddNode {
-                member: member(id, 1000),
-            })
-            .unwrap();
-    }
-    state
-        .apply(&Command::SetReplication { factor: rf })
-        .unwrap();
+    let mut state = members(nodes, rf);
     for (blob, holders) in [(1, config), (2, weights)] {
         for node in holders {
             state
