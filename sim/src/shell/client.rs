@@ -1,6 +1,6 @@
 //! The simulated client: it waits for the cluster to form, creates the base model through the real HTTP API,
 //! runs a seeded mix of operations while the driver injects faults (the safety phase), then, once the driver
-//! has healed everything, checks that the cluster converged and serves (the liveness phase).
+//! has healed everything, checks that the cluster converged and serves (the liveness phase, `liveness.rs`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -14,19 +14,19 @@ use super::host::API_PORT;
 use super::http::{self, HttpError, Reply};
 use super::linearizable::{History, Op, Ret};
 use super::model::tiny_model;
-use super::options::{Draws, RemovalKind, ShellOptions};
+use super::options::{Draws, ShellOptions};
 use super::trace::Trace;
 
 /// The model every generate request runs.
 pub const BASE_MODEL: &str = "base:latest";
 /// Prompts the clients use (few, so the one-prompt-one-key check compares many answers).
-const PROMPTS: [&str; 4] = ["hello", "the sky", "one two three", "why"];
+pub(super) const PROMPTS: [&str; 4] = ["hello", "the sky", "one two three", "why"];
 /// Longest wait for one request, in simulated time.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
 /// Longest wait for the cluster to form before the safety phase.
 const FORMATION_DEADLINE_MS: u64 = 60_000;
 /// Pause between polls while waiting for something.
-const POLL: Duration = Duration::from_millis(500);
+pub(super) const POLL: Duration = Duration::from_millis(500);
 
 /// What the client and the driver share.
 #[derive(Debug, Default)]
@@ -74,7 +74,7 @@ pub struct Client {
     pub shared: Arc<Mutex<Shared>>,
 }
 
-fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+pub(super) fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -82,7 +82,7 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 
 /// Counts of what happened, for the summary.
 #[derive(Debug, Default)]
-struct Tally {
+pub(super) struct Tally {
     done: u32,
     refused: u32,
     failed: u32,
@@ -118,11 +118,11 @@ fn write_outcome(result: &Result<Reply, HttpError>) -> Ret {
 }
 
 impl Client {
-    fn address(&self, host: &str) -> SocketAddr {
+    pub(super) fn address(&self, host: &str) -> SocketAddr {
         SocketAddr::new(turmoil::lookup(host), API_PORT)
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         host: &str,
         method: &str,
@@ -145,7 +145,7 @@ impl Client {
         result
     }
 
-    async fn status(&self, host: &str) -> Option<Value> {
+    pub(super) async fn status(&self, host: &str) -> Option<Value> {
         let reply = self.call(host, "GET", "/api/cluster", b"").await.ok()?;
         if reply.status != 200 {
             return None;
@@ -352,7 +352,7 @@ impl Client {
 
     /// `/api/tags` on `host`: the names listed and whether the node read them linearizably, if it answered. A
     /// linearizable answer goes into the history.
-    async fn list(&self, session: u32, host: &str) -> Option<(BTreeSet<String>, bool)> {
+    pub(super) async fn list(&self, session: u32, host: &str) -> Option<(BTreeSet<String>, bool)> {
         let pending = lock(&self.shared).history.invoke(session, Op::List);
         let reply = self.call(host, "GET", "/api/tags", b"").await;
         let listed = reply.ok().filter(|reply| reply.status == 200).map(|reply| {
@@ -376,7 +376,7 @@ impl Client {
         listed
     }
 
-    async fn generate(
+    pub(super) async fn generate(
         &self,
         host: &str,
         prompt: &str,
@@ -425,199 +425,4 @@ impl Client {
         }
         Some(outcome)
     }
-
-    /// The seed's removal, if it has one: at its time, asks the member to leave or another node to remove it,
-    /// and records what came of it for the liveness phase.
-    async fn remove_member(&self) {
-        const TRIES: u32 = 3;
-        let Some(removal) = self.options.membership.removal.clone() else {
-            return;
-        };
-        tokio::time::sleep(Duration::from_millis(removal.at_ms)).await;
-        let target = self.hosts[removal.node].clone();
-        let mut outcome = Membership::Unknown;
-        let mut unknown_before = false;
-        for _ in 0..TRIES {
-            let result = match removal.how {
-                RemovalKind::Leave => {
-                    let body = json!({ "drain_s": 5 }).to_string();
-                    self.call(&target, "POST", "/api/cluster/leave", body.as_bytes())
-                        .await
-                }
-                RemovalKind::Remove { via } => {
-                    let path = format!("/api/cluster/members/{}", self.address(&target));
-                    self.call(&self.hosts[via], "DELETE", &path, b"").await
-                }
-            };
-            outcome = match result.map(|reply| reply.status) {
-                Ok(200) => Membership::Gone,
-                // A refusal says the member is still there, unless an earlier try may have removed it.
-                Ok(404 | 409) if !unknown_before => Membership::Stayed,
-                _ => Membership::Unknown,
-            };
-            if outcome != Membership::Unknown {
-                break;
-            }
-            unknown_before = true;
-            tokio::time::sleep(POLL * 2).await;
-        }
-        self.trace.record(format!(
-            "{target} asked to go ({:?}): {outcome:?}",
-            removal.how
-        ));
-        lock(&self.shared).removal = Some((target, outcome));
-    }
-
-    /// After healing: every member agrees on the members and the leader, lists every acknowledged model, and
-    /// serves a generate.
-    async fn liveness(&self, tally: &mut Tally) {
-        let started = tokio::time::Instant::now();
-        let deadline = Duration::from_millis(self.options.liveness_ms);
-        let (acknowledged, hosts, removal) = {
-            let shared = lock(&self.shared);
-            (
-                shared.acknowledged.clone(),
-                shared.hosts.clone(),
-                shared.removal.clone(),
-            )
-        };
-        // The members there must be, and the one that may or may not be (a removal nobody answered).
-        let gone = removal
-            .as_ref()
-            .filter(|(_, outcome)| *outcome != Membership::Stayed);
-        let maybe = removal
-            .as_ref()
-            .filter(|(_, outcome)| *outcome == Membership::Unknown)
-            .map(|(host, _)| host.clone());
-        let expected: BTreeSet<String> = hosts
-            .into_iter()
-            .filter(|host| gone.is_none_or(|(gone, _)| gone != host))
-            .collect();
-        let members = Members {
-            expected: expected
-                .iter()
-                .map(|host| self.address(host).to_string())
-                .collect(),
-            maybe: maybe.as_ref().map(|host| self.address(host).to_string()),
-        };
-        // Each member not converged yet, and why not (as of its last poll).
-        let mut pending: std::collections::BTreeMap<String, String> = expected
-            .iter()
-            .map(|host| (host.clone(), "not polled".to_string()))
-            .collect();
-        let mut serving = expected.clone();
-        while !pending.is_empty() && started.elapsed() < deadline {
-            for host in pending.keys().cloned().collect::<Vec<_>>() {
-                match self.converged(&host, &acknowledged, &members).await {
-                    Ok(maybe_listed) => {
-                        pending.remove(&host);
-                        // The removal did not happen after all: that node must converge and serve too.
-                        if let Some(maybe) = maybe.as_ref().filter(|_| maybe_listed)
-                            && serving.insert(maybe.clone())
-                        {
-                            pending.insert(maybe.clone(), "not polled".into());
-                        }
-                    }
-                    Err(why) => {
-                        pending.insert(host, why);
-                    }
-                }
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        if !pending.is_empty() {
-            lock(&self.shared).checks.violations.push(format!(
-                "not converged {} ms after healing: {pending:?}",
-                self.options.liveness_ms
-            ));
-            return;
-        }
-        self.trace.record("converged");
-        for host in &serving {
-            let outcome = self.generate(host, PROMPTS[0], 3, tally, true).await;
-            if outcome != Some(Outcome::Done) {
-                lock(&self.shared).checks.violations.push(format!(
-                    "{host}: generate after healing ended {outcome:?}, not done"
-                ));
-            }
-        }
-    }
-
-    /// Whether `host` converged: it knows a leader and the members there must be (and perhaps the one that may
-    /// be), every model is back at the replication factor (all nodes are up again), and it lists every
-    /// acknowledged model. `Ok(true)` when it lists the member that may be.
-    async fn converged(
-        &self,
-        host: &str,
-        acknowledged: &BTreeSet<String>,
-        members: &Members,
-    ) -> Result<bool, String> {
-        let status = self.status(host).await.ok_or("no status")?;
-        let listed: BTreeSet<String> = status["members"]
-            .as_array()
-            .map(|members| {
-                members
-                    .iter()
-                    .filter_map(|member| member["api_address"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let maybe_listed = members
-            .maybe
-            .as_ref()
-            .is_some_and(|maybe| listed.contains(maybe));
-        let extra = listed.len() - members.expected.intersection(&listed).count();
-        if !members.expected.is_subset(&listed)
-            || extra > usize::from(maybe_listed)
-            || !status["leader"].is_u64()
-        {
-            return Err(format!(
-                "members {listed:?} (expected {:?}, maybe {:?}), leader {}",
-                members.expected, members.maybe, status["leader"]
-            ));
-        }
-        let wanted = status["replication"]
-            .as_u64()
-            .unwrap_or(1)
-            .min(listed.len() as u64);
-        let short: Vec<String> = status["models"]
-            .as_array()
-            .map(|models| {
-                models
-                    .iter()
-                    // Every blob at the factor, and as many nodes holding all of them (a model is served only
-                    // where every blob of it is).
-                    .filter(|model| {
-                        let whole = model["nodes"].as_array().map_or(0, Vec::len) as u64;
-                        model["replicas"].as_u64().unwrap_or(0) < wanted || whole < wanted
-                    })
-                    .map(|model| {
-                        format!(
-                            "{} ({} replicas, {} nodes with every blob)",
-                            model["name"],
-                            model["replicas"],
-                            model["nodes"].as_array().map_or(0, Vec::len)
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !short.is_empty() {
-            return Err(format!("models under {wanted} replicas: {short:?}"));
-        }
-        let (listed, _) = self.list(0, host).await.ok_or("no listing")?;
-        let missing: Vec<&String> = acknowledged.difference(&listed).collect();
-        if !missing.is_empty() {
-            return Err(format!("acknowledged models not listed: {missing:?}"));
-        }
-        Ok(maybe_listed)
-    }
-}
-
-/// The members the liveness phase expects, by API address.
-struct Members {
-    /// Those there must be.
-    expected: BTreeSet<String>,
-    /// The one that may be there or not.
-    maybe: Option<String>,
 }

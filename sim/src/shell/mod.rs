@@ -23,6 +23,7 @@ pub mod faults;
 pub mod host;
 pub mod http;
 pub mod linearizable;
+pub mod liveness;
 pub mod model;
 pub mod options;
 pub mod scenario;
