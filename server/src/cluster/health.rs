@@ -212,7 +212,8 @@ impl Health {
     }
 }
 
-/// Sends heartbeats to the members this node initiates with (the others send theirs to it) and keeps the detector's members in step with the applied state.
+/// Sends heartbeats to the members this node initiates with (the others send theirs to it) and keeps the
+/// detector's members in step with the applied state.
 pub async fn run(cluster: Arc<Cluster>) {
     let mut period = tokio::time::interval(HEARTBEAT_PERIOD);
     period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
