@@ -98,6 +98,16 @@ pub(crate) fn read_meta<T: DeserializeOwned>(
     Ok(Some(decode(bytes.value())?))
 }
 
+/// How a `META` record is committed: synced, unless the planted unsynced-vote bug is on.
+fn meta_durability(key: &str) -> Durability {
+    #[cfg(feature = "planted-bugs")]
+    if key == KEY_VOTE && super::planted::unsynced_vote() {
+        return Durability::None;
+    }
+    let _ = key;
+    Durability::Immediate
+}
+
 /// Write one `META` record durably.
 pub(crate) fn write_meta<T: Serialize>(
     database: &Database,
@@ -106,14 +116,7 @@ pub(crate) fn write_meta<T: Serialize>(
 ) -> Result<(), StoreError> {
     let bytes = encode(value)?;
     let mut transaction = database.begin_write()?;
-    #[cfg(feature = "planted-bugs")]
-    if key == KEY_VOTE && super::planted::unsynced_vote() {
-        transaction.set_durability(Durability::None)?;
-    } else {
-        transaction.set_durability(Durability::Immediate)?;
-    }
-    #[cfg(not(feature = "planted-bugs"))]
-    transaction.set_durability(Durability::Immediate)?;
+    transaction.set_durability(meta_durability(key))?;
     {
         let mut table = transaction.open_table(META)?;
         table.insert(key, bytes.as_slice())?;
