@@ -17,6 +17,36 @@ const REGRESSIONS: &[(u64, u64, &str)] = &[
         1,
         "the same retried-delete bug: 404 for a model copied (and acknowledged) just before",
     ),
+    (
+        45,
+        4,
+        "a joiner locked out for good: the admitting node restarted between its join and its registration",
+    ),
+    (
+        117,
+        4,
+        "`cluster leave` answered 409, and the node was removed 10 s later",
+    ),
+    (
+        147,
+        4,
+        "a model held whole by no node: placement trimmed each of its blobs from the one node holding both",
+    ),
+    (
+        322,
+        4,
+        "a busy loop that stopped simulated time: a removed leader re-planned a transfer that failed at once, forever",
+    ),
+    (
+        340,
+        4,
+        "a replica never made: a node that had just joined did not yet know the source, and could not report that",
+    ),
+    (
+        355,
+        4,
+        "a node dropped a replica (and the manifests using it), got it back, and answered 404 for those models",
+    ),
 ];
 // Both seeds failed the linearizability check before the fix in server/src/cluster/propose.rs (2026-12-03), with
 // 1 ms steps and the fault kinds of that day. Adding fault kinds (loss, slow links) changed every seed's schedule,

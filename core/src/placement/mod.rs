@@ -18,7 +18,10 @@
 //! 4. copy a blob to several targets as a chain (source → t1 → t2 …, each forwarding while it receives) rather
 //!    than fanning out from one source;
 //! 5. drop unreferenced blobs after `gc_grace_ms`, so a create that uploads blobs before its `PutModel` commits
-//!    is not raced by the collector.
+//!    is not raced by the collector;
+//! 6. after a failed transfer, wait before copying that blob again (`retry_backoff_ms`, doubling with each failure
+//!    in a row up to `retry_backoff_max_ms`): a failure that comes back at once (a source that cannot send, a
+//!    leader whose transport is shutting down) must not turn into a busy loop of transfers.
 
 #[cfg(test)]
 mod tests;
@@ -45,6 +48,10 @@ pub struct PlacementConfig {
     pub transfer_timeout_ms: Millis,
     /// A drop not confirmed by then may be re-issued.
     pub drop_timeout_ms: Millis,
+    /// Wait after a blob's first failed transfer before copying it again; it doubles with each further failure.
+    pub retry_backoff_ms: Millis,
+    /// Longest wait between a blob's failed transfers.
+    pub retry_backoff_max_ms: Millis,
 }
 
 impl Default for PlacementConfig {
@@ -55,6 +62,8 @@ impl Default for PlacementConfig {
             gc_grace_ms: 60_000,
             transfer_timeout_ms: 600_000,
             drop_timeout_ms: 30_000,
+            retry_backoff_ms: 500,
+            retry_backoff_max_ms: 30_000,
         }
     }
 }
@@ -106,6 +115,14 @@ pub enum Action {
     },
 }
 
+/// A blob's failed transfers in a row ([`PlacementConfig::retry_backoff_ms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    /// No copy before then; `None` once that passed (the failures still count until the blob has its copies).
+    until: Option<Millis>,
+    failures: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct InFlight {
     source: NodeId,
@@ -121,6 +138,8 @@ pub struct Placement {
     transfers: BTreeMap<Digest, InFlight>,
     drops: BTreeMap<(Digest, NodeId), Millis>,
     busy: BTreeMap<NodeId, u32>,
+    /// Blobs whose last transfer failed: until when no copy is planned, and how many failed in a row.
+    backoff: BTreeMap<Digest, Backoff>,
     /// When each unreferenced blob was first seen unreferenced; `true` once its grace expired and the drops
     /// went out (so the expired grace is no longer a pending deadline).
     unreferenced_since: BTreeMap<Digest, (Millis, bool)>,
@@ -140,6 +159,7 @@ impl Placement {
             transfers: BTreeMap::new(),
             drops: BTreeMap::new(),
             busy: BTreeMap::new(),
+            backoff: BTreeMap::new(),
             unreferenced_since: BTreeMap::new(),
             actions: VecDeque::new(),
             #[cfg(feature = "planted-bugs")]
@@ -178,6 +198,17 @@ impl Placement {
                     .is_some_and(|t| t.chain.contains(&node))
                 {
                     self.release_transfer(&digest);
+                    let failures = self
+                        .backoff
+                        .get(&digest)
+                        .map_or(1, |backoff| backoff.failures.saturating_add(1));
+                    let wait = self
+                        .config
+                        .retry_backoff_ms
+                        .saturating_mul(1 << (failures - 1).min(16))
+                        .min(self.config.retry_backoff_max_ms);
+                    let until = Some(now.saturating_add(wait));
+                    self.backoff.insert(digest, Backoff { until, failures });
                 }
             }
             Input::StateChanged | Input::Tick => {}
@@ -206,7 +237,8 @@ impl Placement {
             .drops
             .values()
             .map(|at| at.saturating_add(self.config.drop_timeout_ms));
-        grace.chain(transfers).chain(drops).min()
+        let backoffs = self.backoff.values().filter_map(|backoff| backoff.until);
+        grace.chain(transfers).chain(drops).chain(backoffs).min()
     }
 
     /// Transfers currently in flight, by blob: `(source, chain)`.
@@ -291,6 +323,7 @@ impl Placement {
         for digest in finished {
             self.release_transfer(&digest);
         }
+        self.backoff.retain(|digest, _| state.is_referenced(digest));
         let timeout = self.config.drop_timeout_ms;
         self.drops.retain(|(digest, node), at| {
             let still_held = state.blob(digest).is_some_and(|r| r.nodes.contains(node));
@@ -351,7 +384,16 @@ impl Placement {
             .filter(not_dropping)
             .copied()
             .collect();
+        if kept.len() >= want {
+            self.backoff.remove(&digest);
+        }
         if kept.len() < want {
+            if let Some(backoff) = self.backoff.get_mut(&digest) {
+                match backoff.until {
+                    Some(until) if now < until => return,
+                    _ => backoff.until = None,
+                }
+            }
             self.plan_copy(now, view, blob, want - kept.len());
         } else if kept.len() > want {
             self.plan_trim(now, view, digest, &kept, want, affinity);

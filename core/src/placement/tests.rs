@@ -217,19 +217,67 @@ fn dead_target_is_replaced_and_failed_transfer_is_replanned() {
             chain: vec![NodeId(3)],
         }]
     );
-    placement.handle(
-        1,
-        &state,
-        Input::TransferFailed {
-            digest: digest(1),
-            node: NodeId(3),
-        },
+    let fail = |placement: &mut Placement, now| {
+        placement.handle(
+            now,
+            &state,
+            Input::TransferFailed {
+                digest: digest(1),
+                node: NodeId(3),
+            },
+        )
+    };
+    fail(&mut placement, 1);
+    assert!(
+        drain(&mut placement).is_empty(),
+        "not at once: it backs off"
     );
+    assert_eq!(placement.poll_timeout(), Some(501));
+    placement.handle(500, &state, Input::Tick);
+    assert!(drain(&mut placement).is_empty());
+    placement.handle(501, &state, Input::Tick);
     assert_eq!(
         drain(&mut placement).len(),
         1,
-        "the failed transfer is re-planned"
+        "the failed transfer is re-planned once the wait is over"
     );
+    // A second failure in a row waits twice as long.
+    fail(&mut placement, 600);
+    assert_eq!(placement.poll_timeout(), Some(1_600));
+    placement.handle(1_600, &state, Input::Tick);
+    assert_eq!(drain(&mut placement).len(), 1);
+    // With the retry in flight, the expired wait is no deadline (a past deadline would make the shell spin).
+    assert_eq!(
+        placement.poll_timeout(),
+        Some(1_600 + PlacementConfig::default().transfer_timeout_ms)
+    );
+}
+
+/// A transfer that fails the moment it is sent (the leader's transport shutting down, seed 322 of the shell
+/// simulation) is retried a bounded number of times, not in a busy loop.
+#[test]
+fn transfers_failing_at_once_back_off() {
+    let state = cluster(3, &[1], 2);
+    let mut placement = Placement::new(PlacementConfig::default());
+    let mut transfers = 0;
+    for now in 0..60_000 {
+        placement.handle(now, &state, Input::Tick);
+        for action in drain(&mut placement) {
+            if let Action::Transfer { digest, chain, .. } = action {
+                transfers += 1;
+                placement.handle(
+                    now,
+                    &state,
+                    Input::TransferFailed {
+                        digest,
+                        node: chain[0],
+                    },
+                );
+            }
+        }
+    }
+    // Tries at 0, 0.5, 1.5, 3.5, 7.5, 15.5 and 31.5 s; the next waits 30 s, past the minute.
+    assert_eq!(transfers, 7);
 }
 
 #[test]

@@ -158,7 +158,15 @@ fn follow(
             }
         }
     }
-    matching.retain(|name, manifest| models.get(name) == Some(manifest));
+    // A model counts as matching only while this node holds all its blobs: dropping a replica deletes the
+    // manifests that use it (after `ReplicaDropped` commits), and the model must be written again once the blob
+    // comes back.
+    let held = |manifest: &CoreManifest| {
+        manifest
+            .blobs()
+            .all(|layer| holding.contains(&layer.digest))
+    };
+    matching.retain(|name, manifest| models.get(name) == Some(manifest) && held(manifest));
     for (name, manifest) in models {
         if matching.contains_key(name) {
             continue;
@@ -170,7 +178,9 @@ fn follow(
             Err(error) => return Err(error),
         };
         if local.as_ref() == Some(manifest) {
-            matching.insert(name.clone(), manifest.clone());
+            if held(manifest) {
+                matching.insert(name.clone(), manifest.clone());
+            }
             continue;
         }
         let complete = manifest.blobs().all(|layer| {
@@ -196,4 +206,57 @@ fn follow(
         }
     }
     Ok(matching)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ollamamax_core::digest::Digest;
+    use ollamamax_io::store::{CONFIG_MEDIA_TYPE, Layer, media_type};
+    use sha2::{Digest as _, Sha256};
+
+    fn upload(store: &Store, bytes: &[u8]) -> Digest {
+        let digest = Digest::from_bytes(Sha256::digest(bytes).into());
+        let mut writer = store.blob_writer(1 << 20).unwrap();
+        writer.write_chunk(bytes).unwrap();
+        writer.finish(&digest).unwrap();
+        digest
+    }
+
+    /// Seed 355 of the shell simulation: a node dropped a replica (deleting the manifests that used it), got the
+    /// blob back later, and never wrote those manifests again, so it listed the model and answered 404.
+    #[test]
+    fn a_model_whose_blob_was_dropped_and_came_back_is_served_again() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path()).unwrap();
+        let system = b"You are terse.";
+        let config = upload(&store, b"{}");
+        let text = upload(&store, system);
+        let manifest = Manifest::new(
+            Layer::new(CONFIG_MEDIA_TYPE, config, 2),
+            vec![Layer::new(media_type::SYSTEM, text, system.len() as u64)],
+        );
+        let name = ModelName::parse("terse").unwrap();
+        let models = BTreeMap::from([(name.clone(), manifest.to_core())]);
+        let all = BTreeSet::from([config, text]);
+        let without_text = BTreeSet::from([config]);
+
+        let matching = follow(&store, None, &models, &all, BTreeMap::new()).unwrap();
+        assert!(store.read_manifest(&name).is_ok(), "written once complete");
+        assert!(matching.contains_key(&name));
+
+        // `ReplicaDropped` committed; the file is not deleted yet.
+        let matching = follow(&store, Some(&models), &models, &without_text, matching).unwrap();
+        assert!(
+            !matching.contains_key(&name),
+            "not matching while a blob is not held"
+        );
+        assert_eq!(store.drop_blob(&text).unwrap(), vec![name.clone()]);
+        assert!(store.read_manifest(&name).is_err());
+
+        // The blob comes back and `ReplicaStored` commits.
+        upload(&store, system);
+        follow(&store, Some(&models), &models, &all, matching).unwrap();
+        assert!(store.read_manifest(&name).is_ok(), "written again");
+    }
 }

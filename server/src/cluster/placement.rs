@@ -35,6 +35,11 @@ const LEADERSHIP_CHECK: Duration = Duration::from_millis(250);
 const TICK_MAX: Duration = Duration::from_secs(1);
 /// Transfer failures queued for the planner.
 pub const FAILURES_QUEUE_MAX: usize = 1024;
+/// How long a node carrying out an order waits to learn of a member the order names. The leader planned from
+/// entries it committed; a node that just joined (or was cut off) may not have applied them yet, and without the
+/// wait it could neither fetch from the source nor report the failure to the leader, which then waits for its
+/// transfer timeout (minutes) before planning the copy again.
+const MEMBER_WAIT: Duration = Duration::from_secs(5);
 
 /// A failed hop, reported to the leader's planner.
 #[derive(Debug, Clone, Copy)]
@@ -182,12 +187,30 @@ impl Cluster {
                 let _ = self.failures.try_send(failure);
             }
             Some(leader) => {
+                if let Err(why) = self.locate_member_soon(leader).await {
+                    tracing::debug!(%digest, %why, "cannot report a failed transfer");
+                    return;
+                }
                 let _ = self
                     .control(leader, Control::TransferFailed { digest, node })
                     .await;
             }
             None => {}
         }
+    }
+
+    /// [`Self::locate_member`], waiting up to [`MEMBER_WAIT`] for this node's applied state to learn of `node`.
+    async fn locate_member_soon(&self, node: NodeId) -> Result<(), String> {
+        let mut applied = self.raft.applied();
+        let known = async {
+            while applied.borrow_and_update().state.member(node).is_none() {
+                if applied.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(MEMBER_WAIT, known).await;
+        self.locate_member(node)
     }
 
     /// Answers [`Control::TransferFailed`].
@@ -217,7 +240,11 @@ impl Cluster {
                         source: self.node,
                         chain: rest.to_vec(),
                     };
-                    if let Err(why) = self.control(next, order).await {
+                    let sent = match self.locate_member_soon(next).await {
+                        Ok(()) => self.control(next, order).await,
+                        Err(why) => Err(why),
+                    };
+                    if let Err(why) = sent {
                         tracing::warn!(%digest, node = next.0, %why, "cannot pass a replication order on");
                         for node in &chain {
                             self.report_failure(digest, *node).await;
@@ -242,7 +269,7 @@ impl Cluster {
             .blob_size(&digest)
             .map_err(|error| error.to_string())?;
         if present != Some(size) {
-            self.locate_member(source)?;
+            self.locate_member_soon(source).await?;
             let path = self.store.replica_path(&digest);
             crate::metrics::replication_started();
             let downloaded = self

@@ -80,6 +80,7 @@ pub fn run_seed(seed: u64, verbose: bool) -> ShellReport {
 
 /// Runs one shell seed with `options` (a seed's own, or changed by a test), as [`run_seed`] does.
 pub fn run_options(options: &ShellOptions, verbose: bool) -> ShellReport {
+    let _watchdog = Watchdog::start(options);
     match std::panic::catch_unwind(|| scenario::run(options, verbose)) {
         Ok(report) => report,
         Err(panic) => {
@@ -89,6 +90,47 @@ pub fn run_options(options: &ShellOptions, verbose: bool) -> ShellReport {
                 .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
                 .unwrap_or_else(|| "a panic".into());
             ShellReport::failed(options, &Trace::new(false), format!("panicked: {message}"))
+        }
+    }
+}
+
+/// Wall-clock seconds a run may take before it counts as stalled: turmoil ends a step only once every task is
+/// idle, so tasks that keep waking each other without sleeping (a busy loop, seed 322 once) stop simulated time
+/// for good. Normal runs take seconds; `OLLAMAMAX_SIM_STALL_S` overrides it.
+const STALL_SECONDS_DEFAULT: u64 = 300;
+
+/// Ends the process with the seed's replay command if a run stalls ([`STALL_SECONDS_DEFAULT`]): a sweep or CI
+/// job would otherwise hang without naming the seed.
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    fn start(options: &ShellOptions) -> Self {
+        let seconds = std::env::var("OLLAMAMAX_SIM_STALL_S")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(STALL_SECONDS_DEFAULT);
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let (seed, replay) = (options.seed, replay_options_command(options));
+        std::thread::spawn(move || {
+            if finished.recv_timeout(std::time::Duration::from_secs(seconds))
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
+                eprintln!(
+                    "seed {seed}: VIOLATION: stalled: the run took over {seconds} s of wall time (simulated time stops when tasks never go idle)\nreplay: {replay}"
+                );
+                std::process::exit(1);
+            }
+        });
+        Self { done: Some(done) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
         }
     }
 }
