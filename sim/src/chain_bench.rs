@@ -141,12 +141,17 @@ impl ChainBench {
         limits::REPLICATION_FACTOR_MAX.min(self.members)
     }
 
-    /// Run the real placement with replication factor `rf` until it holds `rf` copies.
+    /// Run the real placement with replication factor `rf` until it holds `rf` copies. Orders are not resent
+    /// (`transfer_resend_ms`): the model loses no transfer, and a resent order would count as another one.
     pub fn run_placement(
         &self,
         rf: u32,
         config: PlacementConfig,
     ) -> Result<PlacementRun, BenchError> {
+        let config = PlacementConfig {
+            transfer_resend_ms: SIMULATED_MS_MAX,
+            ..config
+        };
         let mut state = self.cluster(rf)?;
         let want = rf.min(self.members) as usize;
         let mut placement = Placement::new(config);

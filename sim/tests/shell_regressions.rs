@@ -47,6 +47,16 @@ const REGRESSIONS: &[(u64, u64, &str)] = &[
         4,
         "a node dropped a replica (and the manifests using it), got it back, and answered 404 for those models",
     ),
+    (
+        429,
+        4,
+        "trims of a model's two blobs counted a copy being dropped, and left each of two nodes half the model",
+    ),
+    (
+        592,
+        4,
+        "a target crashed mid-transfer and lost the order; the leader waited out its 10-minute transfer timeout",
+    ),
 ];
 // Both seeds failed the linearizability check before the fix in server/src/cluster/propose.rs (2026-12-03), with
 // 1 ms steps and the fault kinds of that day. Adding fault kinds (loss, slow links) changed every seed's schedule,

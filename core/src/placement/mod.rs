@@ -19,7 +19,10 @@
 //!    than fanning out from one source;
 //! 5. drop unreferenced blobs after `gc_grace_ms`, so a create that uploads blobs before its `PutModel` commits
 //!    is not raced by the collector;
-//! 6. after a failed transfer, wait before copying that blob again (`retry_backoff_ms`, doubling with each failure
+//! 6. send a transfer's order again every `transfer_resend_ms` until it is confirmed (a target ignores an order
+//!    for a blob it is already receiving): a target that restarted mid-transfer lost the order without a word,
+//!    and would otherwise wait for `transfer_timeout_ms`;
+//! 7. after a failed transfer, wait before copying that blob again (`retry_backoff_ms`, doubling with each failure
 //!    in a row up to `retry_backoff_max_ms`): a failure that comes back at once (a source that cannot send, a
 //!    leader whose transport is shutting down) must not turn into a busy loop of transfers.
 
@@ -46,6 +49,8 @@ pub struct PlacementConfig {
     pub gc_grace_ms: Millis,
     /// A transfer not confirmed by then is considered failed and re-planned.
     pub transfer_timeout_ms: Millis,
+    /// A transfer not confirmed yet has its order sent again this often.
+    pub transfer_resend_ms: Millis,
     /// A drop not confirmed by then may be re-issued.
     pub drop_timeout_ms: Millis,
     /// Wait after a blob's first failed transfer before copying it again; it doubles with each further failure.
@@ -61,6 +66,7 @@ impl Default for PlacementConfig {
             chain_targets_max: limits::CHAIN_TARGETS_MAX,
             gc_grace_ms: 60_000,
             transfer_timeout_ms: 600_000,
+            transfer_resend_ms: 5_000,
             drop_timeout_ms: 30_000,
             retry_backoff_ms: 500,
             retry_backoff_max_ms: 30_000,
@@ -125,9 +131,12 @@ struct Backoff {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct InFlight {
+    size: u64,
     source: NodeId,
     chain: Vec<NodeId>,
     started_at: Millis,
+    /// When its order last went out.
+    sent_at: Millis,
 }
 
 /// The leader's placement planner.
@@ -229,10 +238,12 @@ impl Placement {
             .values()
             .filter(|(_, collected)| !collected)
             .map(|(since, _)| since.saturating_add(self.config.gc_grace_ms));
-        let transfers = self
-            .transfers
-            .values()
-            .map(|t| t.started_at.saturating_add(self.config.transfer_timeout_ms));
+        let transfers = self.transfers.values().flat_map(|t| {
+            [
+                t.started_at.saturating_add(self.config.transfer_timeout_ms),
+                t.sent_at.saturating_add(self.config.transfer_resend_ms),
+            ]
+        });
         let drops = self
             .drops
             .values()
@@ -275,6 +286,7 @@ impl Placement {
 
     fn plan(&mut self, now: Millis, state: &ClusterState) {
         self.settle_in_flight(now, state);
+        self.resend_orders(now);
         self.collect_garbage(now, state);
         let mut view = PlanView::new(
             state,
@@ -289,7 +301,7 @@ impl Placement {
             }
             let want =
                 (state.settings().replication_factor as usize).min(view.targets_by_space.len());
-            let affinity = affinity(state, siblings.get(digest));
+            let affinity = affinity(state, siblings.get(digest), &self.drops);
             let blob = Blob {
                 digest: *digest,
                 size: replicas.size,
@@ -297,6 +309,22 @@ impl Placement {
                 affinity: &affinity,
             };
             self.plan_blob(now, &mut view, &blob, want);
+        }
+    }
+
+    /// Sends the orders of transfers not confirmed within `transfer_resend_ms` again.
+    fn resend_orders(&mut self, now: Millis) {
+        let resend = self.config.transfer_resend_ms;
+        for (digest, transfer) in &mut self.transfers {
+            if now >= transfer.sent_at.saturating_add(resend) {
+                transfer.sent_at = now;
+                self.actions.push_back(Action::Transfer {
+                    digest: *digest,
+                    size: transfer.size,
+                    source: transfer.source,
+                    chain: transfer.chain.clone(),
+                });
+            }
         }
     }
 
@@ -458,9 +486,11 @@ impl Placement {
         self.transfers.insert(
             digest,
             InFlight {
+                size,
                 source,
                 chain: chain.clone(),
                 started_at: now,
+                sent_at: now,
             },
         );
         self.actions.push_back(Action::Transfer {

@@ -249,8 +249,28 @@ fn dead_target_is_replaced_and_failed_transfer_is_replanned() {
     // With the retry in flight, the expired wait is no deadline (a past deadline would make the shell spin).
     assert_eq!(
         placement.poll_timeout(),
-        Some(1_600 + PlacementConfig::default().transfer_timeout_ms)
+        Some(1_600 + PlacementConfig::default().transfer_resend_ms)
     );
+}
+
+/// An order not confirmed is sent again (a target that restarted mid-transfer lost it without a word, shell seed
+/// 592), as the same transfer: no second one is planned, and its busy counts stay.
+#[test]
+fn unconfirmed_orders_are_sent_again() {
+    let state = cluster(3, &[1], 2);
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(0, &state, Input::StateChanged);
+    let first = drain(&mut placement);
+    assert_eq!(first.len(), 1);
+    let resend = PlacementConfig::default().transfer_resend_ms;
+    assert_eq!(placement.poll_timeout(), Some(resend));
+    placement.handle(resend - 1, &state, Input::Tick);
+    assert!(drain(&mut placement).is_empty());
+    placement.handle(resend, &state, Input::Tick);
+    assert_eq!(drain(&mut placement), first, "the same order again");
+    placement.check_invariants();
+    assert_eq!(placement.transfers_in_flight().count(), 1);
+    assert_eq!(placement.poll_timeout(), Some(2 * resend));
 }
 
 /// A transfer that fails the moment it is sent (the leader's transport shutting down, seed 322 of the shell
@@ -533,6 +553,40 @@ fn trimming_keeps_a_model_whole_on_some_node() {
     assert!(
         !whole.is_empty(),
         "no node keeps the whole model: {dropped:?}"
+    );
+}
+
+/// A copy being dropped does not count as a sibling: node 2 got the model's first blob, lost it to a trim, then
+/// got the second while that drop was pending. Counting the pending copy, the second trim saw three equal nodes
+/// and dropped elsewhere, leaving node 2 with one blob and another node with the other (shell seed 429).
+#[test]
+fn a_pending_drop_does_not_count_as_a_sibling() {
+    let mut state = two_blob_model(4, &[1, 2, 4], &[1, 4], 2);
+    let mut placement = Placement::new(PlacementConfig::default());
+    placement.handle(0, &state, Input::StateChanged);
+    let first = drain(&mut placement);
+    assert!(
+        first.contains(&Action::Drop {
+            digest: digest(1),
+            node: NodeId(2)
+        }),
+        "{first:?}"
+    );
+    state
+        .apply(&Command::ReplicaStored {
+            node: NodeId(2),
+            digest: digest(2),
+            size: 10,
+            fence: fence(),
+        })
+        .unwrap();
+    placement.handle(1, &state, Input::StateChanged);
+    assert_eq!(
+        drain(&mut placement),
+        vec![Action::Drop {
+            digest: digest(2),
+            node: NodeId(2)
+        }]
     );
 }
 

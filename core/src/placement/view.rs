@@ -27,10 +27,12 @@ pub(super) fn siblings(state: &ClusterState) -> BTreeMap<Digest, BTreeSet<Digest
     siblings
 }
 
-/// How many of `siblings` each node holds.
+/// How many of `siblings` each node holds, not counting copies being dropped (`dropping`): trims of a model's
+/// blobs made one after the other must pick the same node, or each node may end up with part of the model.
 pub(super) fn affinity(
     state: &ClusterState,
     siblings: Option<&BTreeSet<Digest>>,
+    dropping: &BTreeMap<(Digest, NodeId), Millis>,
 ) -> BTreeMap<NodeId, usize> {
     let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
     for sibling in siblings.into_iter().flatten() {
@@ -39,6 +41,7 @@ pub(super) fn affinity(
             .map(|replicas| &replicas.nodes)
             .into_iter()
             .flatten()
+            .filter(|node| !dropping.contains_key(&(*sibling, **node)))
         {
             *counts.entry(*node).or_insert(0) += 1;
         }
