@@ -57,6 +57,11 @@ const REGRESSIONS: &[(u64, u64, &str)] = &[
         4,
         "a target crashed mid-transfer and lost the order; the leader waited out its 10-minute transfer timeout",
     ),
+    (
+        767,
+        4,
+        "a node removed while cut off campaigned for ever, and a lagging member followed its terms, leaderless",
+    ),
 ];
 // Both seeds failed the linearizability check before the fix in server/src/cluster/propose.rs (2026-12-03), with
 // 1 ms steps and the fault kinds of that day. Adding fault kinds (loss, slow links) changed every seed's schedule,

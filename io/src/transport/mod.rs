@@ -177,6 +177,9 @@ struct Inner {
     client_config: quinn::ClientConfig,
     peers: Mutex<BTreeMap<NodeId, PeerSlot>>,
     inbound: Mutex<BTreeMap<NodeId, Vec<quinn::Connection>>>,
+    /// Peers that closed this node's connection with [`close::NOT_MEMBER`], and since when (tokio's clock: the
+    /// simulation's under turmoil); a request answered since takes the peer out.
+    refusals: Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
     /// Whether blob file I/O runs on tokio's blocking threads (see [`BoundSocket::blocking_threads`]).
     blocking_threads: bool,
 }
@@ -297,6 +300,7 @@ impl Transport {
                 client_config,
                 peers: Mutex::new(BTreeMap::new()),
                 inbound: Mutex::new(BTreeMap::new()),
+                refusals: Mutex::new(BTreeMap::new()),
                 blocking_threads,
             }),
         };
@@ -359,14 +363,34 @@ impl Transport {
     pub async fn request(&self, peer: NodeId, request: Request) -> Result<Response, RequestError> {
         let frame = frame::encode(&StreamHead::Call(request), FRAME_BYTES_MAX)?;
         let (connection, reused) = self.pooled(peer).await?;
-        match call_on(&connection, &frame).await {
+        let answer = match call_on(&connection, &frame).await {
             // As for streams: a pooled connection found dead gets one fresh try.
             Err(error) if reused && error.stale_connection() => {
                 let connection = self.connection(peer).await?;
                 call_on(&connection, &frame).await
             }
             answer => answer,
+        };
+        let mut refusals = lock(&self.inner.refusals);
+        match &answer {
+            Ok(_) => {
+                refusals.remove(&peer);
+            }
+            Err(error) if error.close_code() == Some(close::NOT_MEMBER) => {
+                refusals
+                    .entry(peer)
+                    .or_insert_with(tokio::time::Instant::now);
+            }
+            Err(_) => {}
         }
+        answer
+    }
+
+    /// Peers that refused this node as no member of the cluster (they closed its connection with
+    /// [`close::NOT_MEMBER`]) and have answered none of its requests since, with when the refusals began. A node
+    /// removed while it was cut off learns it this way: the members that applied its removal refuse it.
+    pub fn refusals(&self) -> BTreeMap<NodeId, tokio::time::Instant> {
+        lock(&self.inner.refusals).clone()
     }
 
     /// Statistics of the pooled connection to `peer` (path MTU, RTT, congestion window, bytes), if one is up.

@@ -48,6 +48,11 @@ const REMOVE_TRIES_MAX: u32 = 20;
 const REMOVE_RETRY: Duration = Duration::from_millis(250);
 /// Longest a removed node waits to see itself out of Raft's configuration before it shuts down.
 const RAFT_EXIT_WAIT: Duration = Duration::from_secs(10);
+/// How long a majority of the voters must have refused this node as no member before it takes itself for removed.
+/// A voter that has not applied this node's joining yet refuses it too, but only until it catches up.
+const REFUSED_FOR: Duration = Duration::from_secs(10);
+/// How often a member checks whether the others refuse it.
+const REFUSAL_CHECK: Duration = Duration::from_secs(1);
 
 const _: () = assert!(LEAVE_DRAIN_DEFAULT.as_millis() <= LEAVE_DRAIN_MAX.as_millis());
 
@@ -315,11 +320,25 @@ impl Cluster {
 /// A member removed by `cluster remove` while it runs: once the removal reaches it (the committed `RemoveNode`,
 /// which the leader replicates before it takes the node out of Raft, unless the node was unreachable), it says
 /// so and shuts down as if it had left. A node that has never been listed (one that just joined) is left alone.
+///
+/// A node removed while it was down or cut off never gets that entry: the leader no longer replicates to it, and
+/// the members refuse its connections. Left running, it would call election after election in ever higher terms,
+/// and a member that had not applied the removal yet would follow each term and lose the real leader, again and
+/// again (shell seed 767). So a member that a majority of its voters have refused for [`REFUSED_FOR`] takes itself
+/// for removed, and shuts down the same way.
 pub async fn watch_removal(cluster: Arc<Cluster>) {
     let mut applied = cluster.raft.applied();
     let mut listed = false;
     loop {
         let present = applied.borrow().state.member(cluster.node).is_some();
+        if present && !cluster.leaving() && refused_by_majority(&cluster) {
+            tracing::error!(
+                node = cluster.node.0,
+                "a majority of the voters refuse this node as no member: it was removed while cut off; shutting down (join again with a fresh token to return)"
+            );
+            cluster.depart();
+            return;
+        }
         if present {
             listed = true;
         } else if listed && !cluster.leaving() {
@@ -340,8 +359,27 @@ pub async fn watch_removal(cluster: Arc<Cluster>) {
             cluster.depart();
             return;
         }
-        if applied.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(REFUSAL_CHECK) => {}
         }
     }
+}
+
+/// Whether a majority of this node's voters (itself counted, never refusing) have refused it as no member for
+/// [`REFUSED_FOR`] or longer, answering nothing since.
+fn refused_by_majority(cluster: &Cluster) -> bool {
+    let voters = cluster.raft.status().voters;
+    let now = tokio::time::Instant::now();
+    let refusing = cluster
+        .transport
+        .refusals()
+        .into_iter()
+        .filter(|(node, since)| {
+            *node != cluster.node
+                && voters.contains(node)
+                && now.duration_since(*since) >= REFUSED_FOR
+        })
+        .count();
+    refusing * 2 > voters.len()
 }
