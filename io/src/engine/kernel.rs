@@ -36,7 +36,7 @@ pub(super) const ROW_GROUP: usize = 16;
 pub enum Isa {
     /// Plain Rust, any CPU.
     Portable,
-    /// x86-64 AVX2 with FMA.
+    /// x86-64 AVX2 with FMA and F16C.
     Avx2,
     /// x86-64 AVX-512 (F, BW, VL) with VNNI, on 256-bit registers.
     Avx512Vnni,
@@ -59,7 +59,10 @@ impl Isa {
             {
                 return Self::Avx512Vnni;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 return Self::Avx2;
             }
         }
@@ -412,6 +415,18 @@ pub(super) fn sum_lanes(lanes: [f32; LANES]) -> f32 {
 pub(super) fn chunk_mask(length: usize) -> u16 {
     debug_assert!((1..=16).contains(&length));
     (((1u32 << length) - 1) & 0xFFFF) as u16
+}
+
+/// The mask of the first `length` (1 to 8) lanes of eight, for AVX2's `maskload`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) fn chunk_mask_avx2(length: usize) -> std::arch::x86_64::__m256i {
+    debug_assert!((1..=8).contains(&length));
+    let lanes = std::arch::x86_64::_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    std::arch::x86_64::_mm256_cmpgt_epi32(
+        std::arch::x86_64::_mm256_set1_epi32(length as i32),
+        lanes,
+    )
 }
 
 /// The sum of a register's eight lanes, in the fixed order of [`sum_lanes`].

@@ -31,13 +31,17 @@ const NIBBLE_BYTES: usize = 16;
 /// Bytes holding two blocks' values (see the module documentation).
 pub(super) const PAIR_BYTES: usize = 32;
 
+/// Scales past the last row's ([`Q4_1Matrix::scales`]): the widest load of scales a kernel makes.
+pub(super) const SCALE_PADDING: usize = 16;
+
 /// A `[rows, columns]` Q4_1 weight matrix; `forward` computes `x · Wᵀ` like candle's `QMatMul`.
 pub struct Q4_1Matrix {
     rows: usize,
     columns: usize,
     /// Blocks per row.
     pub(super) blocks: usize,
-    /// Each block's scale `d`, row after row.
+    /// Each block's scale `d`, row after row, then [`SCALE_PADDING`] zeros: a kernel may load the scales of a
+    /// chunk of blocks whole, past the end of the last row.
     pub(super) scales: Vec<f16>,
     /// Per row, `blocks.div_ceil(2)` pairs of blocks' values, [`PAIR_BYTES`] each.
     pub(super) pairs: Vec<u8>,
@@ -82,7 +86,7 @@ impl Q4_1Matrix {
             rows,
             columns,
             blocks,
-            scales: vec![f16::ZERO; rows * blocks],
+            scales: vec![f16::ZERO; rows * blocks + SCALE_PADDING],
             pairs: vec![0; rows * pairs_per_row * PAIR_BYTES],
             minimums: vec![0.0; rows.div_ceil(ROW_GROUP) * blocks * ROW_GROUP],
         };

@@ -8,84 +8,171 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{BLOCK_VALUES, InputRow, chunk_mask, horizontal_sum};
-use super::q4_1::{PAIR_BYTES, Q4_1Matrix};
+use super::kernel::{BLOCK_VALUES, InputRow, LANES, chunk_mask, chunk_mask_avx2, horizontal_sum};
+use super::q4_1::{PAIR_BYTES, Q4_1Matrix, SCALE_PADDING};
 
 /// Blocks whose scales are converted and multiplied together: one 512-bit register of f32. Even, so pairs of
 /// blocks never straddle two chunks.
 const CHUNK: usize = 16;
 
-/// The values of pair `pair` of row `row` as two registers of 32 unsigned bytes: the pair's first block, then
-/// its second (zero when the row has an odd number of blocks and this is the last pair).
-///
-/// # Safety
-/// AVX2 is available; the pair is in the matrix.
-#[inline(always)]
-unsafe fn unpack(matrix: &Q4_1Matrix, row: usize, pair: usize) -> (__m256i, __m256i) {
-    let at = (row * matrix.blocks.div_ceil(2) + pair) * PAIR_BYTES;
-    debug_assert!(at + PAIR_BYTES <= matrix.pairs.len());
-    // SAFETY: an unaligned load of 32 bytes inside `pairs` (the caller's promise); AVX2 per the caller.
-    unsafe {
-        let packed = _mm256_loadu_si256(matrix.pairs.as_ptr().add(at).cast());
-        let low_nibbles = _mm256_set1_epi8(0x0F);
-        (
-            _mm256_and_si256(packed, low_nibbles),
-            _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles),
-        )
-    }
-}
+/// Inputs an AVX2 pass meets at once: AVX2 has sixteen registers, and [`super::kernel::WEIGHT_ROWS_PER_PASS`] weight rows times
+/// this many inputs of accumulators, plus the weights, the input and the constants, must fit in them (four inputs
+/// spilled the accumulators to the stack: four rows cost 4.6 times one).
+const AVX2_INPUTS: usize = 2;
 
-/// Block `block`'s 32 activation values.
-///
-/// # Safety
-/// AVX2 is available; the input holds the block.
-#[inline(always)]
-unsafe fn values(input: &InputRow<'_>, block: usize) -> __m256i {
-    debug_assert!((block + 1) * BLOCK_VALUES <= input.values.len());
-    // SAFETY: an unaligned load of 32 bytes inside the input's values (the caller's promise).
-    unsafe { _mm256_loadu_si256(input.values.as_ptr().add(block * BLOCK_VALUES).cast()) }
-}
+/// Blocks whose combined scales an AVX2 pass computes before it uses them (eight at a time, one 256-bit register
+/// of f32): long enough that the loop over a chunk's blocks runs long. Even, so pairs of blocks never straddle two
+/// chunks.
+const AVX2_CHUNK: usize = 64;
 
-/// The scaled sums (without minimum terms) of weight rows `first..first + W` with each of `inputs`.
+/// The scaled sums (without minimum terms) of weight rows `first..first + W` with each of `inputs`:
+/// [`AVX2_INPUTS`] inputs at a time.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; the rows are in range and the inputs as long as the weight rows.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU has AVX2, FMA and F16C; the rows are in range and the inputs as long as the weight rows.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
     matrix: &Q4_1Matrix,
     first: usize,
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
+    let mut results = [[0f32; N]; W];
+    let mut start = 0;
+    while start < N {
+        // SAFETY: the caller's promises hold for any subset of the inputs.
+        if N - start >= AVX2_INPUTS {
+            let part: [InputRow<'_>; AVX2_INPUTS] = std::array::from_fn(|n| inputs[start + n]);
+            let sums = unsafe { pass_avx2::<W, AVX2_INPUTS>(matrix, first, &part) };
+            for w in 0..W {
+                results[w][start..start + AVX2_INPUTS].copy_from_slice(&sums[w]);
+            }
+            start += AVX2_INPUTS;
+        } else {
+            let sums = unsafe { pass_avx2::<W, 1>(matrix, first, &[inputs[start]]) };
+            for w in 0..W {
+                results[w][start] = sums[w][0];
+            }
+            start += 1;
+        }
+    }
+    results
+}
+
+/// One pass of [`tile_avx2`]: weight rows `first..first + W` with `N` (at most [`AVX2_INPUTS`]) inputs. Each
+/// chunk's combined scales `d_w · d_x` are converted and multiplied eight at a time, then reach the multiply-adds
+/// as broadcast loads.
+///
+/// # Safety
+/// As [`tile_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pass_avx2<const W: usize, const N: usize>(
+    matrix: &Q4_1Matrix,
+    first: usize,
+    inputs: &[InputRow<'_>; N],
+) -> [[f32; N]; W] {
     let blocks = matrix.blocks;
+    let pairs_per_row = blocks.div_ceil(2);
+    assert!((first + W) * pairs_per_row * PAIR_BYTES <= matrix.pairs.len());
+    assert!((first + W) * blocks + SCALE_PADDING <= matrix.scales.len());
+    for input in inputs {
+        assert!(input.values.len() >= blocks * BLOCK_VALUES && input.scales.len() >= blocks);
+    }
+    // SAFETY (every pointer below): rows `first..first + W` and every block of the inputs are in bounds (asserted
+    // above); loads stay inside them.
+    let pairs: [*const u8; W] = std::array::from_fn(|w| unsafe {
+        matrix
+            .pairs
+            .as_ptr()
+            .add((first + w) * pairs_per_row * PAIR_BYTES)
+    });
+    let values: [*const i8; N] = std::array::from_fn(|n| inputs[n].values.as_ptr());
+    let low_nibbles = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut sums = [[_mm256_setzero_ps(); N]; W];
-    for pair in 0..blocks.div_ceil(2) {
-        // SAFETY: AVX2 per the caller; the rows (hence their pairs) are in the matrix.
-        let weights: [(__m256i, __m256i); W] =
-            std::array::from_fn(|w| unsafe { unpack(matrix, first + w, pair) });
-        for half in 0..2 {
-            let block = pair * 2 + half;
-            if block == blocks {
-                break;
-            }
-            for (n, input) in inputs.iter().enumerate() {
-                // SAFETY: AVX2 per the caller; the input holds every block of a row.
-                let values = unsafe { values(input, block) };
-                for w in 0..W {
-                    let quantized = if half == 0 {
-                        weights[w].0
-                    } else {
-                        weights[w].1
-                    };
-                    // u8 × i8 pairs summed to i16 (at most 2 · 15 · 128, no overflow), then pairs of those to i32.
-                    let products = _mm256_madd_epi16(_mm256_maddubs_epi16(quantized, values), ones);
-                    let scale = matrix.scales[(first + w) * blocks + block].to_f32();
-                    let combined = _mm256_set1_ps(scale * input.scales[block]);
-                    sums[w][n] =
-                        _mm256_fmadd_ps(combined, _mm256_cvtepi32_ps(products), sums[w][n]);
+    // Not zeroed (a memset of 2 KiB per call took a tenth of the time): every element read was written first.
+    let mut combined = [[[std::mem::MaybeUninit::<f32>::uninit(); AVX2_CHUNK]; N]; W];
+    let mut start = 0;
+    while start < blocks {
+        let length = (blocks - start).min(AVX2_CHUNK);
+        for (w, combined) in combined.iter_mut().enumerate() {
+            let row_start = (first + w) * blocks;
+            for part in (0..length).step_by(LANES) {
+                let at = start + part;
+                let count = (length - part).min(LANES);
+                // SAFETY: eight f16 scales from the row's (those past its end, up to SCALE_PADDING past the last
+                // row's, meet masked-out input scales and are never read back).
+                let scales = unsafe {
+                    _mm256_cvtph_ps(_mm_loadu_si128(
+                        matrix.scales.as_ptr().add(row_start + at).cast(),
+                    ))
+                };
+                for (n, input) in inputs.iter().enumerate() {
+                    // SAFETY: `count` scales of the input, in bounds (a masked load reads nothing past them); a store
+                    // of eight floats at `part <= AVX2_CHUNK - LANES` of an array of AVX2_CHUNK.
+                    unsafe {
+                        let at = input.scales.as_ptr().add(at);
+                        let input_scales = if count == LANES {
+                            _mm256_loadu_ps(at)
+                        } else {
+                            _mm256_maskload_ps(at, chunk_mask_avx2(count))
+                        };
+                        _mm256_storeu_ps(
+                            combined[n].as_mut_ptr().add(part).cast(),
+                            _mm256_mul_ps(scales, input_scales),
+                        );
+                    }
                 }
             }
         }
+        // Read back from memory, as the VNNI kernel does: broadcast loads instead of shuffles.
+        let combined = std::hint::black_box(&combined);
+        // One block: its values (from a pair's low or high nibbles) with each input. A macro, not a closure: a
+        // closure called twice is not inlined, and its captured accumulators then live in memory.
+        macro_rules! block_step {
+            ($block:expr, $quantized:expr) => {{
+                let block: usize = $block;
+                let quantized: [__m256i; W] = $quantized;
+                for n in 0..N {
+                    // SAFETY: block `block` of each input is in bounds (it is in the chunk).
+                    let x =
+                        unsafe { _mm256_loadu_si256(values[n].add(block * BLOCK_VALUES).cast()) };
+                    for w in 0..W {
+                        // u8 × i8 pairs summed to i16 (at most 2 · 15 · 128, no overflow), then pairs of those to
+                        // i32.
+                        let products =
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(quantized[w], x), ones);
+                        // SAFETY: the chunk's first `length` elements were written above.
+                        let scale =
+                            _mm256_broadcast_ss(unsafe { combined[w][n][block - start].assume_init_ref() });
+                        sums[w][n] =
+                            _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
+                    }
+                }
+            }};
+        }
+        // Each half reloads its pair (from L1): keeping a pair live for the second half spills the accumulators.
+        for block in (start..start + length).step_by(2) {
+            block_step!(
+                block,
+                // SAFETY: pair `block / 2` of each row is in bounds.
+                std::array::from_fn(|w| unsafe {
+                    let packed = _mm256_loadu_si256(pairs[w].add(block / 2 * PAIR_BYTES).cast());
+                    _mm256_and_si256(packed, low_nibbles)
+                })
+            );
+            if block + 1 < start + length {
+                block_step!(
+                    block + 1,
+                    // SAFETY: as above.
+                    std::array::from_fn(|w| unsafe {
+                        let packed =
+                            _mm256_loadu_si256(pairs[w].add(block / 2 * PAIR_BYTES).cast());
+                        _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles)
+                    })
+                );
+            }
+        }
+        start += length;
     }
     std::array::from_fn(|w| std::array::from_fn(|n| horizontal_sum(sums[w][n])))
 }

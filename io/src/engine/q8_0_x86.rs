@@ -7,45 +7,148 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{BLOCK_VALUES, InputRow, LANES, chunk_mask, horizontal_sum};
-use super::q8_0::{WeightRows, block_scale};
+use super::kernel::{BLOCK_VALUES, InputRow, LANES, chunk_mask, chunk_mask_avx2, horizontal_sum};
+use super::q8_0::WeightRows;
 
 /// Blocks whose scales are converted and multiplied together: one 512-bit register of f32.
 const CHUNK: usize = 16;
 
-/// Weight rows `first..first + W` dotted with each of `inputs`, one block of 32 values per step, each weight block
-/// loaded once for all inputs.
+/// Inputs an AVX2 pass meets at once (sixteen registers: see `q4_1_x86`).
+const AVX2_INPUTS: usize = 2;
+
+/// Blocks whose combined scales an AVX2 pass computes before it uses them, eight at a time (one 256-bit register
+/// of f32): long enough that the loop over a chunk's blocks runs long.
+const AVX2_CHUNK: usize = 64;
+
+/// Weight rows `first..first + W` dotted with each of `inputs`, [`AVX2_INPUTS`] inputs at a time.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; the rows are in range and the inputs as long as the weight rows.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU has AVX2, FMA and F16C; the rows are in range and the inputs as long as the weight rows.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
     matrix: &WeightRows<'_>,
     first: usize,
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
+    let mut results = [[0f32; N]; W];
+    let mut start = 0;
+    while start < N {
+        // SAFETY: the caller's promises hold for any subset of the inputs.
+        if N - start >= AVX2_INPUTS {
+            let part: [InputRow<'_>; AVX2_INPUTS] = std::array::from_fn(|n| inputs[start + n]);
+            let sums = unsafe { pass_avx2::<W, AVX2_INPUTS>(matrix, first, &part) };
+            for w in 0..W {
+                results[w][start..start + AVX2_INPUTS].copy_from_slice(&sums[w]);
+            }
+            start += AVX2_INPUTS;
+        } else {
+            let sums = unsafe { pass_avx2::<W, 1>(matrix, first, &[inputs[start]]) };
+            for w in 0..W {
+                results[w][start] = sums[w][0];
+            }
+            start += 1;
+        }
+    }
+    results
+}
+
+/// One pass of [`tile_avx2`]: each weight block loaded once for its `N` inputs; each chunk's combined scales
+/// `d_w · d_x` converted and multiplied eight at a time, then broadcast from memory into the multiply-adds.
+///
+/// # Safety
+/// As [`tile_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pass_avx2<const W: usize, const N: usize>(
+    matrix: &WeightRows<'_>,
+    first: usize,
+    inputs: &[InputRow<'_>; N],
+) -> [[f32; N]; W] {
     let blocks = matrix.blocks;
+    for input in inputs {
+        assert!(input.values.len() >= blocks * BLOCK_VALUES && input.scales.len() >= blocks);
+    }
     let ones = _mm256_set1_epi16(1);
     let mut sums = [[_mm256_setzero_ps(); N]; W];
-    for block in 0..blocks {
-        for w in 0..W {
-            let bytes = matrix.block((first + w) * blocks + block);
-            let scale = block_scale(bytes);
-            // SAFETY: an unaligned load of exactly 32 bytes from the block's values.
-            let weights = unsafe { _mm256_loadu_si256(bytes[2..].as_ptr().cast()) };
-            // `maddubs` takes one unsigned operand: |w| and the activation carrying w's sign, as ggml does. A weight
-            // of -128 (which ggml's quantization never writes) would saturate a pair here, not under VNNI.
-            let magnitudes = _mm256_sign_epi8(weights, weights);
+    // Not zeroed: every element read was written first.
+    let mut combined = [[[std::mem::MaybeUninit::<f32>::uninit(); AVX2_CHUNK]; N]; W];
+    let mut start = 0;
+    while start < blocks {
+        let length = (blocks - start).min(AVX2_CHUNK);
+        for (w, combined) in combined.iter_mut().enumerate() {
+            let row_start = (first + w) * blocks;
+            for part in (0..length).step_by(LANES) {
+                let count = (length - part).min(LANES);
+                // Gathered from the blocks into a register (eight 2-byte stores and one 16-byte load of them would
+                // stall on store forwarding); a full part without a branch per scale. Not a contiguous copy of the
+                // scales: a single sequence's head streams from memory, and that copy would be more to stream.
+                let scale = |offset: usize| -> i16 {
+                    let bytes = matrix.block(row_start + start + part + offset);
+                    i16::from_le_bytes([bytes[0], bytes[1]])
+                };
+                let raw = |offset: usize| -> i16 {
+                    if count == LANES || offset < count {
+                        scale(offset)
+                    } else {
+                        0
+                    }
+                };
+                let scales = _mm256_cvtph_ps(_mm_setr_epi16(
+                    raw(0),
+                    raw(1),
+                    raw(2),
+                    raw(3),
+                    raw(4),
+                    raw(5),
+                    raw(6),
+                    raw(7),
+                ));
+                for (n, input) in inputs.iter().enumerate() {
+                    // SAFETY: `count` scales of the input, in bounds (a masked load reads nothing past them); a store
+                    // of eight floats at `part <= AVX2_CHUNK - LANES` of an array of AVX2_CHUNK.
+                    unsafe {
+                        let at = input.scales.as_ptr().add(start + part);
+                        let input_scales = if count == LANES {
+                            _mm256_loadu_ps(at)
+                        } else {
+                            _mm256_maskload_ps(at, chunk_mask_avx2(count))
+                        };
+                        _mm256_storeu_ps(
+                            combined[n].as_mut_ptr().add(part).cast(),
+                            _mm256_mul_ps(scales, input_scales),
+                        );
+                    }
+                }
+            }
+        }
+        // Read back from memory: broadcast loads instead of shuffles.
+        let combined = std::hint::black_box(&combined);
+        for offset in 0..length {
+            let block = start + offset;
+            let weights: [__m256i; W] = std::array::from_fn(|w| {
+                let bytes = matrix.block((first + w) * blocks + block);
+                // SAFETY: an unaligned load of exactly 32 bytes from the block's values.
+                unsafe { _mm256_loadu_si256(bytes[2..].as_ptr().cast()) }
+            });
             for n in 0..N {
                 let values = &inputs[n].values[block * BLOCK_VALUES..(block + 1) * BLOCK_VALUES];
                 // SAFETY: an unaligned load of exactly 32 bytes from a slice of that length.
                 let values = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
-                let signed = _mm256_sign_epi8(values, weights);
-                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed), ones);
-                let combined = _mm256_set1_ps(scale * inputs[n].scales[block]);
-                sums[w][n] = _mm256_fmadd_ps(combined, _mm256_cvtepi32_ps(products), sums[w][n]);
+                for w in 0..W {
+                    // `maddubs` takes one unsigned operand: |w| and the activation carrying w's sign, as ggml does.
+                    // A weight of -128 (which ggml's quantization never writes) would saturate a pair here, not
+                    // under VNNI.
+                    let magnitudes = _mm256_sign_epi8(weights[w], weights[w]);
+                    let signed = _mm256_sign_epi8(values, weights[w]);
+                    let products =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed), ones);
+                    // SAFETY: the chunk's first `length` elements were written above.
+                    let scale =
+                        _mm256_broadcast_ss(unsafe { combined[w][n][offset].assume_init_ref() });
+                    sums[w][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
+                }
             }
         }
+        start += length;
     }
     std::array::from_fn(|w| std::array::from_fn(|n| horizontal_sum(sums[w][n])))
 }
