@@ -59,6 +59,12 @@ export OLLAMAMAX_BIN="$target_dir/release/ollamamax"
 step "unit, property and integration tests"
 cargo test --release --workspace 2>&1 | tee -a "$results"
 
+step "the engine on its portable kernels (OLLAMAMAX_KERNELS=portable: what a CPU without AVX2 runs), llama.cpp's goldens included"
+# The kernels' own tests compare every instruction set this CPU has with the portable one bit for bit; this runs
+# the whole engine on the fallback, as a CPU without AVX2 or AVX-512 would.
+OLLAMAMAX_KERNELS=portable cargo test --release --workspace --test goldens --test batching --test tiny_goldens \
+  --test smollm2 2>&1 | tee -a "$results"
+
 step "fuzzing: every cargo-fuzz target for 20 s, then the grown API corpus replayed through the live server"
 FUZZ_PROFILE=dev ./scripts/fuzz.sh 20   # dev: builds in about half the time; long runs: scripts/fuzz.sh (release)
 targets=$(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list | wc -l)

@@ -1,4 +1,4 @@
-//! Matmuls with Q4_1 weights.
+//! Matmuls with Q4_1 weights, and Q4_0 weights the same way.
 //!
 //! candle 0.11 computes Q4_1 dot products with scalar code (two thirds of SmolLM2's decode time in a profile), so
 //! for that type we run our own kernels (see [`super::kernel`] for what they share): activations are quantized
@@ -24,8 +24,35 @@ use half::f16;
 
 use super::kernel::{self, BLOCK_VALUES, InputRow, Isa, LANES, ROW_GROUP, TileDots};
 
-/// Bytes of one Q4_1 block in a GGUF file.
-const WEIGHT_BLOCK_BYTES: usize = 20;
+/// Where a 4-bit type's block keeps its parts in a GGUF file (ggml): Q4_1 is scale `d`, minimum `m` (f16 each),
+/// then the nibbles; Q4_0 is `d`, then the nibbles, and a weight is `d * (q - 8)`.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Bytes of one block.
+    block_bytes: usize,
+    /// Where its nibbles start.
+    nibbles_at: usize,
+    /// Whether it has a minimum (Q4_1); without one, values are offset by -8 (Q4_0).
+    minimum: bool,
+}
+
+impl Layout {
+    fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_1 => Some(Self {
+                block_bytes: 20,
+                nibbles_at: 4,
+                minimum: true,
+            }),
+            GgmlDType::Q4_0 => Some(Self {
+                block_bytes: 18,
+                nibbles_at: 2,
+                minimum: false,
+            }),
+            _ => None,
+        }
+    }
+}
 /// Bytes of nibbles per block in the file.
 const NIBBLE_BYTES: usize = 16;
 /// Bytes holding two blocks' values (see the module documentation).
@@ -34,10 +61,14 @@ pub(super) const PAIR_BYTES: usize = 32;
 /// Scales past the last row's ([`Q4_1Matrix::scales`]): the widest load of scales a kernel makes.
 pub(super) const SCALE_PADDING: usize = 16;
 
-/// A `[rows, columns]` Q4_1 weight matrix; `forward` computes `x · Wᵀ` like candle's `QMatMul`.
+/// A `[rows, columns]` Q4_1 (or Q4_0) weight matrix; `forward` computes `x · Wᵀ` like candle's `QMatMul`.
 pub struct Q4_1Matrix {
     rows: usize,
     columns: usize,
+    /// Q4_0: each value counts as `q - 8`, and there are no minimums (`minimums` is empty). ggml's Q4_0 dot product
+    /// multiplies `q - 8` with the activations; the kernels multiply `q` and add `-8 · Σ x` per lane, which gives
+    /// the same integer sums exactly.
+    pub(super) offset: bool,
     /// Blocks per row.
     pub(super) blocks: usize,
     /// Each block's scale `d`, row after row, then [`SCALE_PADDING`] zeros: a kernel may load the scales of a
@@ -50,7 +81,7 @@ pub struct Q4_1Matrix {
 }
 
 impl Q4_1Matrix {
-    /// Takes over a two-dimensional Q4_1 tensor; `None` for any other type or rank.
+    /// Takes over a two-dimensional Q4_1 or Q4_0 tensor; `None` for any other type or rank.
     pub fn from_qtensor(tensor: &QTensor) -> Option<Self> {
         Self::from_qtensors(&[tensor])
     }
@@ -62,9 +93,11 @@ impl Q4_1Matrix {
     /// part other than the last whose rows are not whole groups of [`ROW_GROUP`] (its minimums would share a
     /// group with the next part's).
     pub fn from_qtensors(parts: &[&QTensor]) -> Option<Self> {
+        let dtype = parts.first()?.dtype();
+        let layout = Layout::of(dtype)?;
         let mut shapes = Vec::with_capacity(parts.len());
         for part in parts {
-            if part.dtype() != GgmlDType::Q4_1 {
+            if part.dtype() != dtype {
                 return None;
             }
             shapes.push(part.shape().dims2().ok()?);
@@ -82,13 +115,19 @@ impl Q4_1Matrix {
         let rows: usize = shapes.iter().map(|&(rows, _)| rows).sum();
         let blocks = columns / BLOCK_VALUES;
         let pairs_per_row = blocks.div_ceil(2);
+        let minimum_groups = if layout.minimum {
+            rows.div_ceil(ROW_GROUP)
+        } else {
+            0
+        };
         let mut matrix = Self {
             rows,
             columns,
+            offset: !layout.minimum,
             blocks,
             scales: vec![f16::ZERO; rows * blocks + SCALE_PADDING],
             pairs: vec![0; rows * pairs_per_row * PAIR_BYTES],
-            minimums: vec![0.0; rows.div_ceil(ROW_GROUP) * blocks * ROW_GROUP],
+            minimums: vec![0.0; minimum_groups * blocks * ROW_GROUP],
         };
         let data = parts
             .iter()
@@ -96,10 +135,10 @@ impl Q4_1Matrix {
             .collect::<Option<Vec<_>>>()?;
         let mut file_rows = Vec::with_capacity(rows);
         for (data, &(part_rows, _)) in data.iter().zip(&shapes) {
-            if data.len() != part_rows * blocks * WEIGHT_BLOCK_BYTES {
+            if data.len() != part_rows * blocks * layout.block_bytes {
                 return None;
             }
-            file_rows.extend(data.chunks_exact(blocks * WEIGHT_BLOCK_BYTES));
+            file_rows.extend(data.chunks_exact(blocks * layout.block_bytes));
         }
         // Repacked on the engine's threads (a third of load time on one): each thread takes whole groups of rows,
         // whose scales, values and minimums are disjoint parts of the arrays.
@@ -113,6 +152,7 @@ impl Q4_1Matrix {
             while let Some(rows) = chunks.next() {
                 let mut part = RepackTarget {
                     blocks,
+                    layout,
                     scales: take(&mut scales, rows.len() * blocks),
                     pairs: take(&mut pairs, rows.len() * pairs_per_row * PAIR_BYTES),
                     minimums: take(
@@ -159,6 +199,11 @@ impl Q4_1Matrix {
         (self.pairs[at] >> shift) & 0x0F
     }
 
+    /// Value `j` of block `block` of row `row` as the dot product counts it: `q`, or `q - 8` for Q4_0.
+    fn signed_value(&self, row: usize, block: usize, j: usize) -> i32 {
+        i32::from(self.value(row, block, j)) - if self.offset { 8 } else { 0 }
+    }
+
     /// The minimum of block `block` of row `row`.
     #[cfg(test)]
     fn minimum(&self, row: usize, block: usize) -> f32 {
@@ -177,6 +222,7 @@ fn take<'a, T>(slice: &mut &'a mut [T], length: usize) -> &'a mut [T] {
 /// Whole groups of a matrix's rows being repacked ([`Q4_1Matrix::from_qtensors`]): their parts of its arrays.
 struct RepackTarget<'a> {
     blocks: usize,
+    layout: Layout,
     scales: &'a mut [f16],
     pairs: &'a mut [u8],
     minimums: &'a mut [f32],
@@ -187,20 +233,27 @@ impl RepackTarget<'_> {
     fn repack_row(&mut self, row: usize, row_bytes: &[u8]) {
         let (blocks, pairs_per_row) = (self.blocks, self.blocks.div_ceil(2));
         let group = row / ROW_GROUP;
-        for (block, bytes) in row_bytes.chunks_exact(WEIGHT_BLOCK_BYTES).enumerate() {
+        let Layout {
+            block_bytes,
+            nibbles_at,
+            minimum,
+        } = self.layout;
+        for (block, bytes) in row_bytes.chunks_exact(block_bytes).enumerate() {
             self.scales[row * blocks + block] = f16::from_le_bytes([bytes[0], bytes[1]]);
-            self.minimums[(group * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
-                f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
+            if minimum {
+                self.minimums[(group * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
+                    f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
+            }
         }
         let row_pairs = &mut self.pairs
             [row * pairs_per_row * PAIR_BYTES..(row + 1) * pairs_per_row * PAIR_BYTES];
         for (pair, two) in row_pairs
             .chunks_exact_mut(PAIR_BYTES)
-            .zip(row_bytes.chunks(2 * WEIGHT_BLOCK_BYTES))
+            .zip(row_bytes.chunks(2 * block_bytes))
         {
             let first: &[u8; NIBBLE_BYTES] =
-                two[4..WEIGHT_BLOCK_BYTES].try_into().expect("16 bytes");
-            let second: [u8; NIBBLE_BYTES] = match two.get(WEIGHT_BLOCK_BYTES + 4..) {
+                two[nibbles_at..block_bytes].try_into().expect("16 bytes");
+            let second: [u8; NIBBLE_BYTES] = match two.get(block_bytes + nibbles_at..) {
                 Some(bytes) => bytes.try_into().expect("16 bytes"),
                 None => [0; NIBBLE_BYTES],
             };
@@ -232,10 +285,15 @@ impl TileDots for Q4_1Matrix {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller only passes an instruction set the CPU has; shapes are checked above.
-            Isa::Avx512Vnni => unsafe { super::q4_1_x86::tile_avx512(self, first, &inputs) },
+            // Q4_0 has no VNNI kernel yet: AVX-512 CPUs have AVX2.
+            Isa::Avx512Vnni if !self.offset => unsafe {
+                super::q4_1_x86::tile_avx512(self, first, &inputs)
+            },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Isa::Avx2 => unsafe { super::q4_1_x86::tile_avx2(self, first, &inputs) },
+            Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+                super::q4_1_x86::tile_avx2(self, first, &inputs)
+            },
             _ => std::array::from_fn(|w| {
                 inputs.map(|input| self.scaled_sum_portable(first + w, input))
             }),
@@ -250,6 +308,9 @@ impl TileDots for Q4_1Matrix {
         group: usize,
         inputs: &[InputRow<'_>; N],
     ) -> Option<[[f32; ROW_GROUP]; N]> {
+        if self.offset {
+            return None;
+        }
         let mut terms = [[0f32; ROW_GROUP]; N];
         let group_size = self.blocks * ROW_GROUP;
         let minimums = &self.minimums[group * group_size..(group + 1) * group_size];
@@ -278,7 +339,7 @@ impl Q4_1Matrix {
             let combined = self.scales[row * self.blocks + block].to_f32() * input.scales[block];
             for (lane, accumulator) in lanes.iter_mut().enumerate() {
                 let sum: i32 = (lane * 4..lane * 4 + 4)
-                    .map(|j| i32::from(self.value(row, block, j)) * i32::from(values[j]))
+                    .map(|j| self.signed_value(row, block, j) * i32::from(values[j]))
                     .sum();
                 *accumulator = combined.mul_add(sum as f32, *accumulator);
             }
@@ -298,27 +359,38 @@ mod tests {
     use candle_core::quantized::QMatMul;
     use proptest::prelude::*;
 
-    /// The plain definition: `Σ (d_w q + m_w)(d_x x)` with ggml's quantized sums, in f64.
+    /// The plain definition: `Σ (d_w q + m_w)(d_x x)` (Q4_1) or `Σ d_w (q - 8) (d_x x)` (Q4_0) with ggml's
+    /// quantized sums, in f64.
     fn definition(matrix: &Q4_1Matrix, row: usize, input: InputRow<'_>) -> f64 {
         let mut total = 0f64;
         for block in 0..matrix.blocks {
             let scale = matrix.scales[row * matrix.blocks + block].to_f32();
             let products: i64 = (0..32)
                 .map(|j| {
-                    i64::from(matrix.value(row, block, j)) * i64::from(input.values[block * 32 + j])
+                    i64::from(matrix.signed_value(row, block, j))
+                        * i64::from(input.values[block * 32 + j])
                 })
                 .sum();
-            total += f64::from(scale) * f64::from(input.scales[block]) * products as f64
-                + f64::from(matrix.minimum(row, block)) * f64::from(input.sums[block]);
+            total += f64::from(scale) * f64::from(input.scales[block]) * products as f64;
+            if !matrix.offset {
+                total += f64::from(matrix.minimum(row, block)) * f64::from(input.sums[block]);
+            }
         }
         total
     }
 
     #[test]
     fn matches_the_definition_and_candle_on_every_instruction_set() {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0] {
+            matches_the_definition_and_candle(dtype);
+        }
+    }
+
+    fn matches_the_definition_and_candle(dtype: GgmlDType) {
         for (rows, columns, count) in [(8, 64, 1), (12, 576, 3), (7, 576, 4), (5, 1536, 17)] {
-            let weights = QTensor::quantize(&random((rows, columns), 1), GgmlDType::Q4_1).unwrap();
-            let ours = Q4_1Matrix::from_qtensor(&weights).expect("a Q4_1 matrix");
+            let weights = QTensor::quantize(&random((rows, columns), 1), dtype).unwrap();
+            let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
+            assert_eq!(ours.offset, dtype == GgmlDType::Q4_0);
             let input = random((count, columns), 2);
             let candle = QMatMul::from_qtensor(weights)
                 .unwrap()
@@ -339,12 +411,12 @@ mod tests {
                         let value = got[row][column];
                         assert!(
                             (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
-                            "{isa:?}: {value} vs {reference}"
+                            "{dtype:?} {isa:?}: {value} vs {reference}"
                         );
                         let other = candle[row][column];
                         assert!(
                             (value - other).abs() <= 2e-2 * (1.0 + other.abs()),
-                            "{isa:?}: {value} vs candle {other}"
+                            "{dtype:?} {isa:?}: {value} vs candle {other}"
                         );
                     }
                 }
@@ -397,12 +469,14 @@ mod tests {
 
     #[test]
     fn a_rows_result_does_not_depend_on_the_other_rows() {
-        let weights = QTensor::quantize(&random((9, 576), 4), GgmlDType::Q4_1).unwrap();
-        let ours = Q4_1Matrix::from_qtensor(&weights).expect("a Q4_1 matrix");
-        assert_rows_independent(
-            |isa, x| ours.forward_on(isa, x).unwrap(),
-            &random((9, 576), 5),
-        );
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0] {
+            let weights = QTensor::quantize(&random((9, 576), 4), dtype).unwrap();
+            let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
+            assert_rows_independent(
+                |isa, x| ours.forward_on(isa, x).unwrap(),
+                &random((9, 576), 5),
+            );
+        }
     }
 
     proptest! {
@@ -416,11 +490,12 @@ mod tests {
             count in 1usize..10,
             seed in any::<u64>(),
             scale in prop_oneof![Just(1e-3f32), Just(1.0f32), Just(300.0f32)],
+            dtype in prop_oneof![Just(GgmlDType::Q4_1), Just(GgmlDType::Q4_0)],
         ) {
             let columns = blocks * BLOCK_VALUES;
             let weights = (random((rows, columns), seed) * f64::from(scale)).unwrap();
-            let weights = QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
-            let ours = Q4_1Matrix::from_qtensor(&weights).expect("a Q4_1 matrix");
+            let weights = QTensor::quantize(&weights, dtype).unwrap();
+            let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
             let input = (random((count, columns), seed ^ 0x5555) * f64::from(scale)).unwrap();
             let differs = first_isa_that_differs(|isa, x| ours.forward_on(isa, x).unwrap(), &input);
             prop_assert_eq!(differs, None);
@@ -431,5 +506,9 @@ mod tests {
     fn other_types_are_declined() {
         let weights = QTensor::quantize(&random((4, 32), 3), GgmlDType::Q8_0).unwrap();
         assert!(Q4_1Matrix::from_qtensor(&weights).is_none());
+        // Both 4-bit types, but not in one stack.
+        let q4_0 = QTensor::quantize(&random((16, 32), 3), GgmlDType::Q4_0).unwrap();
+        let q4_1 = QTensor::quantize(&random((16, 32), 3), GgmlDType::Q4_1).unwrap();
+        assert!(Q4_1Matrix::from_qtensors(&[&q4_1, &q4_0]).is_none());
     }
 }

@@ -42,13 +42,26 @@ pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
         // SAFETY: the caller's promises hold for any subset of the inputs.
         if N - start >= AVX2_INPUTS {
             let part: [InputRow<'_>; AVX2_INPUTS] = std::array::from_fn(|n| inputs[start + n]);
-            let sums = unsafe { pass_avx2::<W, AVX2_INPUTS>(matrix, first, &part) };
+            let sums = unsafe {
+                if matrix.offset {
+                    pass_avx2::<W, AVX2_INPUTS, true>(matrix, first, &part)
+                } else {
+                    pass_avx2::<W, AVX2_INPUTS, false>(matrix, first, &part)
+                }
+            };
             for w in 0..W {
                 results[w][start..start + AVX2_INPUTS].copy_from_slice(&sums[w]);
             }
             start += AVX2_INPUTS;
         } else {
-            let sums = unsafe { pass_avx2::<W, 1>(matrix, first, &[inputs[start]]) };
+            let part = [inputs[start]];
+            let sums = unsafe {
+                if matrix.offset {
+                    pass_avx2::<W, 1, true>(matrix, first, &part)
+                } else {
+                    pass_avx2::<W, 1, false>(matrix, first, &part)
+                }
+            };
             for w in 0..W {
                 results[w][start] = sums[w][0];
             }
@@ -65,7 +78,7 @@ pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
 /// # Safety
 /// As [`tile_avx2`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pass_avx2<const W: usize, const N: usize>(
+unsafe fn pass_avx2<const W: usize, const N: usize, const OFFSET: bool>(
     matrix: &Q4_1Matrix,
     first: usize,
     inputs: &[InputRow<'_>; N],
@@ -76,6 +89,7 @@ unsafe fn pass_avx2<const W: usize, const N: usize>(
     assert!((first + W) * blocks + SCALE_PADDING <= matrix.scales.len());
     for input in inputs {
         assert!(input.values.len() >= blocks * BLOCK_VALUES && input.scales.len() >= blocks);
+        assert!(input.offsets.len() >= blocks * LANES);
     }
     // SAFETY (every pointer below): rows `first..first + W` and every block of the inputs are in bounds (asserted
     // above); loads stay inside them.
@@ -86,6 +100,7 @@ unsafe fn pass_avx2<const W: usize, const N: usize>(
             .add((first + w) * pairs_per_row * PAIR_BYTES)
     });
     let values: [*const i8; N] = std::array::from_fn(|n| inputs[n].values.as_ptr());
+    let offsets: [*const i32; N] = std::array::from_fn(|n| inputs[n].offsets.as_ptr());
     let low_nibbles = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut sums = [[_mm256_setzero_ps(); N]; W];
@@ -136,11 +151,24 @@ unsafe fn pass_avx2<const W: usize, const N: usize>(
                     // SAFETY: block `block` of each input is in bounds (it is in the chunk).
                     let x =
                         unsafe { _mm256_loadu_si256(values[n].add(block * BLOCK_VALUES).cast()) };
+                    // Q4_0: `-8 · Σ x` per lane, the input's `-128 · Σ x` divided by 16 (exactly: a multiple of 16).
+                    let offset = if OFFSET {
+                        // SAFETY: the block's eight lanes of offsets are in bounds (asserted above).
+                        _mm256_srai_epi32(
+                            unsafe { _mm256_loadu_si256(offsets[n].add(block * LANES).cast()) },
+                            4,
+                        )
+                    } else {
+                        _mm256_setzero_si256()
+                    };
                     for w in 0..W {
                         // u8 × i8 pairs summed to i16 (at most 2 · 15 · 128, no overflow), then pairs of those to
                         // i32.
-                        let products =
+                        let mut products =
                             _mm256_madd_epi16(_mm256_maddubs_epi16(quantized[w], x), ones);
+                        if OFFSET {
+                            products = _mm256_add_epi32(products, offset);
+                        }
                         // SAFETY: the chunk's first `length` elements were written above.
                         let scale =
                             _mm256_broadcast_ss(unsafe { combined[w][n][block - start].assume_init_ref() });
