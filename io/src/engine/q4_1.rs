@@ -24,16 +24,21 @@ use half::f16;
 
 use super::kernel::{self, BLOCK_VALUES, InputRow, Isa, LANES, ROW_GROUP, TileDots};
 
-/// Where a 4-bit type's block keeps its parts in a GGUF file (ggml): Q4_1 is scale `d`, minimum `m` (f16 each),
-/// then the nibbles; Q4_0 is `d`, then the nibbles, and a weight is `d * (q - 8)`.
+/// Where a 4- or 5-bit type's block keeps its parts in a GGUF file (ggml): Q4_1 is scale `d`, minimum `m` (f16
+/// each), then the nibbles; Q4_0 is `d`, then the nibbles, and a weight is `d * (q - 8)`; Q5_0 is `d`, a u32 of
+/// fifth bits (bit `j` for value `j`), then the nibbles, and a weight is `d * (q - 16)`.
 #[derive(Clone, Copy)]
 struct Layout {
     /// Bytes of one block.
     block_bytes: usize,
     /// Where its nibbles start.
     nibbles_at: usize,
-    /// Whether it has a minimum (Q4_1); without one, values are offset by -8 (Q4_0).
+    /// Whether it has a minimum (Q4_1).
     minimum: bool,
+    /// What each value counts less than its bits say (Q4_0: 8, Q5_0: 16).
+    offset: u8,
+    /// Where its fifth bits are (Q5_0).
+    high_bits_at: Option<usize>,
 }
 
 impl Layout {
@@ -43,11 +48,22 @@ impl Layout {
                 block_bytes: 20,
                 nibbles_at: 4,
                 minimum: true,
+                offset: 0,
+                high_bits_at: None,
             }),
             GgmlDType::Q4_0 => Some(Self {
                 block_bytes: 18,
                 nibbles_at: 2,
                 minimum: false,
+                offset: 8,
+                high_bits_at: None,
+            }),
+            GgmlDType::Q5_0 => Some(Self {
+                block_bytes: 22,
+                nibbles_at: 6,
+                minimum: false,
+                offset: 16,
+                high_bits_at: Some(2),
             }),
             _ => None,
         }
@@ -65,10 +81,12 @@ pub(super) const SCALE_PADDING: usize = 16;
 pub struct Q4_1Matrix {
     rows: usize,
     columns: usize,
-    /// Q4_0: each value counts as `q - 8`, and there are no minimums (`minimums` is empty). ggml's Q4_0 dot product
-    /// multiplies `q - 8` with the activations; the kernels multiply `q` and add `-8 · Σ x` per lane, which gives
-    /// the same integer sums exactly.
-    pub(super) offset: bool,
+    /// What each value counts less than its bits say: 0 for Q4_1, 8 for Q4_0, 16 for Q5_0 (which have no
+    /// minimums: `minimums` is empty). ggml's dot products multiply `q - offset` with the activations; the kernels
+    /// multiply `q` and add `-offset · Σ x` per lane, which gives the same integer sums exactly.
+    pub(super) offset: u8,
+    /// Q5_0: each block's fifth bits (bit `j` for value `j`), row after row; empty for the 4-bit types.
+    pub(super) high_bits: Vec<u32>,
     /// Blocks per row.
     pub(super) blocks: usize,
     /// Each block's scale `d`, row after row, then [`SCALE_PADDING`] zeros: a kernel may load the scales of a
@@ -123,7 +141,12 @@ impl Q4_1Matrix {
         let mut matrix = Self {
             rows,
             columns,
-            offset: !layout.minimum,
+            offset: layout.offset,
+            high_bits: if layout.high_bits_at.is_some() {
+                vec![0; rows * blocks]
+            } else {
+                Vec::new()
+            },
             blocks,
             scales: vec![f16::ZERO; rows * blocks + SCALE_PADDING],
             pairs: vec![0; rows * pairs_per_row * PAIR_BYTES],
@@ -148,6 +171,7 @@ impl Q4_1Matrix {
             let mut scales = matrix.scales.as_mut_slice();
             let mut pairs = matrix.pairs.as_mut_slice();
             let mut minimums = matrix.minimums.as_mut_slice();
+            let mut high_bits = matrix.high_bits.as_mut_slice();
             let mut chunks = file_rows.chunks(rows_per_thread).peekable();
             while let Some(rows) = chunks.next() {
                 let mut part = RepackTarget {
@@ -155,6 +179,7 @@ impl Q4_1Matrix {
                     layout,
                     scales: take(&mut scales, rows.len() * blocks),
                     pairs: take(&mut pairs, rows.len() * pairs_per_row * PAIR_BYTES),
+                    high_bits: take(&mut high_bits, rows.len() * blocks),
                     minimums: take(
                         &mut minimums,
                         rows.len().div_ceil(ROW_GROUP) * blocks * ROW_GROUP,
@@ -199,9 +224,14 @@ impl Q4_1Matrix {
         (self.pairs[at] >> shift) & 0x0F
     }
 
-    /// Value `j` of block `block` of row `row` as the dot product counts it: `q`, or `q - 8` for Q4_0.
+    /// Value `j` of block `block` of row `row` as the dot product counts it: `q` (Q4_1), `q - 8` (Q4_0), or
+    /// `q - 16` with `q` taking its fifth bit (Q5_0).
     fn signed_value(&self, row: usize, block: usize, j: usize) -> i32 {
-        i32::from(self.value(row, block, j)) - if self.offset { 8 } else { 0 }
+        let fifth = match self.high_bits.get(row * self.blocks + block) {
+            Some(bits) => ((bits >> j) & 1) << 4,
+            None => 0,
+        };
+        (i32::from(self.value(row, block, j)) | fifth as i32) - i32::from(self.offset)
     }
 
     /// The minimum of block `block` of row `row`.
@@ -225,6 +255,7 @@ struct RepackTarget<'a> {
     layout: Layout,
     scales: &'a mut [f16],
     pairs: &'a mut [u8],
+    high_bits: &'a mut [u32],
     minimums: &'a mut [f32],
 }
 
@@ -237,12 +268,18 @@ impl RepackTarget<'_> {
             block_bytes,
             nibbles_at,
             minimum,
+            high_bits_at,
+            ..
         } = self.layout;
         for (block, bytes) in row_bytes.chunks_exact(block_bytes).enumerate() {
             self.scales[row * blocks + block] = f16::from_le_bytes([bytes[0], bytes[1]]);
             if minimum {
                 self.minimums[(group * blocks + block) * ROW_GROUP + row % ROW_GROUP] =
                     f16::from_le_bytes([bytes[2], bytes[3]]).to_f32();
+            }
+            if let Some(at) = high_bits_at {
+                self.high_bits[row * blocks + block] =
+                    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
             }
         }
         let row_pairs = &mut self.pairs
@@ -285,8 +322,8 @@ impl TileDots for Q4_1Matrix {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller only passes an instruction set the CPU has; shapes are checked above.
-            // Q4_0 has no VNNI kernel yet: AVX-512 CPUs have AVX2.
-            Isa::Avx512Vnni if !self.offset => unsafe {
+            // Q4_0 and Q5_0 have no VNNI kernel yet: AVX-512 CPUs have AVX2.
+            Isa::Avx512Vnni if self.offset == 0 => unsafe {
                 super::q4_1_x86::tile_avx512(self, first, &inputs)
             },
             #[cfg(target_arch = "x86_64")]
@@ -308,7 +345,7 @@ impl TileDots for Q4_1Matrix {
         group: usize,
         inputs: &[InputRow<'_>; N],
     ) -> Option<[[f32; ROW_GROUP]; N]> {
-        if self.offset {
+        if self.offset != 0 {
             return None;
         }
         let mut terms = [[0f32; ROW_GROUP]; N];
@@ -372,7 +409,7 @@ mod tests {
                 })
                 .sum();
             total += f64::from(scale) * f64::from(input.scales[block]) * products as f64;
-            if !matrix.offset {
+            if matrix.offset == 0 {
                 total += f64::from(matrix.minimum(row, block)) * f64::from(input.sums[block]);
             }
         }
@@ -381,7 +418,7 @@ mod tests {
 
     #[test]
     fn matches_the_definition_and_candle_on_every_instruction_set() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q5_0] {
             matches_the_definition_and_candle(dtype);
         }
     }
@@ -390,7 +427,7 @@ mod tests {
         for (rows, columns, count) in [(8, 64, 1), (12, 576, 3), (7, 576, 4), (5, 1536, 17)] {
             let weights = QTensor::quantize(&random((rows, columns), 1), dtype).unwrap();
             let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
-            assert_eq!(ours.offset, dtype == GgmlDType::Q4_0);
+            assert_eq!(ours.high_bits.is_empty(), dtype != GgmlDType::Q5_0);
             let input = random((count, columns), 2);
             let candle = QMatMul::from_qtensor(weights)
                 .unwrap()
@@ -469,7 +506,7 @@ mod tests {
 
     #[test]
     fn a_rows_result_does_not_depend_on_the_other_rows() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q5_0] {
             let weights = QTensor::quantize(&random((9, 576), 4), dtype).unwrap();
             let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
             assert_rows_independent(
@@ -490,7 +527,7 @@ mod tests {
             count in 1usize..10,
             seed in any::<u64>(),
             scale in prop_oneof![Just(1e-3f32), Just(1.0f32), Just(300.0f32)],
-            dtype in prop_oneof![Just(GgmlDType::Q4_1), Just(GgmlDType::Q4_0)],
+            dtype in prop_oneof![Just(GgmlDType::Q4_1), Just(GgmlDType::Q4_0), Just(GgmlDType::Q5_0)],
         ) {
             let columns = blocks * BLOCK_VALUES;
             let weights = (random((rows, columns), seed) * f64::from(scale)).unwrap();

@@ -42,26 +42,14 @@ pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
         // SAFETY: the caller's promises hold for any subset of the inputs.
         if N - start >= AVX2_INPUTS {
             let part: [InputRow<'_>; AVX2_INPUTS] = std::array::from_fn(|n| inputs[start + n]);
-            let sums = unsafe {
-                if matrix.offset {
-                    pass_avx2::<W, AVX2_INPUTS, true>(matrix, first, &part)
-                } else {
-                    pass_avx2::<W, AVX2_INPUTS, false>(matrix, first, &part)
-                }
-            };
+            let sums = unsafe { pass_for_type::<W, AVX2_INPUTS>(matrix, first, &part) };
             for w in 0..W {
                 results[w][start..start + AVX2_INPUTS].copy_from_slice(&sums[w]);
             }
             start += AVX2_INPUTS;
         } else {
             let part = [inputs[start]];
-            let sums = unsafe {
-                if matrix.offset {
-                    pass_avx2::<W, 1, true>(matrix, first, &part)
-                } else {
-                    pass_avx2::<W, 1, false>(matrix, first, &part)
-                }
-            };
+            let sums = unsafe { pass_for_type::<W, 1>(matrix, first, &part) };
             for w in 0..W {
                 results[w][start] = sums[w][0];
             }
@@ -71,6 +59,29 @@ pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
     results
 }
 
+/// [`pass_avx2`] for the matrix's type: Q4_1 (no offset), Q4_0 (`-8 · Σ x`: the input's `-128 · Σ x` shifted
+/// right by 4) or Q5_0 (fifth bits, and `-16 · Σ x`: shifted by 3). The shifts are exact: `-128 · Σ x` is a
+/// multiple of 16.
+///
+/// # Safety
+/// As [`tile_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pass_for_type<const W: usize, const N: usize>(
+    matrix: &Q4_1Matrix,
+    first: usize,
+    inputs: &[InputRow<'_>; N],
+) -> [[f32; N]; W] {
+    // SAFETY: the caller's promises.
+    unsafe {
+        match (matrix.offset, matrix.high_bits.is_empty()) {
+            (0, true) => pass_avx2::<W, N, 0, false>(matrix, first, inputs),
+            (8, true) => pass_avx2::<W, N, 4, false>(matrix, first, inputs),
+            (16, false) => pass_avx2::<W, N, 3, true>(matrix, first, inputs),
+            other => unreachable!("no 4-bit type has offset and fifth bits {other:?}"),
+        }
+    }
+}
+
 /// One pass of [`tile_avx2`]: weight rows `first..first + W` with `N` (at most [`AVX2_INPUTS`]) inputs. Each
 /// chunk's combined scales `d_w · d_x` are converted and multiplied eight at a time, then reach the multiply-adds
 /// as broadcast loads.
@@ -78,7 +89,7 @@ pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
 /// # Safety
 /// As [`tile_avx2`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pass_avx2<const W: usize, const N: usize, const OFFSET: bool>(
+unsafe fn pass_avx2<const W: usize, const N: usize, const SHIFT: i32, const HIGH: bool>(
     matrix: &Q4_1Matrix,
     first: usize,
     inputs: &[InputRow<'_>; N],
@@ -101,6 +112,25 @@ unsafe fn pass_avx2<const W: usize, const N: usize, const OFFSET: bool>(
     });
     let values: [*const i8; N] = std::array::from_fn(|n| inputs[n].values.as_ptr());
     let offsets: [*const i32; N] = std::array::from_fn(|n| inputs[n].offsets.as_ptr());
+    if HIGH {
+        assert!((first + W) * blocks <= matrix.high_bits.len());
+    }
+    // Q5_0's fifth bits of a block, as 0x10 in each byte whose bit is set (ggml's `bytes_from_bits_32`: byte `j`
+    // gets byte `j / 8` of the bits, then all-ones where its bit `j % 8` was set).
+    let spread = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let other_bits = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    let fifth = |w: usize, block: usize| -> __m256i {
+        // SAFETY: block `block` of row `first + w` is in bounds (asserted above).
+        let bits = unsafe { *matrix.high_bits.as_ptr().add((first + w) * blocks + block) };
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
+        let set = _mm256_cmpeq_epi8(_mm256_or_si256(bytes, other_bits), _mm256_set1_epi64x(-1));
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    };
     let low_nibbles = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut sums = [[_mm256_setzero_ps(); N]; W];
@@ -151,13 +181,12 @@ unsafe fn pass_avx2<const W: usize, const N: usize, const OFFSET: bool>(
                     // SAFETY: block `block` of each input is in bounds (it is in the chunk).
                     let x =
                         unsafe { _mm256_loadu_si256(values[n].add(block * BLOCK_VALUES).cast()) };
-                    // Q4_0: `-8 · Σ x` per lane, the input's `-128 · Σ x` divided by 16 (exactly: a multiple of 16).
-                    let offset = if OFFSET {
+                    // `-offset · Σ x` per lane (see `pass_for_type`).
+                    let offset = if SHIFT != 0 {
                         // SAFETY: the block's eight lanes of offsets are in bounds (asserted above).
-                        _mm256_srai_epi32(
-                            unsafe { _mm256_loadu_si256(offsets[n].add(block * LANES).cast()) },
-                            4,
-                        )
+                        _mm256_srai_epi32::<SHIFT>(unsafe {
+                            _mm256_loadu_si256(offsets[n].add(block * LANES).cast())
+                        })
                     } else {
                         _mm256_setzero_si256()
                     };
@@ -166,7 +195,7 @@ unsafe fn pass_avx2<const W: usize, const N: usize, const OFFSET: bool>(
                         // i32.
                         let mut products =
                             _mm256_madd_epi16(_mm256_maddubs_epi16(quantized[w], x), ones);
-                        if OFFSET {
+                        if SHIFT != 0 {
                             products = _mm256_add_epi32(products, offset);
                         }
                         // SAFETY: the chunk's first `length` elements were written above.
@@ -185,7 +214,12 @@ unsafe fn pass_avx2<const W: usize, const N: usize, const OFFSET: bool>(
                 // SAFETY: pair `block / 2` of each row is in bounds.
                 std::array::from_fn(|w| unsafe {
                     let packed = _mm256_loadu_si256(pairs[w].add(block / 2 * PAIR_BYTES).cast());
-                    _mm256_and_si256(packed, low_nibbles)
+                    let low = _mm256_and_si256(packed, low_nibbles);
+                    if HIGH {
+                        _mm256_or_si256(low, fifth(w, block))
+                    } else {
+                        low
+                    }
                 })
             );
             if block + 1 < start + length {
@@ -195,7 +229,12 @@ unsafe fn pass_avx2<const W: usize, const N: usize, const OFFSET: bool>(
                     std::array::from_fn(|w| unsafe {
                         let packed =
                             _mm256_loadu_si256(pairs[w].add(block / 2 * PAIR_BYTES).cast());
-                        _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles)
+                        let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
+                        if HIGH {
+                            _mm256_or_si256(high, fifth(w, block + 1))
+                        } else {
+                            high
+                        }
                     })
                 );
             }
