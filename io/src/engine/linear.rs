@@ -1,6 +1,6 @@
-//! The weight matrices of a model and how they multiply: our kernels for Q4_1 and Q8_0 ([`super::q4_1`],
-//! [`super::q8_0`]), candle's `QMatMul` for every other type, and [`Stack`]s of matrices that multiply the same
-//! input (a block's query, key and value projections; its gate and up projections).
+//! The weight matrices of a model and how they multiply: our kernels for Q4_1, Q4_0, Q5_0 and Q8_0
+//! ([`super::q4_1`], [`super::q8_0`]), candle's `QMatMul` for every other type, and [`Stack`]s of matrices that
+//! multiply the same input (a block's query, key and value projections; its gate and up projections).
 //!
 //! See [`super::llama`]'s module documentation for why a matrix may have to multiply rows one at a time
 //! (`rows_independent`) to keep each sequence of a batch bit-identical to running alone.
@@ -14,8 +14,8 @@ use super::gguf::{GgufError, GgufFile};
 use super::q4_1::Q4_1Matrix;
 use super::q8_0::Q8_0Matrix;
 
-/// A weight matrix: our AVX2 kernels for Q4_1 (candle's is scalar) and Q8_0 (candle's redoes each weight block for
-/// every row), candle's `QMatMul` for every other type.
+/// A weight matrix: our kernels for Q4_1, Q4_0 and Q5_0 (candle's are scalar or per row) and Q8_0 (candle's redoes
+/// each weight block for every row), candle's `QMatMul` for every other type.
 pub(super) struct Linear {
     kernel: Kernel,
     /// Whether one call over many rows gives each row exactly what a call with that row alone gives (see the
@@ -157,9 +157,9 @@ fn linear(tensor: QTensor, name: &str) -> Result<Linear, GgufError> {
         })
 }
 
-/// Matrices that multiply the same input, as one matrix where their kernels allow it (all Q4_1 or all Q8_0: one
-/// quantization of the input and one call to the thread pool instead of one per matrix), else one after the
-/// other. Either way the result of each part is what that matrix alone gives.
+/// Matrices that multiply the same input, as one matrix where their kernels allow it (all of one 4/5-bit type, or
+/// all Q8_0: one quantization of the input and one call to the thread pool instead of one per matrix), else one
+/// after the other. Either way the result of each part is what that matrix alone gives.
 pub(super) struct Stack {
     kernel: StackKernel,
     /// Each part's rows (its share of an output row).

@@ -1,5 +1,5 @@
 //! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3, Qwen2 layouts) on candle-core tensors: quantized weight
-//! matmuls (our AVX2 kernels for Q4_1 and Q8_0, see [`super::q4_1`] and [`super::q8_0`]; candle's `QMatMul` for
+//! matmuls (our kernels for Q4_1, Q4_0, Q5_0 and Q8_0, see [`super::q4_1`] and [`super::q8_0`]; candle's `QMatMul` for
 //! other types), RMS norms, rotary embeddings computed for each call's own positions, grouped-query
 //! causal attention over a preallocated per-sequence KV cache, and a SwiGLU feed-forward.
 //!
@@ -21,7 +21,7 @@
 //! each row from that row alone, in the same order of floating-point operations:
 //!
 //! - norms, rotary embeddings and element-wise ops are row by row;
-//! - our Q4_1 and Q8_0 kernels quantize each activation row on its own and give each (row, column) dot product
+//! - our 4/5-bit and Q8_0 kernels quantize each activation row on its own and give each (row, column) dot product
 //!   the same operations in the same order whatever the other rows (they share weight loads, not arithmetic);
 //! - candle's quantized matmul (`k_quants::matmul`) also quantizes row by row, and which dot-product routine a
 //!   column gets depends on the column, not the row count. But candle switches to repacked tile kernels for some

@@ -1,4 +1,4 @@
-//! Matmuls with Q4_1 weights, and Q4_0 weights the same way.
+//! Matmuls with Q4_1 weights, and Q4_0 and Q5_0 weights the same way (see `Layout` and `Q4_1Matrix::offset`).
 //!
 //! candle 0.11 computes Q4_1 dot products with scalar code (two thirds of SmolLM2's decode time in a profile), so
 //! for that type we run our own kernels (see [`super::kernel`] for what they share): activations are quantized
@@ -77,7 +77,7 @@ pub(super) const PAIR_BYTES: usize = 32;
 /// Scales past the last row's ([`Q4_1Matrix::scales`]): the widest load of scales a kernel makes.
 pub(super) const SCALE_PADDING: usize = 16;
 
-/// A `[rows, columns]` Q4_1 (or Q4_0) weight matrix; `forward` computes `x · Wᵀ` like candle's `QMatMul`.
+/// A `[rows, columns]` Q4_1 (or Q4_0, or Q5_0) weight matrix; `forward` computes `x · Wᵀ` like candle's `QMatMul`.
 pub struct Q4_1Matrix {
     rows: usize,
     columns: usize,
@@ -99,7 +99,7 @@ pub struct Q4_1Matrix {
 }
 
 impl Q4_1Matrix {
-    /// Takes over a two-dimensional Q4_1 or Q4_0 tensor; `None` for any other type or rank.
+    /// Takes over a two-dimensional Q4_1, Q4_0 or Q5_0 tensor; `None` for any other type or rank.
     pub fn from_qtensor(tensor: &QTensor) -> Option<Self> {
         Self::from_qtensors(&[tensor])
     }

@@ -15,9 +15,10 @@ use super::q4_1::{PAIR_BYTES, Q4_1Matrix, SCALE_PADDING};
 /// blocks never straddle two chunks.
 const CHUNK: usize = 16;
 
-/// Inputs an AVX2 pass meets at once: AVX2 has sixteen registers, and [`super::kernel::WEIGHT_ROWS_PER_PASS`] weight rows times
-/// this many inputs of accumulators, plus the weights, the input and the constants, must fit in them (four inputs
-/// spilled the accumulators to the stack: four rows cost 4.6 times one).
+/// Inputs an AVX2 pass meets at once: AVX2 has sixteen registers, and
+/// [`super::kernel::WEIGHT_ROWS_PER_PASS`] weight rows times this many inputs of accumulators, plus the weights,
+/// the input and the constants, must fit in them (four inputs spilled the accumulators to the stack: four rows
+/// cost 4.6 times one).
 const AVX2_INPUTS: usize = 2;
 
 /// Blocks whose combined scales an AVX2 pass computes before it uses them (eight at a time, one 256-bit register
