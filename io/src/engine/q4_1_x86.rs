@@ -8,18 +8,14 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{BLOCK_VALUES, InputRow, LANES, chunk_mask, chunk_mask_avx2, horizontal_sum};
+use super::kernel::{
+    BLOCK_VALUES, InputRow, LANES, chunk_mask, chunk_mask_avx2, horizontal_sum, in_pairs,
+};
 use super::q4_1::{PAIR_BYTES, Q4_1Matrix, SCALE_PADDING};
 
 /// Blocks whose scales are converted and multiplied together: one 512-bit register of f32. Even, so pairs of
 /// blocks never straddle two chunks.
 const CHUNK: usize = 16;
-
-/// Inputs an AVX2 pass meets at once: AVX2 has sixteen registers, and
-/// [`super::kernel::WEIGHT_ROWS_PER_PASS`] weight rows times this many inputs of accumulators, plus the weights,
-/// the input and the constants, must fit in them (four inputs spilled the accumulators to the stack: four rows
-/// cost 4.6 times one).
-const AVX2_INPUTS: usize = 2;
 
 /// Blocks whose combined scales an AVX2 pass computes before it uses them (eight at a time, one 256-bit register
 /// of f32): long enough that the loop over a chunk's blocks runs long. Even, so pairs of blocks never straddle two
@@ -27,7 +23,7 @@ const AVX2_INPUTS: usize = 2;
 const AVX2_CHUNK: usize = 64;
 
 /// The scaled sums (without minimum terms) of weight rows `first..first + W` with each of `inputs`:
-/// [`AVX2_INPUTS`] inputs at a time.
+/// two inputs at a time ([`in_pairs`]).
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; the rows are in range and the inputs as long as the weight rows.
@@ -37,27 +33,32 @@ pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
     first: usize,
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
-    let mut results = [[0f32; N]; W];
-    let mut start = 0;
-    while start < N {
-        // SAFETY: the caller's promises hold for any subset of the inputs.
-        if N - start >= AVX2_INPUTS {
-            let part: [InputRow<'_>; AVX2_INPUTS] = std::array::from_fn(|n| inputs[start + n]);
-            let sums = unsafe { pass_for_type::<W, AVX2_INPUTS>(matrix, first, &part) };
-            for w in 0..W {
-                results[w][start..start + AVX2_INPUTS].copy_from_slice(&sums[w]);
-            }
-            start += AVX2_INPUTS;
-        } else {
-            let part = [inputs[start]];
-            let sums = unsafe { pass_for_type::<W, 1>(matrix, first, &part) };
-            for w in 0..W {
-                results[w][start] = sums[w][0];
-            }
-            start += 1;
-        }
+    // SAFETY: the caller's promises hold for any subset of the inputs.
+    in_pairs(
+        inputs,
+        |part| unsafe { pass_for_type::<W, 2>(matrix, first, part) },
+        |part| unsafe { pass_for_type::<W, 1>(matrix, first, part) },
+    )
+}
+
+/// Where rows `first..first + W`'s pairs and the inputs' values start, after checking that those rows (and their
+/// scales) are in the matrix and that each input holds a whole row of blocks.
+fn checked_rows<const W: usize, const N: usize>(
+    matrix: &Q4_1Matrix,
+    first: usize,
+    inputs: &[InputRow<'_>; N],
+) -> ([*const u8; W], [*const i8; N]) {
+    let blocks = matrix.blocks;
+    let row_bytes = blocks.div_ceil(2) * PAIR_BYTES;
+    assert!((first + W) * row_bytes <= matrix.pairs.len());
+    assert!((first + W) * blocks <= matrix.scales.len());
+    for input in inputs {
+        assert!(input.values.len() >= blocks * BLOCK_VALUES && input.scales.len() >= blocks);
     }
-    results
+    (
+        std::array::from_fn(|w| matrix.pairs[(first + w) * row_bytes..].as_ptr()),
+        std::array::from_fn(|n| inputs[n].values.as_ptr()),
+    )
 }
 
 /// [`pass_avx2`] for the matrix's type: Q4_1 (no offset), Q4_0 (`-8 · Σ x`: the input's `-128 · Σ x` shifted
@@ -83,7 +84,7 @@ unsafe fn pass_for_type<const W: usize, const N: usize>(
     }
 }
 
-/// One pass of [`tile_avx2`]: weight rows `first..first + W` with `N` (at most [`AVX2_INPUTS`]) inputs. Each
+/// One pass of [`tile_avx2`]: weight rows `first..first + W` with `N` (at most two) inputs. Each
 /// chunk's combined scales `d_w · d_x` are converted and multiplied eight at a time, then reach the multiply-adds
 /// as broadcast loads.
 ///
@@ -96,22 +97,13 @@ unsafe fn pass_avx2<const W: usize, const N: usize, const SHIFT: i32, const HIGH
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
     let blocks = matrix.blocks;
-    let pairs_per_row = blocks.div_ceil(2);
-    assert!((first + W) * pairs_per_row * PAIR_BYTES <= matrix.pairs.len());
+    let (pairs, values) = checked_rows::<W, N>(matrix, first, inputs);
     assert!((first + W) * blocks + SCALE_PADDING <= matrix.scales.len());
     for input in inputs {
-        assert!(input.values.len() >= blocks * BLOCK_VALUES && input.scales.len() >= blocks);
         assert!(input.offsets.len() >= blocks * LANES);
     }
     // SAFETY (every pointer below): rows `first..first + W` and every block of the inputs are in bounds (asserted
-    // above); loads stay inside them.
-    let pairs: [*const u8; W] = std::array::from_fn(|w| unsafe {
-        matrix
-            .pairs
-            .as_ptr()
-            .add((first + w) * pairs_per_row * PAIR_BYTES)
-    });
-    let values: [*const i8; N] = std::array::from_fn(|n| inputs[n].values.as_ptr());
+    // above and by `checked_rows`); loads stay inside them.
     let offsets: [*const i32; N] = std::array::from_fn(|n| inputs[n].offsets.as_ptr());
     if HIGH {
         assert!((first + W) * blocks <= matrix.high_bits.len());
@@ -259,21 +251,9 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
     let blocks = matrix.blocks;
-    let pairs_per_row = blocks.div_ceil(2);
-    assert!((first + W) * pairs_per_row * PAIR_BYTES <= matrix.pairs.len());
-    assert!((first + W) * blocks <= matrix.scales.len());
-    for input in inputs {
-        assert!(input.values.len() >= blocks * BLOCK_VALUES && input.scales.len() >= blocks);
-    }
-    // SAFETY (every pointer below): rows `first..first + W` and every block of the inputs are in bounds (asserted
-    // above); loads stay inside them.
-    let pairs: [*const u8; W] = std::array::from_fn(|w| unsafe {
-        matrix
-            .pairs
-            .as_ptr()
-            .add((first + w) * pairs_per_row * PAIR_BYTES)
-    });
-    let values: [*const i8; N] = std::array::from_fn(|n| inputs[n].values.as_ptr());
+    let (pairs, values) = checked_rows::<W, N>(matrix, first, inputs);
+    // SAFETY (every pointer below): rows `first..first + W` and every block of the inputs are in bounds (checked by
+    // `checked_rows`); loads stay inside them.
     let low_nibbles = _mm256_set1_epi8(0x0F);
     let mut sums = [[_mm256_setzero_ps(); N]; W];
     let mut combined = [[[0f32; CHUNK]; N]; W];

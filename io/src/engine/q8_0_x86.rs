@@ -7,20 +7,19 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{BLOCK_VALUES, InputRow, LANES, chunk_mask, chunk_mask_avx2, horizontal_sum};
+use super::kernel::{
+    BLOCK_VALUES, InputRow, LANES, chunk_mask, chunk_mask_avx2, horizontal_sum, in_pairs,
+};
 use super::q8_0::WeightRows;
 
 /// Blocks whose scales are converted and multiplied together: one 512-bit register of f32.
 const CHUNK: usize = 16;
 
-/// Inputs an AVX2 pass meets at once (sixteen registers: see `q4_1_x86`).
-const AVX2_INPUTS: usize = 2;
-
 /// Blocks whose combined scales an AVX2 pass computes before it uses them, eight at a time (one 256-bit register
 /// of f32): long enough that the loop over a chunk's blocks runs long.
 const AVX2_CHUNK: usize = 64;
 
-/// Weight rows `first..first + W` dotted with each of `inputs`, [`AVX2_INPUTS`] inputs at a time.
+/// Weight rows `first..first + W` dotted with each of `inputs`, two inputs at a time ([`in_pairs`]).
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; the rows are in range and the inputs as long as the weight rows.
@@ -30,26 +29,12 @@ pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
     first: usize,
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
-    let mut results = [[0f32; N]; W];
-    let mut start = 0;
-    while start < N {
-        // SAFETY: the caller's promises hold for any subset of the inputs.
-        if N - start >= AVX2_INPUTS {
-            let part: [InputRow<'_>; AVX2_INPUTS] = std::array::from_fn(|n| inputs[start + n]);
-            let sums = unsafe { pass_avx2::<W, AVX2_INPUTS>(matrix, first, &part) };
-            for w in 0..W {
-                results[w][start..start + AVX2_INPUTS].copy_from_slice(&sums[w]);
-            }
-            start += AVX2_INPUTS;
-        } else {
-            let sums = unsafe { pass_avx2::<W, 1>(matrix, first, &[inputs[start]]) };
-            for w in 0..W {
-                results[w][start] = sums[w][0];
-            }
-            start += 1;
-        }
-    }
-    results
+    // SAFETY: the caller's promises hold for any subset of the inputs.
+    in_pairs(
+        inputs,
+        |part| unsafe { pass_avx2::<W, 2>(matrix, first, part) },
+        |part| unsafe { pass_avx2::<W, 1>(matrix, first, part) },
+    )
 }
 
 /// One pass of [`tile_avx2`]: each weight block loaded once for its `N` inputs; each chunk's combined scales
