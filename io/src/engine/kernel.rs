@@ -459,6 +459,32 @@ pub(super) fn chunk_mask_avx2(length: usize) -> std::arch::x86_64::__m256i {
     )
 }
 
+/// Stores eight combined scales `d_w · d_x` at `target`: the weights' eight `scales` times the input's scales at
+/// `input`, of which only the first `count` (1 to 8) are read (the lanes past them get zero times a weight scale).
+///
+/// # Safety
+/// The CPU has AVX2; `input` holds `count` floats and `target` has room for eight.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn store_combined(
+    scales: std::arch::x86_64::__m256,
+    input: *const f32,
+    count: usize,
+    target: *mut std::mem::MaybeUninit<f32>,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's promises; a masked load reads nothing past `count`.
+    unsafe {
+        let input_scales = if count == LANES {
+            _mm256_loadu_ps(input)
+        } else {
+            _mm256_maskload_ps(input, chunk_mask_avx2(count))
+        };
+        _mm256_storeu_ps(target.cast(), _mm256_mul_ps(scales, input_scales));
+    }
+}
+
 /// The sum of a register's eight lanes, in the fixed order of [`sum_lanes`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]

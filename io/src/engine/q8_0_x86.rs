@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::kernel::{
-    BLOCK_VALUES, InputRow, LANES, chunk_mask, chunk_mask_avx2, horizontal_sum, in_pairs,
+    BLOCK_VALUES, InputRow, LANES, chunk_mask, horizontal_sum, in_pairs, store_combined,
 };
 use super::q8_0::WeightRows;
 
@@ -91,16 +91,12 @@ unsafe fn pass_avx2<const W: usize, const N: usize>(
                     // SAFETY: `count` scales of the input, in bounds (a masked load reads nothing past them); a store
                     // of eight floats at `part <= AVX2_CHUNK - LANES` of an array of AVX2_CHUNK.
                     unsafe {
-                        let at = input.scales.as_ptr().add(start + part);
-                        let input_scales = if count == LANES {
-                            _mm256_loadu_ps(at)
-                        } else {
-                            _mm256_maskload_ps(at, chunk_mask_avx2(count))
-                        };
-                        _mm256_storeu_ps(
-                            combined[n].as_mut_ptr().add(part).cast(),
-                            _mm256_mul_ps(scales, input_scales),
-                        );
+                        store_combined(
+                            scales,
+                            input.scales.as_ptr().add(start + part),
+                            count,
+                            combined[n].as_mut_ptr().add(part),
+                        )
                     }
                 }
             }
