@@ -6,8 +6,8 @@
 
 use std::cell::Cell;
 
-/// A deliberate bug in the node's code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A deliberate bug in the node's code (`ollamamax-sim shell sweep --plant NAME` in a planted-bugs build).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ShellBug {
     /// A forwarded generate whose node fails midway is forwarded again to another node and streamed on, after
     /// bytes of the first answer already reached the client (tokens duplicated or spliced).

@@ -84,6 +84,10 @@ enum ShellCommand {
         /// The first seed.
         #[arg(long, default_value_t = 0)]
         start: u64,
+        /// A deliberate bug in every node (planted-bugs builds only): shows that a sweep fails, and how.
+        #[cfg(feature = "planted-bugs")]
+        #[arg(long, value_enum)]
+        plant: Option<ollamamax_server::planted::ShellBug>,
     },
 }
 
@@ -104,7 +108,20 @@ fn main() -> ExitCode {
         Command::Shell { command } => match command {
             ShellCommand::Run { seed, tick_ms } => shell_one(seed, tick_ms, false),
             ShellCommand::Replay { seed, tick_ms } => shell_one(seed, tick_ms, true),
-            ShellCommand::Sweep { seeds, start } => shell_sweep(start, seeds),
+            ShellCommand::Sweep {
+                seeds,
+                start,
+                #[cfg(feature = "planted-bugs")]
+                plant,
+            } => shell_sweep(start, seeds, |seed| {
+                #[allow(unused_mut)]
+                let mut options = shell::options::ShellOptions::from_seed(seed);
+                #[cfg(feature = "planted-bugs")]
+                {
+                    options.planted = plant;
+                }
+                options
+            }),
         },
         Command::ChainBench { members, blob_mib } => chain_bench(members, blob_mib),
     }
@@ -142,18 +159,24 @@ fn shell_one(seed: u64, tick_ms: u64, verbose: bool) -> ExitCode {
     }
 }
 
-fn shell_sweep(start: u64, count: u64) -> ExitCode {
+/// Runs seeds `start..start + count` with the options `options_of` gives each.
+fn shell_sweep(
+    start: u64,
+    count: u64,
+    options_of: impl Fn(u64) -> shell::options::ShellOptions,
+) -> ExitCode {
     let began = Instant::now();
     let mut violations = 0u64;
     let mut simulated_ms = 0u64;
     for seed in start..start + count {
-        let report = shell::run_seed(seed, false);
+        let options = options_of(seed);
+        let report = shell::run_options(&options, false);
         simulated_ms += report.simulated_ms;
         if let Some(violation) = report.violation {
             violations += 1;
             println!("seed {seed}: VIOLATION: {violation}");
             println!("  options: {:?}", report.options);
-            println!("  replay: {}", shell::replay_command(seed));
+            println!("  replay: {}", shell::replay_options_command(&options));
         }
     }
     let seconds = began.elapsed().as_secs_f64();

@@ -67,3 +67,27 @@ fn heartbeats_in_hash_map_order_are_caught_by_the_trace_comparison() {
 fn a_vote_committed_without_a_sync_is_caught() {
     assert_caught(ShellBug::UnsyncedVote, &["vote went back"]);
 }
+
+/// The CLI's sweep exits non-zero on a violation and names the seed and its replay (issue 9: a sweep in a script or
+/// CI must fail, not just print).
+#[test]
+fn a_sweep_that_finds_a_violation_exits_non_zero() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ollamamax-sim"))
+        .args([
+            "shell",
+            "sweep",
+            "--seeds",
+            "1",
+            "--plant",
+            "ack-before-commit",
+        ])
+        .output()
+        .expect("the simulator runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("1 seeds, 1 violations"), "{stdout}");
+    assert!(
+        stdout.contains("seed 0: VIOLATION") && stdout.contains("shell replay 0"),
+        "{stdout}"
+    );
+}
