@@ -7,22 +7,18 @@
 #   MODEL=/path/to/other.gguf scripts/bench-engine.sh
 #   BATCH_ONLY=1 PARALLEL=4 scripts/bench-engine.sh   # only the continuous-batching figures (no llama.cpp)
 #
-# llama.cpp comes from llama-cpp-python, built once into a cached venv (~/.cache/ollamamax/venv-llamacpp; the
-# first build takes several minutes). Prints prompt-eval tok/s, generation tok/s, load time and peak RSS for
+# llama.cpp comes from llama-cpp-python, built once into a cached venv by scripts/llama-venv.sh (the first build
+# takes several minutes). Prints prompt-eval tok/s, generation tok/s, load time and peak RSS for
 # both, with the ratio ours / llama.cpp. Then continuous batching: aggregate generation tok/s of PARALLEL (4)
 # concurrent sequences in one engine runner against one sequence, same threads (io/examples/bench_batch.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cache="${OLLAMAMAX_CACHE:-$HOME/.cache/ollamamax}"
-venv="$cache/venv-llamacpp"
 model="${MODEL:-$(./scripts/fetch-model.sh)}"
-cargo build --release -q -p ollamamax-io --example generate --example bench_batch
+# --workspace, not -p: the same features as every other build of the workspace, so nothing is rebuilt.
+cargo build --release -q --workspace --example generate --example bench_batch
 if [ "${BATCH_ONLY:-0}" != 1 ]; then
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet llama-cpp-python
-  fi
-  python3 scripts/bench_engine.py --model "$model" --llama-python "$venv/bin/python" \
+  python="$(./scripts/llama-venv.sh)"
+  python3 scripts/bench_engine.py --model "$model" --llama-python "$python" \
     --ours target/release/examples/generate --runs "${RUNS:-5}" --threads "${THREADS:-2}"
   echo
 fi

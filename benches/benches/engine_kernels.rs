@@ -1,5 +1,5 @@
-//! The engine's hot kernels: `x · Wᵀ` with Q4_1 weights (SmolLM2-135M's blocks) and with Q8_0 weights (its tied
-//! output head), our kernels on each instruction set this CPU has (`ours_avx2`, `ours_avx512vnni`, ...) against
+//! The engine's hot kernels: `x · Wᵀ` with Q4_1 weights (SmolLM2-135M's blocks), Q4_K weights (its Q4_K_M
+//! file's FFN down projections, and a Llama 3.2 1B-sized square) and with Q8_0 weights (its tied output head), our kernels on each instruction set this CPU has (`ours_avx2`, `ours_avx512vnni`, ...) against
 //! candle's own `QMatMul` on the same weights, at SmolLM2-135M's shapes.
 //! One decode step of one sequence multiplies one row; a step of four batched sequences four rows (the kernels
 //! share each weight block between up to four rows); a prompt prefill many.
@@ -20,6 +20,13 @@ const SHAPES: &[(&str, usize, usize)] = &[
     ("attn_576x576", 576, 576),
     ("ffn_up_1536x576", 1536, 576),
     ("ffn_down_576x1536", 576, 1536),
+];
+
+/// Q4_K shapes (rows are whole 256-value super-blocks): SmolLM2-135M's FFN down, and Llama 3.2 1B's attention
+/// width.
+const K_SHAPES: &[(&str, usize, usize)] = &[
+    ("ffn_down_576x1536", 576, 1536),
+    ("attn_2048x2048", 2048, 2048),
 ];
 
 /// SmolLM2-135M's output head: vocabulary x hidden width.
@@ -50,11 +57,24 @@ fn isa_name(isa: Isa) -> &'static str {
 }
 
 fn q4_1_matmul(c: &mut Criterion) {
-    let mut group = c.benchmark_group("q4_1_matmul");
+    four_bit_matmul(c, "q4_1_matmul", GgmlDType::Q4_1, SHAPES);
+}
+
+fn q4_k_matmul(c: &mut Criterion) {
+    four_bit_matmul(c, "q4_k_matmul", GgmlDType::Q4K, K_SHAPES);
+}
+
+fn four_bit_matmul(
+    c: &mut Criterion,
+    group: &str,
+    dtype: GgmlDType,
+    shapes: &[(&str, usize, usize)],
+) {
+    let mut group = c.benchmark_group(group);
     group.sample_size(30);
-    for &(name, rows, columns) in SHAPES {
-        let qtensor = weights(rows, columns, GgmlDType::Q4_1);
-        let ours = Q4_1Matrix::from_qtensor(&qtensor).expect("a Q4_1 matrix");
+    for &(name, rows, columns) in shapes {
+        let qtensor = weights(rows, columns, dtype);
+        let ours = Q4_1Matrix::from_qtensor(&qtensor).expect("a 4-bit matrix");
         let candle = QMatMul::from_qtensor(qtensor).expect("candle's QMatMul");
         for tokens in [1usize, 4, 64] {
             let x = input(tokens, columns);
@@ -98,5 +118,5 @@ fn q8_0_matmul(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, q4_1_matmul, q8_0_matmul);
+criterion_group!(benches, q4_1_matmul, q4_k_matmul, q8_0_matmul);
 criterion_main!(benches);

@@ -1,4 +1,4 @@
-//! The weight matrices of a model and how they multiply: our kernels for Q4_1, Q4_0, Q5_0 and Q8_0
+//! The weight matrices of a model and how they multiply: our kernels for Q4_1, Q4_0, Q5_0, Q4_K and Q8_0
 //! ([`super::q4_1`], [`super::q8_0`]), candle's `QMatMul` for every other type, and [`Stack`]s of matrices that
 //! multiply the same input (a block's query, key and value projections; its gate and up projections).
 //!
@@ -14,7 +14,7 @@ use super::gguf::{GgufError, GgufFile};
 use super::q4_1::Q4_1Matrix;
 use super::q8_0::Q8_0Matrix;
 
-/// A weight matrix: our kernels for Q4_1, Q4_0 and Q5_0 (candle's are scalar or per row) and Q8_0 (candle's redoes
+/// A weight matrix: our kernels for Q4_1, Q4_0, Q5_0 and Q4_K (candle's are scalar or per row) and Q8_0 (candle's redoes
 /// each weight block for every row), candle's `QMatMul` for every other type.
 pub(super) struct Linear {
     kernel: Kernel,

@@ -1,5 +1,5 @@
 //! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3, Qwen2 layouts) on candle-core tensors: quantized weight
-//! matmuls (our kernels for Q4_1, Q4_0, Q5_0 and Q8_0, see [`super::q4_1`] and [`super::q8_0`]; candle's `QMatMul` for
+//! matmuls (our kernels for Q4_1, Q4_0, Q5_0, Q4_K and Q8_0, see [`super::q4_1`] and [`super::q8_0`]; candle's `QMatMul` for
 //! other types), RMS norms, rotary embeddings computed for each call's own positions, grouped-query
 //! causal attention over a preallocated per-sequence KV cache, and a SwiGLU feed-forward.
 //!

@@ -32,6 +32,7 @@ pub mod pretokenize;
 pub mod q4_1;
 #[cfg(target_arch = "x86_64")]
 mod q4_1_x86;
+mod q4_k;
 pub mod q8_0;
 #[cfg(target_arch = "x86_64")]
 mod q8_0_x86;

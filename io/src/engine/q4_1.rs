@@ -1,4 +1,5 @@
-//! Matmuls with Q4_1 weights, and Q4_0 and Q5_0 weights the same way (see `Layout` and `Q4_1Matrix::offset`).
+//! Matmuls with Q4_1 weights, and Q4_0, Q5_0 and Q4_K weights the same way (see `Layout`, `Q4_1Matrix::offset`
+//! and [`SuperBlocks`]).
 //!
 //! candle 0.11 computes Q4_1 dot products with scalar code (two thirds of SmolLM2's decode time in a profile), so
 //! for that type we run our own kernels (see [`super::kernel`] for what they share): activations are quantized
@@ -23,22 +24,26 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
 use super::kernel::{self, BLOCK_VALUES, InputRow, Isa, LANES, ROW_GROUP, TileDots};
+pub(super) use super::q4_k::{SUPER_BLOCK, SuperBlocks};
 
 /// Where a 4- or 5-bit type's block keeps its parts in a GGUF file (ggml): Q4_1 is scale `d`, minimum `m` (f16
 /// each), then the nibbles; Q4_0 is `d`, then the nibbles, and a weight is `d * (q - 8)`; Q5_0 is `d`, a u32 of
-/// fifth bits (bit `j` for value `j`), then the nibbles, and a weight is `d * (q - 16)`.
+/// fifth bits (bit `j` for value `j`), then the nibbles, and a weight is `d * (q - 16)`. Q4_K is described per
+/// super-block of [`SUPER_BLOCK`] blocks instead (see [`SuperBlocks`]).
 #[derive(Clone, Copy)]
-struct Layout {
-    /// Bytes of one block.
-    block_bytes: usize,
+pub(super) struct Layout {
+    /// Bytes of one block (Q4_K: of one super-block).
+    pub(super) block_bytes: usize,
     /// Where its nibbles start.
-    nibbles_at: usize,
+    pub(super) nibbles_at: usize,
     /// Whether it has a minimum (Q4_1).
-    minimum: bool,
+    pub(super) minimum: bool,
     /// What each value counts less than its bits say (Q4_0: 8, Q5_0: 16).
-    offset: u8,
+    pub(super) offset: u8,
     /// Where its fifth bits are (Q5_0).
-    high_bits_at: Option<usize>,
+    pub(super) high_bits_at: Option<usize>,
+    /// Whether blocks come in super-blocks with 6-bit scales and minimums (Q4_K).
+    pub(super) k_quant: bool,
 }
 
 impl Layout {
@@ -50,6 +55,7 @@ impl Layout {
                 minimum: true,
                 offset: 0,
                 high_bits_at: None,
+                k_quant: false,
             }),
             GgmlDType::Q4_0 => Some(Self {
                 block_bytes: 18,
@@ -57,6 +63,7 @@ impl Layout {
                 minimum: false,
                 offset: 8,
                 high_bits_at: None,
+                k_quant: false,
             }),
             GgmlDType::Q5_0 => Some(Self {
                 block_bytes: 22,
@@ -64,6 +71,16 @@ impl Layout {
                 minimum: false,
                 offset: 16,
                 high_bits_at: Some(2),
+                k_quant: false,
+            }),
+            // d (f16), dmin (f16), 12 bytes of 6-bit scales and minimums, then 128 bytes of nibbles.
+            GgmlDType::Q4K => Some(Self {
+                block_bytes: 144,
+                nibbles_at: 16,
+                minimum: true,
+                offset: 0,
+                high_bits_at: None,
+                k_quant: true,
             }),
             _ => None,
         }
@@ -74,7 +91,8 @@ const NIBBLE_BYTES: usize = 16;
 /// Bytes holding two blocks' values (see the module documentation).
 pub(super) const PAIR_BYTES: usize = 32;
 
-/// Scales past the last row's ([`Q4_1Matrix::scales`]): the widest load of scales a kernel makes.
+/// Scales past the last row's ([`Q4_1Matrix::scales`], [`SuperBlocks::scales`]): the widest load of scales a
+/// kernel makes.
 pub(super) const SCALE_PADDING: usize = 16;
 
 /// A `[rows, columns]` Q4_1 (or Q4_0, or Q5_0) weight matrix; `forward` computes `x · Wᵀ` like candle's `QMatMul`.
@@ -90,16 +108,19 @@ pub struct Q4_1Matrix {
     /// Blocks per row.
     pub(super) blocks: usize,
     /// Each block's scale `d`, row after row, then [`SCALE_PADDING`] zeros: a kernel may load the scales of a
-    /// chunk of blocks whole, past the end of the last row.
+    /// chunk of blocks whole, past the end of the last row. Empty for Q4_K.
     pub(super) scales: Vec<f16>,
+    /// Q4_K's scales and minimums (`scales` and `minimums` are then empty).
+    pub(super) super_blocks: Option<Box<SuperBlocks>>,
     /// Per row, `blocks.div_ceil(2)` pairs of blocks' values, [`PAIR_BYTES`] each.
     pub(super) pairs: Vec<u8>,
     /// Per group of [`ROW_GROUP`] rows, per block, the group's rows' minimums `m` (zero past the last row).
+    /// Empty for Q4_K.
     pub(super) minimums: Vec<f32>,
 }
 
 impl Q4_1Matrix {
-    /// Takes over a two-dimensional Q4_1, Q4_0 or Q5_0 tensor; `None` for any other type or rank.
+    /// Takes over a two-dimensional Q4_1, Q4_0, Q5_0 or Q4_K tensor; `None` for any other type or rank.
     pub fn from_qtensor(tensor: &QTensor) -> Option<Self> {
         Self::from_qtensors(&[tensor])
     }
@@ -121,8 +142,13 @@ impl Q4_1Matrix {
             shapes.push(part.shape().dims2().ok()?);
         }
         let (&(_, columns), others) = shapes.split_last()?;
+        let block_values = if layout.k_quant {
+            SUPER_BLOCK * BLOCK_VALUES
+        } else {
+            BLOCK_VALUES
+        };
         if columns == 0
-            || !columns.is_multiple_of(BLOCK_VALUES)
+            || !columns.is_multiple_of(block_values)
             || shapes.iter().any(|&(_, width)| width != columns)
             || others
                 .iter()
@@ -133,11 +159,13 @@ impl Q4_1Matrix {
         let rows: usize = shapes.iter().map(|&(rows, _)| rows).sum();
         let blocks = columns / BLOCK_VALUES;
         let pairs_per_row = blocks.div_ceil(2);
-        let minimum_groups = if layout.minimum {
-            rows.div_ceil(ROW_GROUP)
+        let groups = rows.div_ceil(ROW_GROUP);
+        let minimum_groups = if layout.minimum && !layout.k_quant {
+            groups
         } else {
             0
         };
+        let supers = blocks / SUPER_BLOCK;
         let mut matrix = Self {
             rows,
             columns,
@@ -148,7 +176,19 @@ impl Q4_1Matrix {
                 Vec::new()
             },
             blocks,
-            scales: vec![f16::ZERO; rows * blocks + SCALE_PADDING],
+            scales: if layout.k_quant {
+                Vec::new()
+            } else {
+                vec![f16::ZERO; rows * blocks + SCALE_PADDING]
+            },
+            super_blocks: layout.k_quant.then(|| {
+                Box::new(SuperBlocks {
+                    scales: vec![f16::ZERO; rows * supers + SCALE_PADDING],
+                    block_scales: vec![0; rows * blocks + SCALE_PADDING],
+                    minimums: vec![0.0; groups * supers * ROW_GROUP],
+                    block_minimums: vec![0; groups * blocks * ROW_GROUP],
+                })
+            }),
             pairs: vec![0; rows * pairs_per_row * PAIR_BYTES],
             minimums: vec![0.0; minimum_groups * blocks * ROW_GROUP],
         };
@@ -158,10 +198,11 @@ impl Q4_1Matrix {
             .collect::<Option<Vec<_>>>()?;
         let mut file_rows = Vec::with_capacity(rows);
         for (data, &(part_rows, _)) in data.iter().zip(&shapes) {
-            if data.len() != part_rows * blocks * layout.block_bytes {
+            let row_bytes = columns / block_values * layout.block_bytes;
+            if data.len() != part_rows * row_bytes {
                 return None;
             }
-            file_rows.extend(data.chunks_exact(blocks * layout.block_bytes));
+            file_rows.extend(data.chunks_exact(row_bytes));
         }
         // Repacked on the engine's threads (a third of load time on one): each thread takes whole groups of rows,
         // whose scales, values and minimums are disjoint parts of the arrays.
@@ -172,6 +213,16 @@ impl Q4_1Matrix {
             let mut pairs = matrix.pairs.as_mut_slice();
             let mut minimums = matrix.minimums.as_mut_slice();
             let mut high_bits = matrix.high_bits.as_mut_slice();
+            let (mut super_scales, mut block_scales, mut super_minimums, mut block_minimums) =
+                match &mut matrix.super_blocks {
+                    Some(k) => (
+                        k.scales.as_mut_slice(),
+                        k.block_scales.as_mut_slice(),
+                        k.minimums.as_mut_slice(),
+                        k.block_minimums.as_mut_slice(),
+                    ),
+                    None => (&mut [][..], &mut [][..], &mut [][..], &mut [][..]),
+                };
             let mut chunks = file_rows.chunks(rows_per_thread).peekable();
             while let Some(rows) = chunks.next() {
                 let mut part = RepackTarget {
@@ -182,6 +233,16 @@ impl Q4_1Matrix {
                     high_bits: take(&mut high_bits, rows.len() * blocks),
                     minimums: take(
                         &mut minimums,
+                        rows.len().div_ceil(ROW_GROUP) * blocks * ROW_GROUP,
+                    ),
+                    super_scales: take(&mut super_scales, rows.len() * supers),
+                    block_scales: take(&mut block_scales, rows.len() * blocks),
+                    super_minimums: take(
+                        &mut super_minimums,
+                        rows.len().div_ceil(ROW_GROUP) * supers * ROW_GROUP,
+                    ),
+                    block_minimums: take(
+                        &mut block_minimums,
                         rows.len().div_ceil(ROW_GROUP) * blocks * ROW_GROUP,
                     ),
                 };
@@ -224,6 +285,17 @@ impl Q4_1Matrix {
         (self.pairs[at] >> shift) & 0x0F
     }
 
+    /// Block `block` of row `row`'s scale: `d`, or Q4_K's `d · sc` (exact in f32).
+    fn block_scale(&self, row: usize, block: usize) -> f32 {
+        match &self.super_blocks {
+            Some(k) => {
+                let scale = k.scales[row * (self.blocks / SUPER_BLOCK) + block / SUPER_BLOCK];
+                scale.to_f32() * f32::from(k.block_scales[row * self.blocks + block])
+            }
+            None => self.scales[row * self.blocks + block].to_f32(),
+        }
+    }
+
     /// Value `j` of block `block` of row `row` as the dot product counts it: `q` (Q4_1), `q - 8` (Q4_0), or
     /// `q - 16` with `q` taking its fifth bit (Q5_0).
     fn signed_value(&self, row: usize, block: usize, j: usize) -> i32 {
@@ -234,10 +306,18 @@ impl Q4_1Matrix {
         (i32::from(self.value(row, block, j)) | fifth as i32) - i32::from(self.offset)
     }
 
-    /// The minimum of block `block` of row `row`.
+    /// The minimum of block `block` of row `row`: `m`, or Q4_K's `-dmin · m`.
     #[cfg(test)]
     fn minimum(&self, row: usize, block: usize) -> f32 {
-        self.minimums[((row / ROW_GROUP) * self.blocks + block) * ROW_GROUP + row % ROW_GROUP]
+        let (group, at) = (row / ROW_GROUP, row % ROW_GROUP);
+        match &self.super_blocks {
+            Some(k) => {
+                let supers = self.blocks / SUPER_BLOCK;
+                k.minimums[(group * supers + block / SUPER_BLOCK) * ROW_GROUP + at]
+                    * f32::from(k.block_minimums[(group * self.blocks + block) * ROW_GROUP + at])
+            }
+            None => self.minimums[(group * self.blocks + block) * ROW_GROUP + at],
+        }
     }
 }
 
@@ -250,18 +330,25 @@ fn take<'a, T>(slice: &mut &'a mut [T], length: usize) -> &'a mut [T] {
 }
 
 /// Whole groups of a matrix's rows being repacked ([`Q4_1Matrix::from_qtensors`]): their parts of its arrays.
-struct RepackTarget<'a> {
-    blocks: usize,
-    layout: Layout,
-    scales: &'a mut [f16],
-    pairs: &'a mut [u8],
-    high_bits: &'a mut [u32],
-    minimums: &'a mut [f32],
+pub(super) struct RepackTarget<'a> {
+    pub(super) blocks: usize,
+    pub(super) layout: Layout,
+    pub(super) scales: &'a mut [f16],
+    pub(super) pairs: &'a mut [u8],
+    pub(super) high_bits: &'a mut [u32],
+    pub(super) minimums: &'a mut [f32],
+    pub(super) super_scales: &'a mut [f16],
+    pub(super) block_scales: &'a mut [u8],
+    pub(super) super_minimums: &'a mut [f32],
+    pub(super) block_minimums: &'a mut [u8],
 }
 
 impl RepackTarget<'_> {
     /// Fills row `row` (counting from the first row of these groups) from its blocks as the file has them.
     fn repack_row(&mut self, row: usize, row_bytes: &[u8]) {
+        if self.layout.k_quant {
+            return self.repack_k_row(row, row_bytes);
+        }
         let (blocks, pairs_per_row) = (self.blocks, self.blocks.div_ceil(2));
         let group = row / ROW_GROUP;
         let Layout {
@@ -322,15 +409,10 @@ impl TileDots for Q4_1Matrix {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller only passes an instruction set the CPU has; shapes are checked above.
-            // Q4_0 and Q5_0 have no VNNI kernel yet: AVX-512 CPUs have AVX2.
-            Isa::Avx512Vnni if self.offset == 0 => unsafe {
-                super::q4_1_x86::tile_avx512(self, first, &inputs)
-            },
+            Isa::Avx512Vnni => unsafe { super::q4_1_x86::tile_avx512(self, first, &inputs) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Isa::Avx2 | Isa::Avx512Vnni => unsafe {
-                super::q4_1_x86::tile_avx2(self, first, &inputs)
-            },
+            Isa::Avx2 => unsafe { super::q4_1_x86::tile_avx2(self, first, &inputs) },
             _ => std::array::from_fn(|w| {
                 inputs.map(|input| self.scaled_sum_portable(first + w, input))
             }),
@@ -347,6 +429,9 @@ impl TileDots for Q4_1Matrix {
     ) -> Option<[[f32; ROW_GROUP]; N]> {
         if self.offset != 0 {
             return None;
+        }
+        if let Some(k) = &self.super_blocks {
+            return Some(self.k_group_terms(k, group, inputs));
         }
         let mut terms = [[0f32; ROW_GROUP]; N];
         let group_size = self.blocks * ROW_GROUP;
@@ -373,7 +458,7 @@ impl Q4_1Matrix {
         let mut lanes = [0f32; LANES];
         for block in 0..self.blocks {
             let values = &input.values[block * BLOCK_VALUES..(block + 1) * BLOCK_VALUES];
-            let combined = self.scales[row * self.blocks + block].to_f32() * input.scales[block];
+            let combined = self.block_scale(row, block) * input.scales[block];
             for (lane, accumulator) in lanes.iter_mut().enumerate() {
                 let sum: i32 = (lane * 4..lane * 4 + 4)
                     .map(|j| self.signed_value(row, block, j) * i32::from(values[j]))
@@ -386,166 +471,5 @@ impl Q4_1Matrix {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::kernel::QuantizedRows;
-    use crate::engine::kernel::test_support::{
-        assert_rows_independent, first_isa_that_differs, random,
-    };
-    use candle_core::Module;
-    use candle_core::quantized::QMatMul;
-    use proptest::prelude::*;
-
-    /// The plain definition: `Σ (d_w q + m_w)(d_x x)` (Q4_1) or `Σ d_w (q - 8) (d_x x)` (Q4_0) with ggml's
-    /// quantized sums, in f64.
-    fn definition(matrix: &Q4_1Matrix, row: usize, input: InputRow<'_>) -> f64 {
-        let mut total = 0f64;
-        for block in 0..matrix.blocks {
-            let scale = matrix.scales[row * matrix.blocks + block].to_f32();
-            let products: i64 = (0..32)
-                .map(|j| {
-                    i64::from(matrix.signed_value(row, block, j))
-                        * i64::from(input.values[block * 32 + j])
-                })
-                .sum();
-            total += f64::from(scale) * f64::from(input.scales[block]) * products as f64;
-            if matrix.offset == 0 {
-                total += f64::from(matrix.minimum(row, block)) * f64::from(input.sums[block]);
-            }
-        }
-        total
-    }
-
-    #[test]
-    fn matches_the_definition_and_candle_on_every_instruction_set() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q5_0] {
-            matches_the_definition_and_candle(dtype);
-        }
-    }
-
-    fn matches_the_definition_and_candle(dtype: GgmlDType) {
-        for (rows, columns, count) in [(8, 64, 1), (12, 576, 3), (7, 576, 4), (5, 1536, 17)] {
-            let weights = QTensor::quantize(&random((rows, columns), 1), dtype).unwrap();
-            let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
-            assert_eq!(ours.high_bits.is_empty(), dtype != GgmlDType::Q5_0);
-            let input = random((count, columns), 2);
-            let candle = QMatMul::from_qtensor(weights)
-                .unwrap()
-                .forward(&input)
-                .unwrap();
-            let candle = candle.to_vec2::<f32>().unwrap();
-            let quantized =
-                QuantizedRows::new(&input.flatten_all().unwrap().to_vec1().unwrap(), columns);
-            for isa in Isa::available() {
-                let got = ours
-                    .forward_on(isa, &input)
-                    .unwrap()
-                    .to_vec2::<f32>()
-                    .unwrap();
-                for row in 0..count {
-                    for column in 0..rows {
-                        let reference = definition(&ours, column, quantized.row(row)) as f32;
-                        let value = got[row][column];
-                        assert!(
-                            (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
-                            "{dtype:?} {isa:?}: {value} vs {reference}"
-                        );
-                        let other = candle[row][column];
-                        assert!(
-                            (value - other).abs() <= 2e-2 * (1.0 + other.abs()),
-                            "{dtype:?} {isa:?}: {value} vs candle {other}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_stack_gives_each_parts_bits() {
-        let parts: Vec<QTensor> = [(32, 576), (16, 576), (9, 576)]
-            .iter()
-            .zip(20..)
-            .map(|(&shape, seed)| QTensor::quantize(&random(shape, seed), GgmlDType::Q4_1).unwrap())
-            .collect();
-        let references: Vec<&QTensor> = parts.iter().collect();
-        let stacked = Q4_1Matrix::from_qtensors(&references).expect("whole groups, then any rows");
-        let x = random((3, 576), 30);
-        let inputs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let together = stacked.forward_rows(&inputs);
-        let alone: Vec<Vec<f32>> = parts
-            .iter()
-            .map(|part| {
-                Q4_1Matrix::from_qtensor(part)
-                    .unwrap()
-                    .forward_rows(&inputs)
-            })
-            .collect();
-        for row in 0..3 {
-            let expected: Vec<u32> = alone
-                .iter()
-                .flat_map(|part| {
-                    let width = part.len() / 3;
-                    part[row * width..(row + 1) * width]
-                        .iter()
-                        .map(|v| v.to_bits())
-                })
-                .collect();
-            let found: Vec<u32> = together[row * 57..(row + 1) * 57]
-                .iter()
-                .map(|v| v.to_bits())
-                .collect();
-            assert_eq!(found, expected, "row {row}");
-        }
-        // A part of 9 rows before another would share a group of minimums with it.
-        assert!(Q4_1Matrix::from_qtensors(&[&parts[2], &parts[0]]).is_none());
-        let narrow = QTensor::quantize(&random((16, 64), 31), GgmlDType::Q4_1).unwrap();
-        assert!(Q4_1Matrix::from_qtensors(&[&parts[0], &narrow]).is_none());
-        assert!(Q4_1Matrix::from_qtensors(&[]).is_none());
-    }
-
-    #[test]
-    fn a_rows_result_does_not_depend_on_the_other_rows() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q5_0] {
-            let weights = QTensor::quantize(&random((9, 576), 4), dtype).unwrap();
-            let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
-            assert_rows_independent(
-                |isa, x| ours.forward_on(isa, x).unwrap(),
-                &random((9, 576), 5),
-            );
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
-
-        /// Every instruction set gives the portable kernel's bits, for any shape and any mix of rows.
-        #[test]
-        fn every_instruction_set_gives_the_portable_bits(
-            rows in 1usize..11,
-            blocks in 1usize..40,
-            count in 1usize..10,
-            seed in any::<u64>(),
-            scale in prop_oneof![Just(1e-3f32), Just(1.0f32), Just(300.0f32)],
-            dtype in prop_oneof![Just(GgmlDType::Q4_1), Just(GgmlDType::Q4_0), Just(GgmlDType::Q5_0)],
-        ) {
-            let columns = blocks * BLOCK_VALUES;
-            let weights = (random((rows, columns), seed) * f64::from(scale)).unwrap();
-            let weights = QTensor::quantize(&weights, dtype).unwrap();
-            let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
-            let input = (random((count, columns), seed ^ 0x5555) * f64::from(scale)).unwrap();
-            let differs = first_isa_that_differs(|isa, x| ours.forward_on(isa, x).unwrap(), &input);
-            prop_assert_eq!(differs, None);
-        }
-    }
-
-    #[test]
-    fn other_types_are_declined() {
-        let weights = QTensor::quantize(&random((4, 32), 3), GgmlDType::Q8_0).unwrap();
-        assert!(Q4_1Matrix::from_qtensor(&weights).is_none());
-        // Both 4-bit types, but not in one stack.
-        let q4_0 = QTensor::quantize(&random((16, 32), 3), GgmlDType::Q4_0).unwrap();
-        let q4_1 = QTensor::quantize(&random((16, 32), 3), GgmlDType::Q4_1).unwrap();
-        assert!(Q4_1Matrix::from_qtensors(&[&q4_1, &q4_0]).is_none());
-    }
-}
+#[path = "q4_1_tests.rs"]
+mod tests;

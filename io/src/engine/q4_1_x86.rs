@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use super::kernel::{
     BLOCK_VALUES, InputRow, LANES, chunk_mask, horizontal_sum, in_pairs, store_combined,
 };
-use super::q4_1::{PAIR_BYTES, Q4_1Matrix, SCALE_PADDING};
+use super::q4_1::{PAIR_BYTES, Q4_1Matrix, SCALE_PADDING, SUPER_BLOCK};
 
 /// Blocks whose scales are converted and multiplied together: one 512-bit register of f32. Even, so pairs of
 /// blocks never straddle two chunks.
@@ -51,7 +51,10 @@ fn checked_rows<const W: usize, const N: usize>(
     let blocks = matrix.blocks;
     let row_bytes = blocks.div_ceil(2) * PAIR_BYTES;
     assert!((first + W) * row_bytes <= matrix.pairs.len());
-    assert!((first + W) * blocks <= matrix.scales.len());
+    match &matrix.super_blocks {
+        Some(k) => assert!((first + W) * blocks <= k.block_scales.len()),
+        None => assert!((first + W) * blocks <= matrix.scales.len()),
+    }
     for input in inputs {
         assert!(input.values.len() >= blocks * BLOCK_VALUES && input.scales.len() >= blocks);
     }
@@ -61,9 +64,48 @@ fn checked_rows<const W: usize, const N: usize>(
     )
 }
 
-/// [`pass_avx2`] for the matrix's type: Q4_1 (no offset), Q4_0 (`-8 · Σ x`: the input's `-128 · Σ x` shifted
-/// right by 4) or Q5_0 (fifth bits, and `-16 · Σ x`: shifted by 3). The shifts are exact: `-128 · Σ x` is a
-/// multiple of 16.
+/// Calls `$kernel::<W, N, SHIFT, HIGH, K>(matrix, first, inputs)` for the matrix's type: Q4_1 (no offset), Q4_0
+/// (`-8 · Σ x`: the input's `-128 · Σ x` shifted right by 4), Q5_0 (fifth bits, and `-16 · Σ x`: shifted by
+/// 3) or Q4_K (scales `d · sc`). The shifts are exact: `-128 · Σ x` is a multiple of 16.
+macro_rules! for_type {
+    ($kernel:ident::<$w:ident, $n:ident>($matrix:expr, $first:expr, $inputs:expr)) => {
+        match (
+            $matrix.offset,
+            $matrix.high_bits.is_empty(),
+            $matrix.super_blocks.is_some(),
+        ) {
+            (0, true, false) => $kernel::<$w, $n, 0, false, false>($matrix, $first, $inputs),
+            (0, true, true) => $kernel::<$w, $n, 0, false, true>($matrix, $first, $inputs),
+            (8, true, false) => $kernel::<$w, $n, 4, false, false>($matrix, $first, $inputs),
+            (16, false, false) => $kernel::<$w, $n, 3, true, false>($matrix, $first, $inputs),
+            other => {
+                unreachable!("no 4-bit type has offset, fifth bits and super-blocks {other:?}")
+            }
+        }
+    };
+}
+
+/// The scales of blocks `at..at + 8` (one super-block's) of row `row` of a Q4_K matrix, `d · sc`, exact.
+///
+/// # Safety
+/// The CPU has AVX2; `at` is a multiple of [`SUPER_BLOCK`] less than the row's blocks and the row is in range.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn k_scales_avx2(matrix: &Q4_1Matrix, row: usize, at: usize) -> __m256 {
+    let k = matrix.super_blocks.as_ref().expect("a Q4_K matrix");
+    let supers = matrix.blocks / SUPER_BLOCK;
+    let scale = k.scales[row * supers + at / SUPER_BLOCK].to_f32();
+    let index = row * matrix.blocks + at;
+    assert!(index + SUPER_BLOCK <= k.block_scales.len());
+    // SAFETY: eight bytes of scales in bounds (asserted).
+    let block_scales = unsafe { _mm_loadl_epi64(k.block_scales.as_ptr().add(index).cast()) };
+    _mm256_mul_ps(
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(block_scales)),
+        _mm256_set1_ps(scale),
+    )
+}
+
+/// [`pass_avx2`] for the matrix's type ([`for_type`]).
 ///
 /// # Safety
 /// As [`tile_avx2`].
@@ -74,14 +116,7 @@ unsafe fn pass_for_type<const W: usize, const N: usize>(
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
     // SAFETY: the caller's promises.
-    unsafe {
-        match (matrix.offset, matrix.high_bits.is_empty()) {
-            (0, true) => pass_avx2::<W, N, 0, false>(matrix, first, inputs),
-            (8, true) => pass_avx2::<W, N, 4, false>(matrix, first, inputs),
-            (16, false) => pass_avx2::<W, N, 3, true>(matrix, first, inputs),
-            other => unreachable!("no 4-bit type has offset and fifth bits {other:?}"),
-        }
-    }
+    unsafe { for_type!(pass_avx2::<W, N>(matrix, first, inputs)) }
 }
 
 /// One pass of [`tile_avx2`]: weight rows `first..first + W` with `N` (at most two) inputs. Each
@@ -91,14 +126,22 @@ unsafe fn pass_for_type<const W: usize, const N: usize>(
 /// # Safety
 /// As [`tile_avx2`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pass_avx2<const W: usize, const N: usize, const SHIFT: i32, const HIGH: bool>(
+unsafe fn pass_avx2<
+    const W: usize,
+    const N: usize,
+    const SHIFT: i32,
+    const HIGH: bool,
+    const K: bool,
+>(
     matrix: &Q4_1Matrix,
     first: usize,
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
     let blocks = matrix.blocks;
     let (pairs, values) = checked_rows::<W, N>(matrix, first, inputs);
-    assert!((first + W) * blocks + SCALE_PADDING <= matrix.scales.len());
+    if !K {
+        assert!((first + W) * blocks + SCALE_PADDING <= matrix.scales.len());
+    }
     for input in inputs {
         assert!(input.offsets.len() >= blocks * LANES);
     }
@@ -138,11 +181,16 @@ unsafe fn pass_avx2<const W: usize, const N: usize, const SHIFT: i32, const HIGH
                 let at = start + part;
                 let count = (length - part).min(LANES);
                 // SAFETY: eight f16 scales from the row's (those past its end, up to SCALE_PADDING past the last
-                // row's, meet masked-out input scales and are never read back).
+                // row's, meet masked-out input scales and are never read back). Q4_K rows are whole super-blocks,
+                // and a chunk starts at a multiple of eight blocks.
                 let scales = unsafe {
-                    _mm256_cvtph_ps(_mm_loadu_si128(
-                        matrix.scales.as_ptr().add(row_start + at).cast(),
-                    ))
+                    if K {
+                        k_scales_avx2(matrix, first + w, at)
+                    } else {
+                        _mm256_cvtph_ps(_mm_loadu_si128(
+                            matrix.scales.as_ptr().add(row_start + at).cast(),
+                        ))
+                    }
                 };
                 for (n, input) in inputs.iter().enumerate() {
                     // SAFETY: `count` scales of the input, in bounds (a masked load reads nothing past them); a store
@@ -246,11 +294,49 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
     first: usize,
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
+    // SAFETY: the caller's promises.
+    unsafe { for_type!(tile_avx512_typed::<W, N>(matrix, first, inputs)) }
+}
+
+/// [`tile_avx512`] for one type ([`for_type`]): the offset term `-offset · Σ x` is the start value of each
+/// block's `vpdpbusd`, and Q5_0's fifth bits are a byte mask that adds 16 where a bit is set.
+///
+/// # Safety
+/// As [`tile_avx512`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_avx512_typed<
+    const W: usize,
+    const N: usize,
+    const SHIFT: i32,
+    const HIGH: bool,
+    const K: bool,
+>(
+    matrix: &Q4_1Matrix,
+    first: usize,
+    inputs: &[InputRow<'_>; N],
+) -> [[f32; N]; W] {
     let blocks = matrix.blocks;
     let (pairs, values) = checked_rows::<W, N>(matrix, first, inputs);
+    if SHIFT != 0 {
+        for input in inputs {
+            assert!(input.offsets.len() >= blocks * LANES);
+        }
+    }
+    if HIGH {
+        assert!((first + W) * blocks <= matrix.high_bits.len());
+    }
     // SAFETY (every pointer below): rows `first..first + W` and every block of the inputs are in bounds (checked by
-    // `checked_rows`); loads stay inside them.
+    // `checked_rows` and above); loads stay inside them.
+    let offsets: [*const i32; N] = std::array::from_fn(|n| inputs[n].offsets.as_ptr());
+    let high_bits: [*const u32; W] = std::array::from_fn(|w| {
+        if HIGH {
+            matrix.high_bits[(first + w) * blocks..].as_ptr()
+        } else {
+            std::ptr::null()
+        }
+    });
     let low_nibbles = _mm256_set1_epi8(0x0F);
+    let sixteen = _mm256_set1_epi8(0x10);
     let mut sums = [[_mm256_setzero_ps(); N]; W];
     let mut combined = [[[0f32; CHUNK]; N]; W];
     let mut start = 0;
@@ -262,8 +348,22 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
             // SAFETY: masked loads of the chunk's `length` scales, inside the row and the inputs; stores of sixteen
             // floats into arrays of sixteen.
             unsafe {
-                let at = matrix.scales.as_ptr().add((first + w) * blocks + start);
-                let scales = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, at.cast()));
+                let scales = if K {
+                    // Q4_K: a chunk is one or two whole super-blocks.
+                    let low = k_scales_avx2(matrix, first + w, start);
+                    let high = if length > SUPER_BLOCK {
+                        k_scales_avx2(matrix, first + w, start + SUPER_BLOCK)
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                        _mm512_castpd256_pd512(_mm256_castps_pd(low)),
+                        _mm256_castps_pd(high),
+                    ))
+                } else {
+                    let at = matrix.scales.as_ptr().add((first + w) * blocks + start);
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, at.cast()))
+                };
                 for (n, input) in inputs.iter().enumerate() {
                     let input_scales =
                         _mm512_maskz_loadu_ps(mask, input.scales.as_ptr().add(start));
@@ -277,40 +377,65 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
         // Read back from memory: each product then reaches the multiply-add as a broadcast memory operand, where
         // the optimiser would otherwise keep the products in registers and spend two shuffles per broadcast.
         let combined = std::hint::black_box(&combined);
+        // One block: its values (a pair's low or high nibbles, with fifth bits) with each input.
+        macro_rules! block_step {
+            ($offset:expr, $quantized:expr) => {{
+                let offset: usize = $offset;
+                let block = start + offset;
+                let quantized: [__m256i; W] = $quantized;
+                let quantized: [__m256i; W] = if HIGH {
+                    // SAFETY: block `block` of each row is in bounds (asserted above).
+                    std::array::from_fn(|w| unsafe {
+                        _mm256_mask_add_epi8(
+                            quantized[w],
+                            *high_bits[w].add(block),
+                            quantized[w],
+                            sixteen,
+                        )
+                    })
+                } else {
+                    quantized
+                };
+                for n in 0..N {
+                    // SAFETY: block `block` of each input is in bounds (it is in the chunk).
+                    let x =
+                        unsafe { _mm256_loadu_si256(values[n].add(block * BLOCK_VALUES).cast()) };
+                    // `-offset · Σ x` per lane (see `for_type`), where each block's integer sum starts.
+                    let initial = if SHIFT != 0 {
+                        // SAFETY: the block's eight lanes of offsets are in bounds (asserted above).
+                        _mm256_srai_epi32::<SHIFT>(unsafe {
+                            _mm256_loadu_si256(offsets[n].add(block * LANES).cast())
+                        })
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    for w in 0..W {
+                        let products = _mm256_dpbusd_epi32(initial, quantized[w], x);
+                        let scale = _mm256_broadcast_ss(&combined[w][n][offset]);
+                        sums[w][n] =
+                            _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
+                    }
+                }
+            }};
+        }
         for offset in (0..length).step_by(2) {
             let block = start + offset;
             // SAFETY: pair `block / 2` of each row is in bounds.
             let packed: [__m256i; W] = std::array::from_fn(|w| unsafe {
                 _mm256_loadu_si256(pairs[w].add(block / 2 * PAIR_BYTES).cast())
             });
-            let first_block: [__m256i; W] =
-                std::array::from_fn(|w| _mm256_and_si256(packed[w], low_nibbles));
-            for n in 0..N {
-                // SAFETY: block `block` of each input is in bounds.
-                let x = unsafe { _mm256_loadu_si256(values[n].add(block * BLOCK_VALUES).cast()) };
-                for w in 0..W {
-                    let products = _mm256_dpbusd_epi32(_mm256_setzero_si256(), first_block[w], x);
-                    let scale = _mm256_broadcast_ss(&combined[w][n][offset]);
-                    sums[w][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
-                }
-            }
+            block_step!(
+                offset,
+                std::array::from_fn(|w| _mm256_and_si256(packed[w], low_nibbles))
+            );
             if offset + 1 < length {
-                let second_block: [__m256i; W] = std::array::from_fn(|w| {
-                    _mm256_and_si256(_mm256_srli_epi16(packed[w], 4), low_nibbles)
-                });
-                for n in 0..N {
-                    // SAFETY: block `block + 1` of each input is in bounds (it is in the chunk).
-                    let x = unsafe {
-                        _mm256_loadu_si256(values[n].add((block + 1) * BLOCK_VALUES).cast())
-                    };
-                    for w in 0..W {
-                        let products =
-                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), second_block[w], x);
-                        let scale = _mm256_broadcast_ss(&combined[w][n][offset + 1]);
-                        sums[w][n] =
-                            _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
-                    }
-                }
+                block_step!(
+                    offset + 1,
+                    std::array::from_fn(|w| _mm256_and_si256(
+                        _mm256_srli_epi16(packed[w], 4),
+                        low_nibbles
+                    ))
+                );
             }
         }
         start += length;
