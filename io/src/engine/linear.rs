@@ -1,5 +1,5 @@
-//! The weight matrices of a model and how they multiply: our kernels for Q4_1, Q4_0, Q5_0, Q4_K and Q8_0
-//! ([`super::q4_1`], [`super::q8_0`]), candle's `QMatMul` for every other type, and [`Stack`]s of matrices that
+//! The weight matrices of a model and how they multiply: our kernels for Q4_1, Q4_0, Q5_0, Q4_K, Q6_K and Q8_0
+//! ([`super::q4_1`], [`super::q6_k`], [`super::q8_0`]), candle's `QMatMul` for every other type, and [`Stack`]s of matrices that
 //! multiply the same input (a block's query, key and value projections; its gate and up projections).
 //!
 //! See [`super::llama`]'s module documentation for why a matrix may have to multiply rows one at a time
@@ -12,10 +12,11 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::gguf::{GgufError, GgufFile};
 use super::q4_1::Q4_1Matrix;
+use super::q6_k::Q6KMatrix;
 use super::q8_0::Q8_0Matrix;
 
-/// A weight matrix: our kernels for Q4_1, Q4_0, Q5_0 and Q4_K (candle's are scalar or per row) and Q8_0 (candle's redoes
-/// each weight block for every row), candle's `QMatMul` for every other type.
+/// A weight matrix: our kernels for Q4_1, Q4_0, Q5_0, Q4_K and Q6_K (candle's are scalar or per row) and Q8_0
+/// (candle's redoes each weight block for every row), candle's `QMatMul` for every other type.
 pub(super) struct Linear {
     kernel: Kernel,
     /// Whether one call over many rows gives each row exactly what a call with that row alone gives (see the
@@ -29,6 +30,7 @@ pub(super) struct Linear {
 
 enum Kernel {
     Q4_1(Q4_1Matrix),
+    Q6K(Q6KMatrix),
     Q8_0(Q8_0Matrix),
     Candle(QMatMul),
 }
@@ -41,6 +43,15 @@ impl Linear {
         // Per-row activation quantization and per-row arithmetic: see `q4_1::RowDots`.
         Self {
             kernel: Kernel::Q4_1(matrix),
+            rows_independent: true,
+            round_input_to_f16: false,
+        }
+    }
+
+    fn q6_k(matrix: Q6KMatrix) -> Self {
+        // The same design as Q4_1's.
+        Self {
+            kernel: Kernel::Q6K(matrix),
             rows_independent: true,
             round_input_to_f16: false,
         }
@@ -97,6 +108,7 @@ impl Linear {
         match &self.kernel {
             // Only F16 weights round their input, and those are candle's.
             Kernel::Q4_1(matrix) => Ok(matrix.forward_rows(x)),
+            Kernel::Q6K(matrix) => Ok(matrix.forward_rows(x)),
             Kernel::Q8_0(matrix) => matrix.forward_rows(x),
             Kernel::Candle(_) => {
                 let x = Tensor::from_slice(x, (x.len() / columns, columns), &Device::Cpu)?;
@@ -110,6 +122,7 @@ impl Kernel {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Q4_1(matrix) => matrix.forward(x),
+            Self::Q6K(matrix) => matrix.forward(x),
             Self::Q8_0(matrix) => matrix.forward(x),
             Self::Candle(matmul) => matmul.forward(x),
         }
@@ -143,6 +156,9 @@ pub(super) fn matmul(
 fn linear(tensor: QTensor, name: &str) -> Result<Linear, GgufError> {
     if let Some(matrix) = Q4_1Matrix::from_qtensor(&tensor) {
         return Ok(Linear::q4_1(matrix));
+    }
+    if let Some(matrix) = Q6KMatrix::from_qtensor(&tensor) {
+        return Ok(Linear::q6_k(matrix));
     }
     let tensor = Arc::new(tensor);
     if let Some(matrix) = Q8_0Matrix::from_qtensor(&tensor) {

@@ -33,6 +33,9 @@ pub mod q4_1;
 #[cfg(target_arch = "x86_64")]
 mod q4_1_x86;
 mod q4_k;
+pub mod q6_k;
+#[cfg(target_arch = "x86_64")]
+mod q6_k_x86;
 pub mod q8_0;
 #[cfg(target_arch = "x86_64")]
 mod q8_0_x86;

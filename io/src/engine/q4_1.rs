@@ -405,6 +405,7 @@ impl TileDots for Q4_1Matrix {
         for input in &inputs {
             assert_eq!(input.scales.len(), self.blocks, "rows of equal length");
             assert_eq!(input.values.len(), self.blocks * BLOCK_VALUES);
+            assert_eq!(input.offsets.len(), self.blocks * LANES);
         }
         match isa {
             #[cfg(target_arch = "x86_64")]

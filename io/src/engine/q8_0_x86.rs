@@ -49,8 +49,9 @@ unsafe fn pass_avx2<const W: usize, const N: usize>(
     inputs: &[InputRow<'_>; N],
 ) -> [[f32; N]; W] {
     let blocks = matrix.blocks;
+    // Checked by the caller (`WeightRows::tile`); in debug builds only here (see `q4_1_x86::checked_rows`).
     for input in inputs {
-        assert!(input.values.len() >= blocks * BLOCK_VALUES && input.scales.len() >= blocks);
+        debug_assert!(input.values.len() >= blocks * BLOCK_VALUES && input.scales.len() >= blocks);
     }
     let ones = _mm256_set1_epi16(1);
     let mut sums = [[_mm256_setzero_ps(); N]; W];
