@@ -10,7 +10,9 @@
 # llama.cpp comes from llama-cpp-python, built once into a cached venv by scripts/llama-venv.sh (the first build
 # takes several minutes). Prints prompt-eval tok/s, generation tok/s, load time and peak RSS for
 # both, with the ratio ours / llama.cpp. Then continuous batching: aggregate generation tok/s of PARALLEL (4)
-# concurrent sequences in one engine runner against one sequence, same threads (io/examples/bench_batch.rs).
+# concurrent sequences in one engine runner against one sequence, same threads (io/examples/bench_batch.rs), and
+# llama.cpp's own figure for the same (scripts/bench_llama_batch.py: its sequences decoded together in one
+# llama_decode per step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${MODEL:-$(./scripts/fetch-model.sh)}"
@@ -25,3 +27,8 @@ fi
 echo "continuous batching (engine runner):"
 OLLAMAMAX_MODEL="$model" target/release/examples/bench_batch --threads "${THREADS:-2}" \
   --runs "${RUNS:-5}" --parallel "${PARALLEL:-4}" --tokens 128
+if [ "${BATCH_ONLY:-0}" != 1 ]; then
+  echo
+  "$python" scripts/bench_llama_batch.py --model "$model" --threads "${THREADS:-2}" \
+    --runs "${RUNS:-5}" --parallel "${PARALLEL:-4}" --tokens 128
+fi
