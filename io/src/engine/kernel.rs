@@ -214,14 +214,40 @@ pub(super) trait TileDots: Sync {
         None
     }
 
+    /// Weight rows.
+    fn rows(&self) -> usize;
+
     /// The dot products of weight rows `first..first + W` with each of `inputs`, as `[weight row][input]`, on
-    /// `isa` (which the CPU has), before the [`TileDots::group_terms`]. Each result must be the same, bit for
-    /// bit, whatever `W`, `N`, the other rows and the instruction set.
+    /// `isa` (which the CPU has: [`matmul`]'s callers check it), before the [`TileDots::group_terms`]. Each
+    /// result must be the same, bit for bit, whatever `W`, `N`, the other rows and the instruction set. Checks
+    /// the shapes, then runs [`TileDots::tile_unchecked`].
     fn tile<const W: usize, const N: usize>(
         &self,
         isa: Isa,
         first: usize,
         inputs: [InputRow<'_>; N],
+    ) -> [[f32; N]; W] {
+        assert!(first + W <= self.rows(), "weight rows in range");
+        let blocks = self.blocks();
+        for input in &inputs {
+            assert_eq!(input.scales.len(), blocks, "rows of equal length");
+            assert_eq!(input.values.len(), blocks * BLOCK_VALUES);
+            assert_eq!(input.offsets.len(), blocks * LANES);
+        }
+        // SAFETY: the shapes are checked above; the instruction set is the caller's promise.
+        unsafe { self.tile_unchecked(isa, first, &inputs) }
+    }
+
+    /// [`TileDots::tile`] without its checks.
+    ///
+    /// # Safety
+    /// The CPU has `isa`; `first + W <= rows()`; each input has [`TileDots::blocks`] blocks of scales, sums,
+    /// values and offsets.
+    unsafe fn tile_unchecked<const W: usize, const N: usize>(
+        &self,
+        isa: Isa,
+        first: usize,
+        inputs: &[InputRow<'_>; N],
     ) -> [[f32; N]; W];
 }
 

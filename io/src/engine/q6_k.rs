@@ -139,26 +139,26 @@ impl TileDots for Q6KMatrix {
         self.blocks
     }
 
-    fn tile<const W: usize, const N: usize>(
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    unsafe fn tile_unchecked<const W: usize, const N: usize>(
         &self,
         isa: Isa,
         first: usize,
-        inputs: [InputRow<'_>; N],
+        inputs: &[InputRow<'_>; N],
     ) -> [[f32; N]; W] {
-        assert!(first + W <= self.rows, "weight rows in range");
-        for input in &inputs {
-            assert_eq!(input.scales.len(), self.blocks, "rows of equal length");
-            assert_eq!(input.values.len(), self.blocks * BLOCK_VALUES);
-            assert_eq!(input.offsets.len(), self.blocks * LANES);
-        }
         match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the caller only passes an instruction set the CPU has; shapes are checked above.
-            Isa::Avx512Vnni => unsafe { super::q6_k_x86::tile_avx512(self, first, &inputs) },
+            // SAFETY: the caller's promises (see `TileDots::tile_unchecked`).
+            Isa::Avx512Vnni => unsafe { super::q6_k_x86::tile_avx512(self, first, inputs) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Isa::Avx2 => unsafe { super::q6_k_x86::tile_avx2(self, first, &inputs) },
-            _ => std::array::from_fn(|w| inputs.map(|input| self.dot_portable(first + w, input))),
+            Isa::Avx2 => unsafe { super::q6_k_x86::tile_avx2(self, first, inputs) },
+            _ => {
+                std::array::from_fn(|w| (*inputs).map(|input| self.dot_portable(first + w, input)))
+            }
         }
     }
 }
