@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes the Q4_0, Q8_0 and Q4_K_M versions of the default model (SmolLM2-135M-Instruct Q4_1) with llama.cpp's own
+# Makes the Q4_0, Q8_0, Q4_K_M and Q5_K_M versions of the default model (SmolLM2-135M-Instruct Q4_1) with llama.cpp's own
 # quantizer (`llama_model_quantize` through llama-cpp-python, the venv of scripts/llama-venv.sh), for comparing the
 # engines on other quantizations (issue 8). Requantized from the Q4_1 file (the only one shipped offline), so
 # their quality is below that of a quantization from f16; their speed is what matters here. Cached next to the
@@ -21,7 +21,7 @@ import llama_cpp
 
 source, cache = sys.argv[1], sys.argv[2]
 # llama.h's llama_ftype values.
-types = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15}
+types = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17}
 for name, ftype in types.items():
     target = os.path.join(cache, f"SmolLM2-135M-Instruct.{name}.gguf")
     if not os.path.exists(target):

@@ -1,4 +1,4 @@
-//! Matmuls with Q4_1 weights, and Q4_0, Q5_0 and Q4_K weights the same way (see `Layout`, `Q4_1Matrix::offset`
+//! Matmuls with Q4_1 weights, and Q4_0, Q5_0, Q5_1, Q4_K and Q5_K weights the same way (see `Layout`, `Q4_1Matrix::offset`
 //! and [`SuperBlocks`]).
 //!
 //! candle 0.11 computes Q4_1 dot products with scalar code (two thirds of SmolLM2's decode time in a profile), so
@@ -73,6 +73,15 @@ impl Layout {
                 high_bits_at: Some(2),
                 k_quant: false,
             }),
+            // Q4_1's parts and Q5_0's fifth bits: d, m, the bits, the nibbles.
+            GgmlDType::Q5_1 => Some(Self {
+                block_bytes: 24,
+                nibbles_at: 8,
+                minimum: true,
+                offset: 0,
+                high_bits_at: Some(4),
+                k_quant: false,
+            }),
             // d (f16), dmin (f16), 12 bytes of 6-bit scales and minimums, then 128 bytes of nibbles.
             GgmlDType::Q4K => Some(Self {
                 block_bytes: 144,
@@ -80,6 +89,16 @@ impl Layout {
                 minimum: true,
                 offset: 0,
                 high_bits_at: None,
+                k_quant: true,
+            }),
+            // Q4_K's parts, and 32 bytes of fifth bits (bit `b` of byte `l`: value `l` of block `b`) before the
+            // nibbles.
+            GgmlDType::Q5K => Some(Self {
+                block_bytes: 176,
+                nibbles_at: 48,
+                minimum: true,
+                offset: 0,
+                high_bits_at: Some(16),
                 k_quant: true,
             }),
             _ => None,
@@ -103,7 +122,7 @@ pub struct Q4_1Matrix {
     /// minimums: `minimums` is empty). ggml's dot products multiply `q - offset` with the activations; the kernels
     /// multiply `q` and add `-offset · Σ x` per lane, which gives the same integer sums exactly.
     pub(super) offset: u8,
-    /// Q5_0: each block's fifth bits (bit `j` for value `j`), row after row; empty for the 4-bit types.
+    /// Q5_0, Q5_1 and Q5_K: each block's fifth bits (bit `j` for value `j`), row after row; empty for the 4-bit types.
     pub(super) high_bits: Vec<u32>,
     /// Blocks per row.
     pub(super) blocks: usize,
@@ -120,7 +139,8 @@ pub struct Q4_1Matrix {
 }
 
 impl Q4_1Matrix {
-    /// Takes over a two-dimensional Q4_1, Q4_0, Q5_0 or Q4_K tensor; `None` for any other type or rank.
+    /// Takes over a two-dimensional Q4_1, Q4_0, Q5_0, Q5_1, Q4_K or Q5_K tensor; `None` for any other type or
+    /// rank.
     pub fn from_qtensor(tensor: &QTensor) -> Option<Self> {
         Self::from_qtensors(&[tensor])
     }

@@ -33,20 +33,30 @@ fn definition(matrix: &Q4_1Matrix, row: usize, input: InputRow<'_>) -> f64 {
 #[test]
 fn matches_the_definition_and_candle_on_every_instruction_set() {
     let shapes = [(8, 64, 1), (12, 576, 3), (7, 576, 4), (5, 1536, 17)];
-    for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q5_0] {
+    for dtype in [
+        GgmlDType::Q4_1,
+        GgmlDType::Q4_0,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+    ] {
         matches_the_definition_and_candle(dtype, &shapes);
     }
     // Q4_K rows are whole super-blocks: one, two (one AVX-512 chunk), three and six.
     let shapes = [(8, 256, 1), (12, 512, 3), (7, 768, 4), (5, 1536, 17)];
     matches_the_definition_and_candle(GgmlDType::Q4K, &shapes);
+    matches_the_definition_and_candle(GgmlDType::Q5K, &shapes);
 }
 
 fn matches_the_definition_and_candle(dtype: GgmlDType, shapes: &[(usize, usize, usize)]) {
     for &(rows, columns, count) in shapes {
         let weights = QTensor::quantize(&random((rows, columns), 1), dtype).unwrap();
         let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
-        assert_eq!(ours.high_bits.is_empty(), dtype != GgmlDType::Q5_0);
-        assert_eq!(ours.super_blocks.is_some(), dtype == GgmlDType::Q4K);
+        let k_quant = matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K);
+        assert_eq!(
+            ours.high_bits.is_empty(),
+            !matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K)
+        );
+        assert_eq!(ours.super_blocks.is_some(), k_quant);
         let input = random((count, columns), 2);
         let dequantized = weights
             .dequantize(&candle_core::Device::Cpu)
@@ -94,12 +104,11 @@ fn matches_the_definition_and_candle(dtype: GgmlDType, shapes: &[(usize, usize, 
                         (f64::from(value) - exact).abs() <= bound,
                         "{dtype:?} {isa:?}: {value} vs exact {exact} (bound {bound})"
                     );
-                    // candle quantizes the activations in blocks of 32 too, except for Q4_K (one scale per
-                    // 256 values, ggml's Q8_K), whose results differ from ours by more than this.
+                    // candle quantizes the activations in blocks of 32 too, except for the k-quants (one
+                    // scale per 256 values, ggml's Q8_K), whose results differ from ours by more than this.
                     let other = candle[row][column];
                     assert!(
-                        dtype == GgmlDType::Q4K
-                            || (value - other).abs() <= 2e-2 * (1.0 + other.abs()),
+                        k_quant || (value - other).abs() <= 2e-2 * (1.0 + other.abs()),
                         "{dtype:?} {isa:?}: {value} vs candle {other}"
                     );
                 }
@@ -157,7 +166,9 @@ fn a_rows_result_does_not_depend_on_the_other_rows() {
         (GgmlDType::Q4_1, 576),
         (GgmlDType::Q4_0, 576),
         (GgmlDType::Q5_0, 576),
+        (GgmlDType::Q5_1, 576),
         (GgmlDType::Q4K, 768),
+        (GgmlDType::Q5K, 768),
     ] {
         let weights = QTensor::quantize(&random((9, columns), 4), dtype).unwrap();
         let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
@@ -183,11 +194,13 @@ proptest! {
             Just(GgmlDType::Q4_1),
             Just(GgmlDType::Q4_0),
             Just(GgmlDType::Q5_0),
+            Just(GgmlDType::Q5_1),
             Just(GgmlDType::Q4K),
+            Just(GgmlDType::Q5K),
         ],
     ) {
         // Q4_K rows are whole super-blocks.
-        let blocks = if dtype == GgmlDType::Q4K {
+        let blocks = if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K) {
             blocks.div_ceil(SUPER_BLOCK) * SUPER_BLOCK
         } else {
             blocks

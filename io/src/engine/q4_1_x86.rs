@@ -69,7 +69,8 @@ fn checked_rows<const W: usize, const N: usize>(
 
 /// Calls `$kernel::<W, N, SHIFT, HIGH, K>(matrix, first, inputs)` for the matrix's type: Q4_1 (no offset), Q4_0
 /// (`-8 · Σ x`: the input's `-128 · Σ x` shifted right by 4), Q5_0 (fifth bits, and `-16 · Σ x`: shifted by
-/// 3) or Q4_K (scales `d · sc`). The shifts are exact: `-128 · Σ x` is a multiple of 16.
+/// 3), Q5_1 (Q4_1's minimums, Q5_0's fifth bits), Q4_K (scales `d · sc`) or Q5_K (Q4_K's scales, and fifth
+/// bits). The shifts are exact: `-128 · Σ x` is a multiple of 16.
 macro_rules! for_type {
     ($kernel:ident::<$w:ident, $n:ident>($matrix:expr, $first:expr, $inputs:expr)) => {
         match (
@@ -78,7 +79,9 @@ macro_rules! for_type {
             $matrix.super_blocks.is_some(),
         ) {
             (0, true, false) => $kernel::<$w, $n, 0, false, false>($matrix, $first, $inputs),
+            (0, false, false) => $kernel::<$w, $n, 0, true, false>($matrix, $first, $inputs),
             (0, true, true) => $kernel::<$w, $n, 0, false, true>($matrix, $first, $inputs),
+            (0, false, true) => $kernel::<$w, $n, 0, true, true>($matrix, $first, $inputs),
             (8, true, false) => $kernel::<$w, $n, 4, false, false>($matrix, $first, $inputs),
             (16, false, false) => $kernel::<$w, $n, 3, true, false>($matrix, $first, $inputs),
             other => {

@@ -1,5 +1,6 @@
-//! Q4_K weights in the 4-bit kernels of [`super::q4_1`]: each Q4_K block of 32 values is a Q4_1 block whose
-//! scale and minimum are products of the super-block's and the block's (see [`SuperBlocks`]).
+//! Q4_K and Q5_K weights in the 4-bit kernels of [`super::q4_1`]: each Q4_K block of 32 values is a Q4_1 block
+//! whose scale and minimum are products of the super-block's and the block's (see [`SuperBlocks`]); a Q5_K block
+//! is the same with a fifth bit per value, kept as Q5_0's are (`Q4_1Matrix::high_bits`).
 
 use half::f16;
 
@@ -50,6 +51,17 @@ impl RepackTarget<'_> {
                 let block = index * SUPER_BLOCK + j;
                 self.block_scales[row * blocks + block] = scale;
                 self.block_minimums[(group * blocks + block) * ROW_GROUP + at] = minimum;
+            }
+            // Q5_K: block `j`'s fifth bits are bit `j` of each of 32 bytes.
+            if let Some(high) = self.layout.high_bits_at {
+                let bits = &bytes[high..high + 32];
+                for j in 0..SUPER_BLOCK {
+                    let mut gathered = 0u32;
+                    for (l, &byte) in bits.iter().enumerate() {
+                        gathered |= u32::from((byte >> j) & 1) << l;
+                    }
+                    self.high_bits[row * blocks + index * SUPER_BLOCK + j] = gathered;
+                }
             }
             let nibbles = &bytes[self.layout.nibbles_at..];
             pairs[index * SUPER_BLOCK / 2 * PAIR_BYTES..][..SUPER_BLOCK / 2 * PAIR_BYTES]
