@@ -1,5 +1,5 @@
-//! The engine's hot kernels: `x · Wᵀ` with Q4_1 weights (SmolLM2-135M's blocks), Q4_K weights (its Q4_K_M
-//! file's FFN down projections, and a Llama 3.2 1B-sized square) and with Q8_0 weights (its tied output head), our kernels on each instruction set this CPU has (`ours_avx2`, `ours_avx512vnni`, ...) against
+//! The engine's hot kernels: `x · Wᵀ` with Q4_1 weights (SmolLM2-135M's blocks), Q4_K and Q6_K weights (its
+//! Q4_K_M file's FFN down projections, and a Llama 3.2 1B-sized square) and with Q8_0 weights (its tied output head), our kernels on each instruction set this CPU has (`ours_avx2`, `ours_avx512vnni`, ...) against
 //! candle's own `QMatMul` on the same weights, at SmolLM2-135M's shapes.
 //! One decode step of one sequence multiplies one row; a step of four batched sequences four rows (the kernels
 //! share each weight block between up to four rows); a prompt prefill many.
@@ -11,6 +11,7 @@ use candle_core::{Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ollamamax_io::engine::kernel::Isa;
 use ollamamax_io::engine::q4_1::Q4_1Matrix;
+use ollamamax_io::engine::q6_k::Q6KMatrix;
 use ollamamax_io::engine::q8_0::Q8_0Matrix;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -94,6 +95,31 @@ fn four_bit_matmul(
     group.finish();
 }
 
+fn q6_k_matmul(c: &mut Criterion) {
+    let mut group = c.benchmark_group("q6_k_matmul");
+    group.sample_size(30);
+    for &(name, rows, columns) in K_SHAPES {
+        let qtensor = weights(rows, columns, GgmlDType::Q6K);
+        let ours = Q6KMatrix::from_qtensor(&qtensor).expect("a Q6_K matrix");
+        let candle = QMatMul::from_qtensor(qtensor).expect("candle's QMatMul");
+        for tokens in [1usize, 4, 64] {
+            let x = input(tokens, columns);
+            group.throughput(Throughput::Elements((rows * columns * tokens) as u64));
+            let id = format!("{name}/{tokens}_tokens");
+            for isa in Isa::available() {
+                let name = format!("ours_{}", isa_name(isa));
+                group.bench_with_input(BenchmarkId::new(name, &id), &x, |b, x| {
+                    b.iter(|| black_box(ours.forward_on(isa, x).expect("matmul")))
+                });
+            }
+            group.bench_with_input(BenchmarkId::new("candle", &id), &x, |b, x| {
+                b.iter(|| black_box(candle.forward(x).expect("matmul")))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn q8_0_matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("q8_0_matmul");
     group.sample_size(20);
@@ -118,5 +144,5 @@ fn q8_0_matmul(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, q4_1_matmul, q4_k_matmul, q8_0_matmul);
+criterion_group!(benches, q4_1_matmul, q4_k_matmul, q6_k_matmul, q8_0_matmul);
 criterion_main!(benches);

@@ -8,13 +8,11 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{
-    BLOCK_VALUES, InputRow, LANES, chunk_mask, horizontal_sum, in_pairs, store_combined,
-};
+use super::kernel::{BLOCK_VALUES, InputRow, LANES, horizontal_sum, in_pairs, store_combined};
 use super::q4_1::{PAIR_BYTES, Q4_1Matrix, SCALE_PADDING, SUPER_BLOCK};
 
-/// Blocks whose scales are converted and multiplied together: one 512-bit register of f32. Even, so pairs of
-/// blocks never straddle two chunks.
+/// Blocks whose combined scales the VNNI kernel computes before it uses them. Even, so pairs of blocks never
+/// straddle two chunks; a multiple of eight (whole Q4_K super-blocks).
 const CHUNK: usize = 16;
 
 /// Blocks whose combined scales an AVX2 pass computes before it uses them (eight at a time, one 256-bit register
@@ -111,6 +109,59 @@ unsafe fn k_scales_avx2(matrix: &Q4_1Matrix, row: usize, at: usize) -> __m256 {
     )
 }
 
+/// Writes the combined scales `d_w · d_x` of blocks `start..start + length` of rows `first..first + W` with each
+/// of `inputs` into `combined[w][n][0..length]`, eight at a time with 256-bit instructions only: on Intel CPUs a
+/// 512-bit instruction turns off the vector unit of port 1 for a while, which halved the throughput of the
+/// 256-bit multiply-adds that follow (the VNNI kernel with one input ran slower than the AVX2 one until this
+/// was shared).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; the rows and blocks are in range (see [`checked_rows`]), `length <= CAP` and
+/// `start + length` at most the row's blocks; Q4_K chunks start at a multiple of eight blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn combine_scales<const W: usize, const N: usize, const K: bool, const CAP: usize>(
+    matrix: &Q4_1Matrix,
+    first: usize,
+    inputs: &[InputRow<'_>; N],
+    start: usize,
+    length: usize,
+    combined: &mut [[[std::mem::MaybeUninit<f32>; CAP]; N]; W],
+) {
+    let blocks = matrix.blocks;
+    for (w, combined) in combined.iter_mut().enumerate() {
+        let row_start = (first + w) * blocks;
+        for part in (0..length).step_by(LANES) {
+            let at = start + part;
+            let count = (length - part).min(LANES);
+            // SAFETY: eight f16 scales from the row's (those past its end, up to SCALE_PADDING past the last
+            // row's, meet masked-out input scales and are never read back). Q4_K rows are whole super-blocks,
+            // and a chunk starts at a multiple of eight blocks.
+            let scales = unsafe {
+                if K {
+                    k_scales_avx2(matrix, first + w, at)
+                } else {
+                    _mm256_cvtph_ps(_mm_loadu_si128(
+                        matrix.scales.as_ptr().add(row_start + at).cast(),
+                    ))
+                }
+            };
+            for (n, input) in inputs.iter().enumerate() {
+                // SAFETY: `count` scales of the input, in bounds (a masked load reads nothing past them); a store
+                // of eight floats at `part <= CAP - LANES` of an array of CAP.
+                unsafe {
+                    store_combined(
+                        scales,
+                        input.scales.as_ptr().add(at),
+                        count,
+                        combined[n].as_mut_ptr().add(part),
+                    )
+                }
+            }
+        }
+    }
+}
+
 /// [`pass_avx2`] for the matrix's type ([`for_type`]).
 ///
 /// # Safety
@@ -182,37 +233,17 @@ unsafe fn pass_avx2<
     let mut start = 0;
     while start < blocks {
         let length = (blocks - start).min(AVX2_CHUNK);
-        for (w, combined) in combined.iter_mut().enumerate() {
-            let row_start = (first + w) * blocks;
-            for part in (0..length).step_by(LANES) {
-                let at = start + part;
-                let count = (length - part).min(LANES);
-                // SAFETY: eight f16 scales from the row's (those past its end, up to SCALE_PADDING past the last
-                // row's, meet masked-out input scales and are never read back). Q4_K rows are whole super-blocks,
-                // and a chunk starts at a multiple of eight blocks.
-                let scales = unsafe {
-                    if K {
-                        k_scales_avx2(matrix, first + w, at)
-                    } else {
-                        _mm256_cvtph_ps(_mm_loadu_si128(
-                            matrix.scales.as_ptr().add(row_start + at).cast(),
-                        ))
-                    }
-                };
-                for (n, input) in inputs.iter().enumerate() {
-                    // SAFETY: `count` scales of the input, in bounds (a masked load reads nothing past them); a store
-                    // of eight floats at `part <= AVX2_CHUNK - LANES` of an array of AVX2_CHUNK.
-                    unsafe {
-                        store_combined(
-                            scales,
-                            input.scales.as_ptr().add(at),
-                            count,
-                            combined[n].as_mut_ptr().add(part),
-                        )
-                    }
-                }
-            }
-        }
+        // SAFETY: the caller's promises; `length <= AVX2_CHUNK`.
+        unsafe {
+            combine_scales::<W, N, K, AVX2_CHUNK>(
+                matrix,
+                first,
+                inputs,
+                start,
+                length,
+                &mut combined,
+            )
+        };
         // Read back from memory, as the VNNI kernel does: broadcast loads instead of shuffles.
         let combined = std::hint::black_box(&combined);
         // One block: its values (from a pair's low or high nibbles) with each input. A macro, not a closure: a
@@ -346,42 +377,15 @@ unsafe fn tile_avx512_typed<
     let low_nibbles = _mm256_set1_epi8(0x0F);
     let sixteen = _mm256_set1_epi8(0x10);
     let mut sums = [[_mm256_setzero_ps(); N]; W];
-    let mut combined = [[[0f32; CHUNK]; N]; W];
+    // Not zeroed: every element read was written first.
+    let mut combined = [[[std::mem::MaybeUninit::<f32>::uninit(); CHUNK]; N]; W];
     let mut start = 0;
     while start < blocks {
         let length = (blocks - start).min(CHUNK);
-        let mask: __mmask16 = chunk_mask(length);
-        // `d_w · d_x` of each block of the chunk, per (weight row, input).
-        for (w, combined) in combined.iter_mut().enumerate() {
-            // SAFETY: masked loads of the chunk's `length` scales, inside the row and the inputs; stores of sixteen
-            // floats into arrays of sixteen.
-            unsafe {
-                let scales = if K {
-                    // Q4_K: a chunk is one or two whole super-blocks.
-                    let low = k_scales_avx2(matrix, first + w, start);
-                    let high = if length > SUPER_BLOCK {
-                        k_scales_avx2(matrix, first + w, start + SUPER_BLOCK)
-                    } else {
-                        _mm256_setzero_ps()
-                    };
-                    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                        _mm512_castpd256_pd512(_mm256_castps_pd(low)),
-                        _mm256_castps_pd(high),
-                    ))
-                } else {
-                    let at = matrix.scales.as_ptr().add((first + w) * blocks + start);
-                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, at.cast()))
-                };
-                for (n, input) in inputs.iter().enumerate() {
-                    let input_scales =
-                        _mm512_maskz_loadu_ps(mask, input.scales.as_ptr().add(start));
-                    _mm512_storeu_ps(
-                        combined[n].as_mut_ptr(),
-                        _mm512_mul_ps(scales, input_scales),
-                    );
-                }
-            }
-        }
+        // SAFETY: the caller's promises; `length <= CHUNK`.
+        unsafe {
+            combine_scales::<W, N, K, CHUNK>(matrix, first, inputs, start, length, &mut combined)
+        };
         // Read back from memory: each product then reaches the multiply-add as a broadcast memory operand, where
         // the optimiser would otherwise keep the products in registers and spend two shuffles per broadcast.
         let combined = std::hint::black_box(&combined);
@@ -419,7 +423,10 @@ unsafe fn tile_avx512_typed<
                     };
                     for w in 0..W {
                         let products = _mm256_dpbusd_epi32(initial, quantized[w], x);
-                        let scale = _mm256_broadcast_ss(&combined[w][n][offset]);
+                        // SAFETY: the chunk's first `length` elements were written above.
+                        let scale = _mm256_broadcast_ss(unsafe {
+                            combined[w][n][offset].assume_init_ref()
+                        });
                         sums[w][n] =
                             _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
                     }
