@@ -8,10 +8,10 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{BLOCK_VALUES, InputRow, LANES, chunk_mask, horizontal_sum, in_pairs};
+use super::kernel::{BLOCK_VALUES, InputRow, LANES, horizontal_sum, in_pairs};
 use super::q6_k::{Q6KMatrix, SCALE_PADDING, SUPER_BLOCK};
 
-/// Blocks whose combined scales the VNNI kernel computes together: two super-blocks, 32 half-scales.
+/// Blocks whose combined scales the VNNI kernel computes before it uses them: two super-blocks.
 const CHUNK: usize = 16;
 /// Blocks whose combined scales an AVX2 pass computes before it uses them.
 const AVX2_CHUNK: usize = 64;
@@ -78,6 +78,45 @@ pub(super) unsafe fn tile_avx2<const W: usize, const N: usize>(
     )
 }
 
+/// Writes the combined half-scales `d · sc_h · d_x` of blocks `start..start + length` of rows `first..first + W`
+/// with each of `inputs` into `combined[w][n][0..2 * length]` (a block's two halves side by side), four blocks at
+/// a time with 256-bit instructions only (see `q4_1_x86::combine_scales` for why not 512-bit ones).
+///
+/// # Safety
+/// The CPU has AVX2 and F16C; the rows are in range (see [`checked_rows`]); `start` is a multiple of four,
+/// `2 * length <= CAP`, `length` a multiple of four and `start + length` at most the row's blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn combine_scales<const W: usize, const N: usize, const CAP: usize>(
+    matrix: &Q6KMatrix,
+    first: usize,
+    inputs: &[InputRow<'_>; N],
+    start: usize,
+    length: usize,
+    combined: &mut [[[std::mem::MaybeUninit<f32>; CAP]; N]; W],
+) {
+    let duplicate = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    for (w, combined) in combined.iter_mut().enumerate() {
+        for part in (0..length).step_by(4) {
+            // SAFETY: in range (see `checked_rows`).
+            let scales = unsafe { half_scales_avx2(matrix, first + w, start + part) };
+            for (n, input) in inputs.iter().enumerate() {
+                // SAFETY: four input scales in bounds (`start + part + 4 <= blocks`); eight floats stored at
+                // `2 * part <= 2 * AVX2_CHUNK - 8`.
+                unsafe {
+                    let input_scales = _mm_loadu_ps(input.scales.as_ptr().add(start + part));
+                    let input_scales =
+                        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(input_scales), duplicate);
+                    _mm256_storeu_ps(
+                        combined[n].as_mut_ptr().add(2 * part).cast(),
+                        _mm256_mul_ps(scales, input_scales),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// One pass of [`tile_avx2`]: `sign` + `maddubs` + `madd` as ggml's Q8_0 dot product, then each lane's
 /// half-scale.
 ///
@@ -92,7 +131,6 @@ unsafe fn pass_avx2<const W: usize, const N: usize>(
     let blocks = matrix.blocks;
     let rows = checked_rows::<W>(matrix, first);
     let ones = _mm256_set1_epi16(1);
-    let duplicate = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
     let mut sums = [[_mm256_setzero_ps(); N]; W];
     // Not zeroed: every element read was written first.
     let mut combined = [[[std::mem::MaybeUninit::<f32>::uninit(); 2 * AVX2_CHUNK]; N]; W];
@@ -100,27 +138,17 @@ unsafe fn pass_avx2<const W: usize, const N: usize>(
     while start < blocks {
         // Rows are whole super-blocks, so a chunk is whole groups of four blocks.
         let length = (blocks - start).min(AVX2_CHUNK);
-        for (w, combined) in combined.iter_mut().enumerate() {
-            for part in (0..length).step_by(4) {
-                // SAFETY: in range (see `checked_rows`).
-                let scales = unsafe { half_scales_avx2(matrix, first + w, start + part) };
-                for (n, input) in inputs.iter().enumerate() {
-                    // SAFETY: four input scales in bounds (`start + part + 4 <= blocks`); eight floats stored at
-                    // `2 * part <= 2 * AVX2_CHUNK - 8`.
-                    unsafe {
-                        let input_scales = _mm_loadu_ps(input.scales.as_ptr().add(start + part));
-                        let input_scales = _mm256_permutevar8x32_ps(
-                            _mm256_castps128_ps256(input_scales),
-                            duplicate,
-                        );
-                        _mm256_storeu_ps(
-                            combined[n].as_mut_ptr().add(2 * part).cast(),
-                            _mm256_mul_ps(scales, input_scales),
-                        );
-                    }
-                }
-            }
-        }
+        // SAFETY: the caller's promises; `length <= AVX2_CHUNK`.
+        unsafe {
+            combine_scales::<W, N, { 2 * AVX2_CHUNK }>(
+                matrix,
+                first,
+                inputs,
+                start,
+                length,
+                &mut combined,
+            )
+        };
         // Read back from memory, as the Q8_0 kernels do.
         let combined = std::hint::black_box(&combined);
         for offset in 0..length {
@@ -151,8 +179,7 @@ unsafe fn pass_avx2<const W: usize, const N: usize>(
 }
 
 /// [`tile_avx2`] with VNNI: weights offset to unsigned (`w + 128`) meet the activations in one `vpdpbusd` that
-/// starts from the input's `-128 · Σ x` per lane (as the Q8_0 kernel); each chunk's 32 half-scales computed with
-/// two 512-bit multiplies per (weight row, input).
+/// starts from the input's `-128 · Σ x` per lane (as the Q8_0 kernel).
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW, VL and VNNI, and FMA; the inputs are as long as the weight rows (checked by
@@ -166,51 +193,24 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
     let blocks = matrix.blocks;
     let rows = checked_rows::<W>(matrix, first);
     let sign_bits = _mm256_set1_epi8(i8::MIN);
-    let low = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    let high = _mm512_add_epi32(low, _mm512_set1_epi32(8));
     let mut sums = [[_mm256_setzero_ps(); N]; W];
-    let mut combined = [[[0f32; 2 * CHUNK]; N]; W];
+    // Not zeroed: every element read was written first.
+    let mut combined = [[[std::mem::MaybeUninit::<f32>::uninit(); 2 * CHUNK]; N]; W];
     let mut start = 0;
     while start < blocks {
         // A chunk is one or two whole super-blocks.
         let length = (blocks - start).min(CHUNK);
-        let mask: __mmask16 = chunk_mask(length);
-        for w in 0..W {
-            // SAFETY: in range (see `checked_rows`); the second super-block only when the chunk has it.
-            let (first_half, second_half) = unsafe {
-                let widen = |at: usize| -> __m512 {
-                    let index = (first + w) * blocks + at;
-                    let d = matrix.scales[index / SUPER_BLOCK].to_f32();
-                    let scales = _mm_loadu_si128(matrix.half_scales.as_ptr().add(index * 2).cast());
-                    _mm512_mul_ps(
-                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(scales)),
-                        _mm512_set1_ps(d),
-                    )
-                };
-                let second = if length > SUPER_BLOCK {
-                    widen(start + SUPER_BLOCK)
-                } else {
-                    _mm512_setzero_ps()
-                };
-                (widen(start), second)
-            };
-            for n in 0..N {
-                // SAFETY: a masked load of the chunk's input scales; stores into an array of 32 floats.
-                unsafe {
-                    let input_scales =
-                        _mm512_maskz_loadu_ps(mask, inputs[n].scales[start..].as_ptr());
-                    let target = combined[w][n].as_mut_ptr();
-                    _mm512_storeu_ps(
-                        target,
-                        _mm512_mul_ps(first_half, _mm512_permutexvar_ps(low, input_scales)),
-                    );
-                    _mm512_storeu_ps(
-                        target.add(CHUNK),
-                        _mm512_mul_ps(second_half, _mm512_permutexvar_ps(high, input_scales)),
-                    );
-                }
-            }
-        }
+        // SAFETY: the caller's promises; `length <= CHUNK`, a multiple of eight.
+        unsafe {
+            combine_scales::<W, N, { 2 * CHUNK }>(
+                matrix,
+                first,
+                inputs,
+                start,
+                length,
+                &mut combined,
+            )
+        };
         // Read back from memory, as the Q8_0 kernels do.
         let combined = std::hint::black_box(&combined);
         for offset in 0..length {
@@ -234,8 +234,8 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
                 };
                 for w in 0..W {
                     let products = _mm256_dpbusd_epi32(offsets, weights[w], values);
-                    // SAFETY: the block's two combined scales, in the array.
-                    let scale = unsafe { lane_scales(combined[w][n][2 * offset..].as_ptr()) };
+                    // SAFETY: the block's two combined scales were written above.
+                    let scale = unsafe { lane_scales(combined[w][n][2 * offset].as_ptr()) };
                     sums[w][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
                 }
             }
