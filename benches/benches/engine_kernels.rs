@@ -58,24 +58,56 @@ fn isa_name(isa: Isa) -> &'static str {
 }
 
 fn q4_1_matmul(c: &mut Criterion) {
-    four_bit_matmul(c, "q4_1_matmul", GgmlDType::Q4_1, SHAPES);
+    let ours = |q: &QTensor| Q4_1Matrix::from_qtensor(q).expect("a 4-bit matrix");
+    matmul_group(
+        c,
+        "q4_1_matmul",
+        GgmlDType::Q4_1,
+        SHAPES,
+        ours,
+        Q4_1Matrix::forward_on,
+    );
 }
 
 fn q4_k_matmul(c: &mut Criterion) {
-    four_bit_matmul(c, "q4_k_matmul", GgmlDType::Q4K, K_SHAPES);
+    let ours = |q: &QTensor| Q4_1Matrix::from_qtensor(q).expect("a 4-bit matrix");
+    matmul_group(
+        c,
+        "q4_k_matmul",
+        GgmlDType::Q4K,
+        K_SHAPES,
+        ours,
+        Q4_1Matrix::forward_on,
+    );
 }
 
-fn four_bit_matmul(
+fn q6_k_matmul(c: &mut Criterion) {
+    let ours = |q: &QTensor| Q6KMatrix::from_qtensor(q).expect("a Q6_K matrix");
+    matmul_group(
+        c,
+        "q6_k_matmul",
+        GgmlDType::Q6K,
+        K_SHAPES,
+        ours,
+        Q6KMatrix::forward_on,
+    );
+}
+
+/// Our kernel (`load`, then `forward` on each instruction set this CPU has) against candle's `QMatMul` on the same
+/// `dtype` weights, at each of `shapes`, for 1, 4 and 64 input rows.
+fn matmul_group<M>(
     c: &mut Criterion,
     group: &str,
     dtype: GgmlDType,
     shapes: &[(&str, usize, usize)],
+    load: impl Fn(&QTensor) -> M,
+    forward: impl Fn(&M, Isa, &Tensor) -> candle_core::Result<Tensor>,
 ) {
     let mut group = c.benchmark_group(group);
     group.sample_size(30);
     for &(name, rows, columns) in shapes {
         let qtensor = weights(rows, columns, dtype);
-        let ours = Q4_1Matrix::from_qtensor(&qtensor).expect("a 4-bit matrix");
+        let ours = load(&qtensor);
         let candle = QMatMul::from_qtensor(qtensor).expect("candle's QMatMul");
         for tokens in [1usize, 4, 64] {
             let x = input(tokens, columns);
@@ -84,32 +116,7 @@ fn four_bit_matmul(
             for isa in Isa::available() {
                 let name = format!("ours_{}", isa_name(isa));
                 group.bench_with_input(BenchmarkId::new(name, &id), &x, |b, x| {
-                    b.iter(|| black_box(ours.forward_on(isa, x).expect("matmul")))
-                });
-            }
-            group.bench_with_input(BenchmarkId::new("candle", &id), &x, |b, x| {
-                b.iter(|| black_box(candle.forward(x).expect("matmul")))
-            });
-        }
-    }
-    group.finish();
-}
-
-fn q6_k_matmul(c: &mut Criterion) {
-    let mut group = c.benchmark_group("q6_k_matmul");
-    group.sample_size(30);
-    for &(name, rows, columns) in K_SHAPES {
-        let qtensor = weights(rows, columns, GgmlDType::Q6K);
-        let ours = Q6KMatrix::from_qtensor(&qtensor).expect("a Q6_K matrix");
-        let candle = QMatMul::from_qtensor(qtensor).expect("candle's QMatMul");
-        for tokens in [1usize, 4, 64] {
-            let x = input(tokens, columns);
-            group.throughput(Throughput::Elements((rows * columns * tokens) as u64));
-            let id = format!("{name}/{tokens}_tokens");
-            for isa in Isa::available() {
-                let name = format!("ours_{}", isa_name(isa));
-                group.bench_with_input(BenchmarkId::new(name, &id), &x, |b, x| {
-                    b.iter(|| black_box(ours.forward_on(isa, x).expect("matmul")))
+                    b.iter(|| black_box(forward(&ours, isa, x).expect("matmul")))
                 });
             }
             group.bench_with_input(BenchmarkId::new("candle", &id), &x, |b, x| {

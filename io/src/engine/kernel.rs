@@ -546,6 +546,20 @@ pub(super) mod test_support {
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 
+    /// Weights `[rows, columns]` quantized to `dtype` and an input `[count, columns]`, both varied values from
+    /// `seed` times `scale`: a case for [`first_isa_that_differs`].
+    pub(crate) fn scaled_case(
+        dtype: candle_core::quantized::GgmlDType,
+        (rows, columns, count): (usize, usize, usize),
+        seed: u64,
+        scale: f32,
+    ) -> (candle_core::quantized::QTensor, Tensor) {
+        let weights = (random((rows, columns), seed) * f64::from(scale)).unwrap();
+        let weights = candle_core::quantized::QTensor::quantize(&weights, dtype).unwrap();
+        let input = (random((count, columns), seed ^ 0x5555) * f64::from(scale)).unwrap();
+        (weights, input)
+    }
+
     /// The bits of a `[rows, columns]` result.
     pub(crate) fn bits(x: &Tensor) -> Vec<Vec<u32>> {
         x.to_vec2::<f32>()

@@ -4,7 +4,7 @@
 use super::*;
 use crate::engine::kernel::QuantizedRows;
 use crate::engine::kernel::test_support::{
-    assert_rows_independent, first_isa_that_differs, random,
+    assert_rows_independent, first_isa_that_differs, random, scaled_case,
 };
 use candle_core::Module;
 use candle_core::quantized::QMatMul;
@@ -206,10 +206,8 @@ proptest! {
             blocks
         };
         let columns = blocks * BLOCK_VALUES;
-        let weights = (random((rows, columns), seed) * f64::from(scale)).unwrap();
-        let weights = QTensor::quantize(&weights, dtype).unwrap();
+        let (weights, input) = scaled_case(dtype, (rows, columns, count), seed, scale);
         let ours = Q4_1Matrix::from_qtensor(&weights).expect("a 4-bit matrix");
-        let input = (random((count, columns), seed ^ 0x5555) * f64::from(scale)).unwrap();
         let differs = first_isa_that_differs(|isa, x| ours.forward_on(isa, x).unwrap(), &input);
         prop_assert_eq!(differs, None);
     }

@@ -168,7 +168,7 @@ mod tests {
     use super::*;
     use crate::engine::kernel::QuantizedRows;
     use crate::engine::kernel::test_support::{
-        assert_rows_independent, first_isa_that_differs, random,
+        assert_rows_independent, first_isa_that_differs, random, scaled_case,
     };
     use candle_core::Device;
     use proptest::prelude::*;
@@ -277,10 +277,8 @@ mod tests {
             scale in prop_oneof![Just(1e-3f32), Just(1.0f32), Just(300.0f32)],
         ) {
             let columns = supers * SUPER_BLOCK * BLOCK_VALUES;
-            let weights = (random((rows, columns), seed) * f64::from(scale)).unwrap();
-            let weights = QTensor::quantize(&weights, GgmlDType::Q6K).unwrap();
+            let (weights, input) = scaled_case(GgmlDType::Q6K, (rows, columns, count), seed, scale);
             let ours = Q6KMatrix::from_qtensor(&weights).expect("a Q6_K matrix");
-            let input = (random((count, columns), seed ^ 0x5555) * f64::from(scale)).unwrap();
             let differs = first_isa_that_differs(|isa, x| ours.forward_on(isa, x).unwrap(), &input);
             prop_assert_eq!(differs, None);
         }

@@ -200,7 +200,7 @@ mod tests {
     use super::*;
     use crate::engine::kernel::QuantizedRows;
     use crate::engine::kernel::test_support::{
-        assert_rows_independent, first_isa_that_differs, random,
+        assert_rows_independent, first_isa_that_differs, random, scaled_case,
     };
     use candle_core::Module;
     use candle_core::quantized::QMatMul;
@@ -292,10 +292,8 @@ mod tests {
             scale in prop_oneof![Just(1e-3f32), Just(1.0f32), Just(300.0f32)],
         ) {
             let columns = blocks * BLOCK_VALUES;
-            let weights = (random((rows, columns), seed) * f64::from(scale)).unwrap();
-            let weights = Arc::new(QTensor::quantize(&weights, GgmlDType::Q8_0).unwrap());
-            let ours = Q8_0Matrix::from_qtensor(&weights).expect("a Q8_0 matrix");
-            let input = (random((count, columns), seed ^ 0x5555) * f64::from(scale)).unwrap();
+            let (weights, input) = scaled_case(GgmlDType::Q8_0, (rows, columns, count), seed, scale);
+            let ours = Q8_0Matrix::from_qtensor(&Arc::new(weights)).expect("a Q8_0 matrix");
             let differs = first_isa_that_differs(|isa, x| ours.forward_on(isa, x).unwrap(), &input);
             prop_assert_eq!(differs, None);
         }
