@@ -39,31 +39,18 @@ enum Kernel {
 const K_QUANT_BLOCK_VALUES: usize = 256;
 
 impl Linear {
-    fn q4_1(matrix: Q4_1Matrix) -> Self {
-        // Per-row activation quantization and per-row arithmetic: see `q4_1::RowDots`.
+    /// One of our kernels: each activation row quantized on its own and each (row, column) dot product computed
+    /// the same way whatever the other rows (see `kernel::TileDots`), so a batch runs in one call.
+    fn ours(kernel: Kernel) -> Self {
         Self {
-            kernel: Kernel::Q4_1(matrix),
-            rows_independent: true,
-            round_input_to_f16: false,
-        }
-    }
-
-    fn q6_k(matrix: Q6KMatrix) -> Self {
-        // The same design as Q4_1's.
-        Self {
-            kernel: Kernel::Q6K(matrix),
+            kernel,
             rows_independent: true,
             round_input_to_f16: false,
         }
     }
 
     pub(super) fn q8_0(matrix: Q8_0Matrix) -> Self {
-        // The same design as Q4_1's.
-        Self {
-            kernel: Kernel::Q8_0(matrix),
-            rows_independent: true,
-            round_input_to_f16: false,
-        }
+        Self::ours(Kernel::Q8_0(matrix))
     }
 
     pub(super) fn candle(matmul: QMatMul, weights: GgmlDType) -> Self {
@@ -155,10 +142,10 @@ pub(super) fn matmul(
 /// The kernel a matrix of `tensor`'s type gets.
 fn linear(tensor: QTensor, name: &str) -> Result<Linear, GgufError> {
     if let Some(matrix) = Q4_1Matrix::from_qtensor(&tensor) {
-        return Ok(Linear::q4_1(matrix));
+        return Ok(Linear::ours(Kernel::Q4_1(matrix)));
     }
     if let Some(matrix) = Q6KMatrix::from_qtensor(&tensor) {
-        return Ok(Linear::q6_k(matrix));
+        return Ok(Linear::ours(Kernel::Q6K(matrix)));
     }
     let tensor = Arc::new(tensor);
     if let Some(matrix) = Q8_0Matrix::from_qtensor(&tensor) {
@@ -200,7 +187,7 @@ impl Stack {
         }
         let references: Vec<&QTensor> = tensors.iter().collect();
         let one = match Q4_1Matrix::from_qtensors(&references) {
-            Some(matrix) => Some(Linear::q4_1(matrix)),
+            Some(matrix) => Some(Linear::ours(Kernel::Q4_1(matrix))),
             None => Q8_0Matrix::from_qtensors(&references).map(Linear::q8_0),
         };
         let kernel = match one {

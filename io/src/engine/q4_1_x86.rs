@@ -100,8 +100,9 @@ unsafe fn k_scales_avx2(matrix: &Q4_1Matrix, row: usize, at: usize) -> __m256 {
     let supers = matrix.blocks / SUPER_BLOCK;
     let scale = k.scales[row * supers + at / SUPER_BLOCK].to_f32();
     let index = row * matrix.blocks + at;
-    assert!(index + SUPER_BLOCK <= k.block_scales.len());
-    // SAFETY: eight bytes of scales in bounds (asserted).
+    // The caller's promise (`checked_rows` checked the rows against `block_scales`).
+    debug_assert!(index + SUPER_BLOCK <= k.block_scales.len());
+    // SAFETY: eight bytes of scales of the row, in bounds.
     let block_scales = unsafe { _mm_loadl_epi64(k.block_scales.as_ptr().add(index).cast()) };
     _mm256_mul_ps(
         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(block_scales)),

@@ -102,7 +102,7 @@ unsafe fn combine_scales<const W: usize, const N: usize, const CAP: usize>(
             let scales = unsafe { half_scales_avx2(matrix, first + w, start + part) };
             for (n, input) in inputs.iter().enumerate() {
                 // SAFETY: four input scales in bounds (`start + part + 4 <= blocks`); eight floats stored at
-                // `2 * part <= 2 * AVX2_CHUNK - 8`.
+                // `2 * part <= CAP - 8`.
                 unsafe {
                     let input_scales = _mm_loadu_ps(input.scales.as_ptr().add(start + part));
                     let input_scales =
@@ -168,7 +168,8 @@ unsafe fn pass_avx2<const W: usize, const N: usize>(
                     let products =
                         _mm256_madd_epi16(_mm256_maddubs_epi16(magnitudes, signed), ones);
                     // SAFETY: the block's two combined scales were written above.
-                    let scale = unsafe { lane_scales(combined[w][n][2 * offset].as_ptr()) };
+                    let scale =
+                        unsafe { lane_scales(combined[w][n].as_ptr().add(2 * offset).cast()) };
                     sums[w][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
                 }
             }
@@ -235,7 +236,8 @@ pub(super) unsafe fn tile_avx512<const W: usize, const N: usize>(
                 for w in 0..W {
                     let products = _mm256_dpbusd_epi32(offsets, weights[w], values);
                     // SAFETY: the block's two combined scales were written above.
-                    let scale = unsafe { lane_scales(combined[w][n][2 * offset].as_ptr()) };
+                    let scale =
+                        unsafe { lane_scales(combined[w][n].as_ptr().add(2 * offset).cast()) };
                     sums[w][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), sums[w][n]);
                 }
             }
