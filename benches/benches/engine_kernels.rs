@@ -10,6 +10,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ollamamax_io::engine::kernel::Isa;
+use ollamamax_io::engine::panel::PanelMatrix;
 use ollamamax_io::engine::q4_1::Q4_1Matrix;
 use ollamamax_io::engine::q6_k::Q6KMatrix;
 use ollamamax_io::engine::q8_0::Q8_0Matrix;
@@ -93,6 +94,27 @@ fn q6_k_matmul(c: &mut Criterion) {
     );
 }
 
+/// The panel kernels (Q4_0, Q5_0, Q8_0) against the llama.cpp-order kernels of the same weights.
+fn panel_matmul(c: &mut Criterion) {
+    let panel = |q: &QTensor| PanelMatrix::from_qtensor(q).expect("a panel type");
+    for (name, dtype) in [
+        ("panel_q4_0", GgmlDType::Q4_0),
+        ("panel_q5_0", GgmlDType::Q5_0),
+        ("panel_q8_0", GgmlDType::Q8_0),
+    ] {
+        matmul_group(c, name, dtype, SHAPES, panel, PanelMatrix::forward_on);
+    }
+    let exact = |q: &QTensor| Q4_1Matrix::from_qtensor(q).expect("a 4-bit matrix");
+    matmul_group(
+        c,
+        "exact_q4_0",
+        GgmlDType::Q4_0,
+        SHAPES,
+        exact,
+        Q4_1Matrix::forward_on,
+    );
+}
+
 /// Our kernel (`load`, then `forward` on each instruction set this CPU has) against candle's `QMatMul` on the same
 /// `dtype` weights, at each of `shapes`, for 1, 4 and 64 input rows.
 fn matmul_group<M>(
@@ -109,7 +131,7 @@ fn matmul_group<M>(
         let qtensor = weights(rows, columns, dtype);
         let ours = load(&qtensor);
         let candle = QMatMul::from_qtensor(qtensor).expect("candle's QMatMul");
-        for tokens in [1usize, 4, 64] {
+        for tokens in [1usize, 4, 8, 64] {
             let x = input(tokens, columns);
             group.throughput(Throughput::Elements((rows * columns * tokens) as u64));
             let id = format!("{name}/{tokens}_tokens");
@@ -151,5 +173,12 @@ fn q8_0_matmul(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, q4_1_matmul, q4_k_matmul, q6_k_matmul, q8_0_matmul);
+criterion_group!(
+    benches,
+    q4_1_matmul,
+    q4_k_matmul,
+    q6_k_matmul,
+    q8_0_matmul,
+    panel_matmul
+);
 criterion_main!(benches);

@@ -1,5 +1,5 @@
 //! What the quantized matmul kernels ([`super::q4_1`], [`super::q8_0`]) share: the instruction set they run on
-//! ([`Isa`], chosen at run time), the 8-bit quantization of activation rows ([`QuantizedRows`]), and the driver
+//! ([`Isa`], chosen at run time, see [`super::kernel_choice`]), the 8-bit quantization of activation rows ([`QuantizedRows`]), and the driver
 //! that tiles `x · Wᵀ` into passes of up to [`WEIGHT_ROWS_PER_PASS`] weight rows by [`INPUT_ROWS_PER_PASS`]
 //! activation rows and splits the weight rows over candle's thread pool.
 //!
@@ -14,9 +14,9 @@
 //! The portable implementations spell that order out lane by lane; they are the reference the SIMD kernels are
 //! tested against bit for bit, and what runs on CPUs without AVX2.
 
-use std::sync::OnceLock;
-
 use half::f16;
+
+pub use super::kernel_choice::{ARITHMETIC_VARIABLE, Arithmetic, ISA_VARIABLE, Isa};
 
 /// Values per block, for weights and activations alike.
 pub(super) const BLOCK_VALUES: usize = 32;
@@ -31,83 +31,6 @@ pub(super) const WEIGHT_ROWS_PER_PASS: usize = 4;
 /// per-row data in groups of this many rows.
 pub(super) const ROW_GROUP: usize = 16;
 
-/// The instruction set a kernel runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Isa {
-    /// Plain Rust, any CPU.
-    Portable,
-    /// x86-64 AVX2 with FMA and F16C.
-    Avx2,
-    /// x86-64 AVX-512 (F, BW, VL) with VNNI, on 256-bit registers.
-    Avx512Vnni,
-}
-
-/// The environment variable that caps the instruction set (`portable`, `avx2` or `avx512`), e.g. to test the
-/// fallbacks on a machine that has more.
-pub const ISA_VARIABLE: &str = "OLLAMAMAX_KERNELS";
-
-impl Isa {
-    /// The best instruction set this CPU has.
-    pub fn detected() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("fma")
-            {
-                return Self::Avx512Vnni;
-            }
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                return Self::Avx2;
-            }
-        }
-        Self::Portable
-    }
-
-    /// Every instruction set this CPU can run, from the simplest.
-    pub fn available() -> Vec<Self> {
-        [Self::Portable, Self::Avx2, Self::Avx512Vnni]
-            .into_iter()
-            .filter(|isa| *isa <= Self::detected())
-            .collect()
-    }
-
-    /// What the kernels use: the detected set, capped by [`ISA_VARIABLE`] when it is set (an unknown value is
-    /// ignored with a warning). Read once per process.
-    pub fn current() -> Self {
-        static CURRENT: OnceLock<Isa> = OnceLock::new();
-        *CURRENT.get_or_init(|| {
-            let detected = Self::detected();
-            match std::env::var(ISA_VARIABLE) {
-                Ok(value) => match Self::parse(&value) {
-                    Some(cap) => cap.min(detected),
-                    None => {
-                        eprintln!(
-                            "warning: {ISA_VARIABLE}={value:?} is not portable, avx2 or avx512; using {detected:?}"
-                        );
-                        detected
-                    }
-                },
-                Err(_) => detected,
-            }
-        })
-    }
-
-    fn parse(value: &str) -> Option<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "portable" | "none" | "scalar" => Some(Self::Portable),
-            "avx2" => Some(Self::Avx2),
-            "avx512" | "avx512vnni" => Some(Self::Avx512Vnni),
-            _ => None,
-        }
-    }
-}
-
 /// Activation rows quantized to 8 bits per 32-value block, as ggml's `quantize_row_q8_1` does on AVX2 CPUs
 /// (scale `max|x| / 127`, values rounded half to even, scale and scaled sum rounded through f16); the scales and
 /// values are also what `quantize_row_q8_0` gives. Stored a field at a time, so kernels load sixteen scales
@@ -116,6 +39,7 @@ pub(super) struct QuantizedRows {
     blocks: usize,
     scales: Vec<f32>,
     sums: Vec<f32>,
+    totals: Vec<i32>,
     values: Vec<i8>,
     offsets: Vec<i32>,
 }
@@ -127,6 +51,8 @@ pub(super) struct InputRow<'a> {
     pub(super) scales: &'a [f32],
     /// Each block's `scale * Σ values`, which meets each Q4_1 weight block's minimum.
     pub(super) sums: &'a [f32],
+    /// Each block's `Σ values`, exact.
+    pub(super) totals: &'a [i32],
     /// The values, 32 per block.
     pub(super) values: &'a [i8],
     /// Per block, per lane of four values: `-128 * Σ values`. With it, VNNI's unsigned-by-signed `vpdpbusd` takes
@@ -146,6 +72,7 @@ impl QuantizedRows {
             blocks: columns / BLOCK_VALUES,
             scales: Vec::with_capacity(count),
             sums: Vec::with_capacity(count),
+            totals: Vec::with_capacity(count),
             values: vec![0; count * BLOCK_VALUES],
             offsets: Vec::with_capacity(count * LANES),
         };
@@ -171,6 +98,7 @@ impl QuantizedRows {
             }
             rows.scales.push(f16::from_f32(scale).to_f32());
             rows.sums.push(f16::from_f32(scale * sum as f32).to_f32());
+            rows.totals.push(sum);
             rows.offsets.extend(
                 quantized
                     .chunks_exact(4)
@@ -191,6 +119,7 @@ impl QuantizedRows {
         InputRow {
             scales: &self.scales[blocks.clone()],
             sums: &self.sums[blocks.clone()],
+            totals: &self.totals[blocks.clone()],
             values: &self.values[blocks.start * BLOCK_VALUES..blocks.end * BLOCK_VALUES],
             offsets: &self.offsets[blocks.start * LANES..blocks.end * LANES],
         }
@@ -302,7 +231,7 @@ fn matmul<K: TileDots>(
         return;
     }
     let inputs: Vec<InputRow<'_>> = (0..count).map(|index| input.row(index)).collect();
-    let target = OutputPointer(output.as_mut_ptr().cast());
+    let target = OutputPointer::new(output);
     // The match below names every pass size.
     const _: () = assert!(INPUT_ROWS_PER_PASS == 4);
     const _: () = assert!(ROW_GROUP.is_multiple_of(WEIGHT_ROWS_PER_PASS));
@@ -389,15 +318,20 @@ impl Place<'_> {
 }
 
 /// The output buffer, shared by the pool's workers, each writing disjoint elements.
-struct OutputPointer(*mut f32);
+pub(super) struct OutputPointer(*mut f32);
 
 // SAFETY: workers write disjoint elements (see `matmul`) and the buffer outlives the pool call.
 unsafe impl Sync for OutputPointer {}
 
 impl OutputPointer {
+    /// Where the elements of `output` go.
+    pub(super) fn new(output: &mut [std::mem::MaybeUninit<f32>]) -> Self {
+        Self(output.as_mut_ptr().cast())
+    }
+
     /// # Safety
     /// `index` is in bounds and no other thread accesses that element during the call.
-    unsafe fn write(&self, index: usize, value: f32) {
+    pub(super) unsafe fn write(&self, index: usize, value: f32) {
         // SAFETY: guaranteed by the caller.
         unsafe { *self.0.add(index) = value };
     }
@@ -560,6 +494,50 @@ pub(super) mod test_support {
         (weights, input)
     }
 
+    /// Checks `value`, one row of quantized weights (`weights`, dequantized) times the input row `x` through our
+    /// kernels, against the exact product with the unquantized input: quantizing the input moves each value by at
+    /// most half a step, `max |x| / 254` of its block of 32.
+    pub(crate) fn assert_near_exact_product(value: f32, weights: &[f32], x: &[f32], context: &str) {
+        let (mut exact, mut bound) = (0f64, 1e-3);
+        for (w, block) in weights.chunks_exact(32).zip(x.chunks_exact(32)) {
+            let largest = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (&w, &v) in w.iter().zip(block) {
+                exact += f64::from(w) * f64::from(v);
+                bound += f64::from(w.abs()) * f64::from(largest) / 254.0 * 1.01;
+            }
+        }
+        assert!(
+            (f64::from(value) - exact).abs() <= bound,
+            "{context}: {value} vs exact {exact} (bound {bound})"
+        );
+    }
+
+    /// Checks that `together` (the results of a stack of matrices for `count` input rows, row-major) holds, for each
+    /// row, each part's results from `alone` side by side, bit for bit.
+    pub(crate) fn assert_stack_gives_each_parts_bits(
+        together: &[f32],
+        alone: &[Vec<f32>],
+        count: usize,
+    ) {
+        let width: usize = alone.iter().map(|part| part.len() / count).sum();
+        for row in 0..count {
+            let expected: Vec<u32> = alone
+                .iter()
+                .flat_map(|part| {
+                    let part_width = part.len() / count;
+                    part[row * part_width..(row + 1) * part_width]
+                        .iter()
+                        .map(|v| v.to_bits())
+                })
+                .collect();
+            let found: Vec<u32> = together[row * width..(row + 1) * width]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(found, expected, "row {row}");
+        }
+    }
+
     /// The bits of a `[rows, columns]` result.
     pub(crate) fn bits(x: &Tensor) -> Vec<Vec<u32>> {
         x.to_vec2::<f32>()
@@ -651,15 +629,5 @@ mod tests {
             expected,
             (1e8 + 0.25 + (-1e8 + 1e-3)) + (1.0 - 7.0 + (3.5 + 2.0))
         );
-    }
-
-    #[test]
-    fn the_cap_parses() {
-        assert_eq!(Isa::parse("portable"), Some(Isa::Portable));
-        assert_eq!(Isa::parse(" AVX2 "), Some(Isa::Avx2));
-        assert_eq!(Isa::parse("avx512"), Some(Isa::Avx512Vnni));
-        assert_eq!(Isa::parse("sse9"), None);
-        assert!(Isa::available().contains(&Isa::Portable));
-        assert!(Isa::available().contains(&Isa::current()));
     }
 }

@@ -11,6 +11,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::gguf::{GgufError, GgufFile};
+use super::kernel::Arithmetic;
+use super::panel::PanelMatrix;
 use super::q4_1::Q4_1Matrix;
 use super::q6_k::Q6KMatrix;
 use super::q8_0::Q8_0Matrix;
@@ -29,6 +31,7 @@ pub(super) struct Linear {
 }
 
 enum Kernel {
+    Panel(PanelMatrix),
     Q4_1(Q4_1Matrix),
     Q6K(Q6KMatrix),
     Q8_0(Q8_0Matrix),
@@ -47,6 +50,10 @@ impl Linear {
             rows_independent: true,
             round_input_to_f16: false,
         }
+    }
+
+    pub(super) fn panel(matrix: PanelMatrix) -> Self {
+        Self::ours(Kernel::Panel(matrix))
     }
 
     pub(super) fn q8_0(matrix: Q8_0Matrix) -> Self {
@@ -94,6 +101,7 @@ impl Linear {
     pub(super) fn forward_rows(&self, x: &[f32], columns: usize) -> candle_core::Result<Vec<f32>> {
         match &self.kernel {
             // Only F16 weights round their input, and those are candle's.
+            Kernel::Panel(matrix) => Ok(matrix.forward_rows(x)),
             Kernel::Q4_1(matrix) => Ok(matrix.forward_rows(x)),
             Kernel::Q6K(matrix) => Ok(matrix.forward_rows(x)),
             Kernel::Q8_0(matrix) => matrix.forward_rows(x),
@@ -108,6 +116,7 @@ impl Linear {
 impl Kernel {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Self::Panel(matrix) => matrix.forward(x),
             Self::Q4_1(matrix) => matrix.forward(x),
             Self::Q6K(matrix) => matrix.forward(x),
             Self::Q8_0(matrix) => matrix.forward(x),
@@ -134,13 +143,19 @@ pub(super) fn matmul(
     file: &mut GgufFile,
     name: &str,
     shape: &[usize],
+    arithmetic: Arithmetic,
 ) -> Result<Linear, GgufError> {
     let tensor = file.tensor(name, shape)?;
-    linear(tensor, name)
+    linear(tensor, name, arithmetic)
 }
 
 /// The kernel a matrix of `tensor`'s type gets.
-fn linear(tensor: QTensor, name: &str) -> Result<Linear, GgufError> {
+fn linear(tensor: QTensor, name: &str, arithmetic: Arithmetic) -> Result<Linear, GgufError> {
+    if arithmetic == Arithmetic::Fast
+        && let Some(matrix) = PanelMatrix::from_qtensor(&tensor)
+    {
+        return Ok(Linear::panel(matrix));
+    }
     if let Some(matrix) = Q4_1Matrix::from_qtensor(&tensor) {
         return Ok(Linear::ours(Kernel::Q4_1(matrix)));
     }
@@ -179,6 +194,7 @@ impl Stack {
     pub(super) fn load(
         file: &mut GgufFile,
         parts: &[(&str, [usize; 2])],
+        arithmetic: Arithmetic,
     ) -> Result<Self, GgufError> {
         let widths = parts.iter().map(|(_, [rows, _])| *rows).collect();
         let mut tensors = Vec::with_capacity(parts.len());
@@ -186,9 +202,16 @@ impl Stack {
             tensors.push(file.tensor(name, shape)?);
         }
         let references: Vec<&QTensor> = tensors.iter().collect();
-        let one = match Q4_1Matrix::from_qtensors(&references) {
-            Some(matrix) => Some(Linear::ours(Kernel::Q4_1(matrix))),
-            None => Q8_0Matrix::from_qtensors(&references).map(Linear::q8_0),
+        let panel = match arithmetic {
+            Arithmetic::Fast => PanelMatrix::from_qtensors(&references),
+            Arithmetic::LlamaCpp => None,
+        };
+        let one = if let Some(matrix) = panel {
+            Some(Linear::panel(matrix))
+        } else if let Some(matrix) = Q4_1Matrix::from_qtensors(&references) {
+            Some(Linear::ours(Kernel::Q4_1(matrix)))
+        } else {
+            Q8_0Matrix::from_qtensors(&references).map(Linear::q8_0)
         };
         let kernel = match one {
             Some(linear) => StackKernel::One(linear),
@@ -196,7 +219,7 @@ impl Stack {
                 tensors
                     .into_iter()
                     .zip(parts)
-                    .map(|(tensor, (name, _))| linear(tensor, name))
+                    .map(|(tensor, (name, _))| linear(tensor, name, arithmetic))
                     .collect::<Result<_, _>>()?,
             ),
         };

@@ -19,15 +19,20 @@ pub mod architecture;
 pub mod constraint;
 pub mod detokenize;
 pub mod embed;
+mod file_rows;
 pub mod generate;
 mod ggml_math;
 pub mod gguf;
 pub mod grammar;
 pub mod kernel;
+mod kernel_choice;
 pub mod kv;
 mod linear;
 pub mod llama;
 pub mod options;
+pub mod panel;
+#[cfg(target_arch = "x86_64")]
+mod panel_x86;
 pub mod pretokenize;
 pub mod q4_1;
 #[cfg(target_arch = "x86_64")]
@@ -49,6 +54,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use gguf::{GgufError, GgufFile, ModelConfig};
+pub use kernel::Arithmetic;
 use llama::Llama;
 use tokenizer::{Tokenizer, TokenizerError};
 
@@ -131,13 +137,19 @@ fn elapsed_ns(since: Instant) -> u64 {
 }
 
 impl Model {
-    /// Loads a GGUF model: validates the header, builds the tokenizer, then reads every weight.
+    /// Loads a GGUF model: validates the header, builds the tokenizer, then reads every weight. The arithmetic
+    /// is [`Arithmetic::from_env`]'s.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
+        Self::load_with(path, Arithmetic::from_env())
+    }
+
+    /// [`Model::load`] with the given arithmetic for the quantized matmuls.
+    pub fn load_with(path: &Path, arithmetic: Arithmetic) -> Result<Self, LoadError> {
         let started = Instant::now();
         let mut file = GgufFile::open(path)?;
         let config = ModelConfig::read(&file)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let llama = Llama::load(&mut file, &config)?;
+        let llama = Llama::load(&mut file, &config, arithmetic)?;
         Ok(Self {
             config,
             tokenizer,

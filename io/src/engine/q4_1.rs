@@ -47,7 +47,8 @@ pub(super) struct Layout {
 }
 
 impl Layout {
-    fn of(dtype: GgmlDType) -> Option<Self> {
+    /// The layout of `dtype`'s blocks; `None` for types without one here.
+    pub(super) fn of(dtype: GgmlDType) -> Option<Self> {
         match dtype {
             GgmlDType::Q4_1 => Some(Self {
                 block_bytes: 20,
@@ -298,15 +299,8 @@ impl Q4_1Matrix {
         kernel::forward(self, self.rows, self.columns, isa, x)
     }
 
-    /// Value `j` (0..32) of block `block` of row `row`, 0..16.
-    fn value(&self, row: usize, block: usize, j: usize) -> u8 {
-        let at = (row * self.blocks.div_ceil(2) + block / 2) * PAIR_BYTES + j;
-        let shift = if block.is_multiple_of(2) { 0 } else { 4 };
-        (self.pairs[at] >> shift) & 0x0F
-    }
-
     /// Block `block` of row `row`'s scale: `d`, or Q4_K's `d · sc` (exact in f32).
-    fn block_scale(&self, row: usize, block: usize) -> f32 {
+    pub(super) fn block_scale(&self, row: usize, block: usize) -> f32 {
         match &self.super_blocks {
             Some(k) => {
                 let scale = k.scales[row * (self.blocks / SUPER_BLOCK) + block / SUPER_BLOCK];
@@ -316,19 +310,46 @@ impl Q4_1Matrix {
         }
     }
 
+    /// Value `j` of block `block` of row `row` with its fifth bit (Q5 types), 0..32: the weight's integer plus
+    /// [`Q4_1Matrix::offset`].
+    pub(super) fn stored_value(&self, row: usize, block: usize, j: usize) -> u8 {
+        let at = (row * self.blocks.div_ceil(2) + block / 2) * PAIR_BYTES + j;
+        let shift = if block.is_multiple_of(2) { 0 } else { 4 };
+        let fifth = match self.high_bits.get(row * self.blocks + block) {
+            Some(bits) => (((bits >> j) & 1) as u8) << 4,
+            None => 0,
+        };
+        ((self.pairs[at] >> shift) & 0x0F) | fifth
+    }
+
+    /// The 32 values of block `block` of row `row` as [`Q4_1Matrix::stored_value`] gives them.
+    pub(super) fn stored_values(&self, row: usize, block: usize) -> [u8; BLOCK_VALUES] {
+        let at = (row * self.blocks.div_ceil(2) + block / 2) * PAIR_BYTES;
+        let pair: &[u8; PAIR_BYTES] = self.pairs[at..at + PAIR_BYTES]
+            .try_into()
+            .expect("a pair of blocks");
+        let shift = if block.is_multiple_of(2) { 0 } else { 4 };
+        let bits = self
+            .high_bits
+            .get(row * self.blocks + block)
+            .copied()
+            .unwrap_or(0);
+        std::array::from_fn(|j| ((pair[j] >> shift) & 0x0F) | ((((bits >> j) & 1) as u8) << 4))
+    }
+
+    /// Values per row.
+    pub(super) fn columns(&self) -> usize {
+        self.columns
+    }
+
     /// Value `j` of block `block` of row `row` as the dot product counts it: `q` (Q4_1), `q - 8` (Q4_0), or
     /// `q - 16` with `q` taking its fifth bit (Q5_0).
     fn signed_value(&self, row: usize, block: usize, j: usize) -> i32 {
-        let fifth = match self.high_bits.get(row * self.blocks + block) {
-            Some(bits) => ((bits >> j) & 1) << 4,
-            None => 0,
-        };
-        (i32::from(self.value(row, block, j)) | fifth as i32) - i32::from(self.offset)
+        i32::from(self.stored_value(row, block, j)) - i32::from(self.offset)
     }
 
     /// The minimum of block `block` of row `row`: `m`, or Q4_K's `-dmin · m`.
-    #[cfg(test)]
-    fn minimum(&self, row: usize, block: usize) -> f32 {
+    pub(super) fn minimum(&self, row: usize, block: usize) -> f32 {
         let (group, at) = (row / ROW_GROUP, row % ROW_GROUP);
         match &self.super_blocks {
             Some(k) => {

@@ -4,7 +4,8 @@
 use super::*;
 use crate::engine::kernel::QuantizedRows;
 use crate::engine::kernel::test_support::{
-    assert_rows_independent, first_isa_that_differs, random, scaled_case,
+    assert_near_exact_product, assert_rows_independent, assert_stack_gives_each_parts_bits,
+    first_isa_that_differs, random, scaled_case,
 };
 use candle_core::Module;
 use candle_core::quantized::QMatMul;
@@ -85,24 +86,11 @@ fn matches_the_definition_and_candle(dtype: GgmlDType, shapes: &[(usize, usize, 
                         (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
                         "{dtype:?} {isa:?}: {value} vs {reference}"
                     );
-                    // The exact product of the weights with the unquantized input: quantizing the input moves
-                    // each value by at most half a step, `max |x| / 254` of its block.
-                    let (mut exact, mut bound) = (0f64, 1e-3);
-                    for (&w, block) in
-                        dequantized[column]
-                            .iter()
-                            .zip(x[row].chunks_exact(BLOCK_VALUES).flat_map(|block| {
-                                let largest = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                                block.iter().map(move |&v| (v, largest))
-                            }))
-                    {
-                        let (v, largest) = block;
-                        exact += f64::from(w) * f64::from(v);
-                        bound += f64::from(w.abs()) * f64::from(largest) / 254.0 * 1.01;
-                    }
-                    assert!(
-                        (f64::from(value) - exact).abs() <= bound,
-                        "{dtype:?} {isa:?}: {value} vs exact {exact} (bound {bound})"
+                    assert_near_exact_product(
+                        value,
+                        &dequantized[column],
+                        &x[row],
+                        &format!("{dtype:?} {isa:?}"),
                     );
                     // candle quantizes the activations in blocks of 32 too, except for the k-quants (one
                     // scale per 256 values, ggml's Q8_K), whose results differ from ours by more than this.
@@ -137,22 +125,7 @@ fn a_stack_gives_each_parts_bits() {
                 .forward_rows(&inputs)
         })
         .collect();
-    for row in 0..3 {
-        let expected: Vec<u32> = alone
-            .iter()
-            .flat_map(|part| {
-                let width = part.len() / 3;
-                part[row * width..(row + 1) * width]
-                    .iter()
-                    .map(|v| v.to_bits())
-            })
-            .collect();
-        let found: Vec<u32> = together[row * 57..(row + 1) * 57]
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
-        assert_eq!(found, expected, "row {row}");
-    }
+    assert_stack_gives_each_parts_bits(&together, &alone, 3);
     // A part of 9 rows before another would share a group of minimums with it.
     assert!(Q4_1Matrix::from_qtensors(&[&parts[2], &parts[0]]).is_none());
     let narrow = QTensor::quantize(&random((16, 64), 31), GgmlDType::Q4_1).unwrap();

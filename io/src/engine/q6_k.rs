@@ -168,7 +168,8 @@ mod tests {
     use super::*;
     use crate::engine::kernel::QuantizedRows;
     use crate::engine::kernel::test_support::{
-        assert_rows_independent, first_isa_that_differs, random, scaled_case,
+        assert_near_exact_product, assert_rows_independent, first_isa_that_differs, random,
+        scaled_case,
     };
     use candle_core::Device;
     use proptest::prelude::*;
@@ -235,19 +236,11 @@ mod tests {
                             (f64::from(value) - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
                             "{isa:?}: {value} vs {reference}"
                         );
-                        // Against the unquantized input: each value moved by at most half a step.
-                        let (mut exact, mut bound) = (0f64, 1e-3);
-                        for (block, values) in x[row].chunks_exact(BLOCK_VALUES).enumerate() {
-                            let largest = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-                            for (j, &v) in values.iter().enumerate() {
-                                let w = dequantized[column][block * BLOCK_VALUES + j];
-                                exact += f64::from(w) * f64::from(v);
-                                bound += f64::from(w.abs()) * f64::from(largest) / 254.0 * 1.01;
-                            }
-                        }
-                        assert!(
-                            (f64::from(value) - exact).abs() <= bound,
-                            "{isa:?}: {value} vs exact {exact} (bound {bound})"
+                        assert_near_exact_product(
+                            value,
+                            &dequantized[column],
+                            &x[row],
+                            &format!("{isa:?}"),
                         );
                     }
                 }

@@ -20,6 +20,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 
+use super::file_rows::FileRows;
 use super::kernel::{self, BLOCK_VALUES, InputRow, Isa, LANES, TileDots};
 
 /// Bytes of one Q8_0 block: the f16 scale, then one byte per value.
@@ -64,31 +65,17 @@ impl Q8_0Matrix {
     /// `Q4_1Matrix::from_qtensors`, whose reasons apply here. `None` for no parts, another type, rank or device,
     /// or different widths.
     pub fn from_qtensors(parts: &[&QTensor]) -> Option<Self> {
-        let mut rows = 0;
-        let mut columns = None;
-        let mut bytes = Vec::new();
-        for part in parts {
-            if part.dtype() != GgmlDType::Q8_0 || !matches!(part.device(), Device::Cpu) {
-                return None;
-            }
-            let (part_rows, part_columns) = part.shape().dims2().ok()?;
-            if *columns.get_or_insert(part_columns) != part_columns
-                || part_columns == 0
-                || !part_columns.is_multiple_of(BLOCK_VALUES)
-            {
-                return None;
-            }
-            let data = part.data().ok()?;
-            if data.len() != part_rows * part_columns / BLOCK_VALUES * WEIGHT_BLOCK_BYTES {
-                return None;
-            }
-            bytes.extend_from_slice(&data);
-            rows += part_rows;
-        }
+        let file = FileRows::new(parts, GgmlDType::Q8_0, WEIGHT_BLOCK_BYTES)?;
         Some(Self {
-            rows,
-            columns: columns?,
-            bytes: Bytes::Owned(bytes),
+            rows: file.rows,
+            columns: file.columns,
+            bytes: Bytes::Owned(
+                file.parts
+                    .iter()
+                    .map(|(_, bytes)| &bytes[..])
+                    .collect::<Vec<_>>()
+                    .concat(),
+            ),
         })
     }
 

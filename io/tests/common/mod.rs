@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ollamamax_io::engine::Model;
+use ollamamax_io::engine::{Arithmetic, Model};
 
 /// The SmolLM2 GGUF: `$OLLAMAMAX_MODEL`, else where `scripts/fetch-model.sh` caches it. Missing: the test fails.
 pub fn model_path() -> PathBuf {
@@ -27,6 +27,22 @@ pub fn model_path() -> PathBuf {
 pub fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| Model::load(&model_path()).expect("the default model loads"))
+}
+
+/// The model loaded with llama.cpp's arithmetic ([`Arithmetic::LlamaCpp`]): what the goldens compare bit for bit.
+pub fn model_llama_cpp() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        Model::load_with(&model_path(), Arithmetic::LlamaCpp).expect("the default model loads")
+    })
+}
+
+/// The model loaded with the default arithmetic ([`Arithmetic::Fast`]), whatever the environment says.
+pub fn model_fast() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        Model::load_with(&model_path(), Arithmetic::Fast).expect("the default model loads")
+    })
 }
 
 pub fn chat(user: &str) -> String {

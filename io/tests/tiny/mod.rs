@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gguf_writer::{GgufWriter, TensorType};
 use ollamamax_core::rng::Rng;
-use ollamamax_io::engine::{LoadError, Model};
+use ollamamax_io::engine::{Arithmetic, LoadError, Model};
 
 /// Width of the residual stream.
 pub const EMBEDDING: usize = 64;
@@ -327,10 +327,15 @@ impl Drop for TempDir {
 
 /// Writes `bytes` to a file in a fresh temp dir, loads it with [`Model::load`], and removes the dir.
 pub fn load_bytes(bytes: &[u8]) -> Result<Model, LoadError> {
+    load_bytes_with(bytes, Arithmetic::from_env())
+}
+
+/// [`load_bytes`] with the given arithmetic ([`Model::load_with`]).
+pub fn load_bytes_with(bytes: &[u8], arithmetic: Arithmetic) -> Result<Model, LoadError> {
     let dir = TempDir::new();
     let path = dir.path().join("tiny.gguf");
     std::fs::write(&path, bytes).expect("write the model file");
-    Model::load(&path)
+    Model::load_with(&path, arithmetic)
 }
 
 /// The default tiny model (seed 1, [`Layout::QUANTIZED`]), loaded once per test binary.
