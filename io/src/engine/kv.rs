@@ -45,13 +45,24 @@ use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use super::ggml_math::{
     DOT_STEP, LANES, dot_tiled, dot_vec, dot_vec_f16, round_through_f16, softmax,
 };
+use super::kv_tiled::{self, TILE, TiledBlock};
 
-/// One block's keys and values.
+/// How a cache lays out its keys and values, which decides the attention arithmetic over it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// llama.cpp's, with its arithmetic (see the module documentation).
+    Ggml,
+    /// Tiles of keys and rows of values for whole-vector arithmetic ([`kv_tiled`]); for heads of a whole number
+    /// of 16 values.
+    Tiled,
+}
+
+/// One block's keys and values, f16 bits.
 struct BlockCache {
-    /// `[kv heads][capacity][head dimension]`, f16 bits.
+    /// [`Layout::Ggml`]: `[kv heads][capacity][head dimension]`; [`Layout::Tiled`]: see [`kv_tiled`].
     keys: Vec<u16>,
-    /// `[kv heads][head dimension][capacity]`, f16 bits: transposed, so a weighted sum over positions reads
-    /// contiguous memory.
+    /// [`Layout::Ggml`]: `[kv heads][head dimension][capacity]`, transposed, so a weighted sum over positions reads
+    /// contiguous memory; [`Layout::Tiled`]: see [`kv_tiled`].
     values: Vec<u16>,
 }
 
@@ -63,6 +74,7 @@ pub struct KvCache {
     pub(super) capacity: u32,
     kv_heads: u32,
     head_dimension: u32,
+    layout: Layout,
 }
 
 /// The shape of one attention call: how many new tokens, where they start, how the heads are laid out.
@@ -76,15 +88,25 @@ pub(super) struct AttentionShape {
 }
 
 impl KvCache {
-    /// An empty cache of `capacity` positions for `blocks` blocks of `kv_heads` heads of `head_dimension` values.
+    /// An empty cache of `capacity` positions for `blocks` blocks of `kv_heads` heads of `head_dimension` values,
+    /// laid out as `layout` asks where the head dimension allows it ([`Layout::Ggml`] otherwise).
     /// The memory is zeroed lazily by the allocator, so a cache costs what it holds, not its capacity.
     pub(super) fn new(
         blocks: u32,
         kv_heads: u32,
         capacity: u32,
         head_dimension: u32,
+        layout: Layout,
     ) -> candle_core::Result<Self> {
-        let values = kv_heads as usize * capacity as usize * head_dimension as usize;
+        let layout = match layout {
+            Layout::Tiled if kv_tiled::supports(head_dimension as usize) => Layout::Tiled,
+            _ => Layout::Ggml,
+        };
+        let positions = match layout {
+            Layout::Ggml => capacity as usize,
+            Layout::Tiled => (capacity as usize).next_multiple_of(TILE),
+        };
+        let values = kv_heads as usize * positions * head_dimension as usize;
         let blocks = (0..blocks)
             .map(|_| BlockCache {
                 // `vec![0; n]` of a primitive comes from the allocator's zeroed pages.
@@ -98,7 +120,41 @@ impl KvCache {
             capacity,
             kv_heads,
             head_dimension,
+            layout,
         })
+    }
+
+    /// How this cache is laid out.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Block `block` as the tiled attention reads it.
+    fn tiled_block(&self, block: usize) -> TiledBlock<'_> {
+        assert_eq!(self.layout, Layout::Tiled, "a tiled cache");
+        let cache = &self.blocks[block];
+        TiledBlock {
+            keys: &cache.keys,
+            values: &cache.values,
+            kv_heads: self.kv_heads as usize,
+            dim: self.head_dimension as usize,
+            capacity: (self.capacity as usize).next_multiple_of(TILE),
+        }
+    }
+
+    /// Stores new positions (keys and values `[rows][kv heads][dim]`) from `start` on in the tiled layout.
+    fn store_tiled(&mut self, block: usize, start: usize, keys: &[f32], values: &[f32]) {
+        let (kv_heads, dim) = (self.kv_heads as usize, self.head_dimension as usize);
+        let capacity = (self.capacity as usize).next_multiple_of(TILE);
+        let cache = &mut self.blocks[block];
+        kv_tiled::store(
+            &mut cache.keys,
+            &mut cache.values,
+            (kv_heads, dim, capacity),
+            start,
+            keys,
+            values,
+        );
     }
 
     /// Positions filled so far (the next token's position).
@@ -177,6 +233,22 @@ impl KvCache {
         );
         assert_eq!(values.len(), keys.len(), "values are shaped like keys");
         assert_eq!(output.len(), queries.len(), "one output per query value");
+        if self.layout == Layout::Tiled {
+            self.store_tiled(block, start, keys, values);
+            let target = OutputPointer(output.as_mut_ptr());
+            let block = self.tiled_block(block);
+            let rows: Vec<kv_tiled::Row<'_>> = (0..count)
+                .map(|row| kv_tiled::Row {
+                    block,
+                    visible: start + row + 1,
+                    queries: &queries[row * heads * dim..][..heads * dim],
+                    // SAFETY: in bounds: `output` holds `count` rows of `heads · dim`.
+                    output: OutputPointer(unsafe { target.0.add(row * heads * dim) }),
+                })
+                .collect();
+            kv_tiled::attend_rows(&rows, heads);
+            return;
+        }
         if count == 1 {
             // One new position: the decode path, which a batch of decoding sequences shares.
             let mut entry = [DecodeEntry {
@@ -296,6 +368,7 @@ pub(super) fn attend_decode(block: usize, heads: usize, entries: &mut [DecodeEnt
     };
     let kv_heads = first.cache.kv_heads as usize;
     let dim = first.cache.head_dimension as usize;
+    let first_layout = first.cache.layout;
     assert!(
         heads.is_multiple_of(kv_heads),
         "query heads share key/value heads evenly"
@@ -322,6 +395,11 @@ pub(super) fn attend_decode(block: usize, heads: usize, entries: &mut [DecodeEnt
             entry.query.len(),
             "one output per query value"
         );
+        assert_eq!(cache.layout, first_layout, "one model's caches");
+        if cache.layout == Layout::Tiled {
+            cache.store_tiled(block, start, entry.key, entry.value);
+            continue;
+        }
         let shape = AttentionShape {
             count: 1,
             start,
@@ -336,6 +414,23 @@ pub(super) fn attend_decode(block: usize, heads: usize, entries: &mut [DecodeEnt
             entry.key,
             entry.value,
         );
+    }
+    if first_layout == Layout::Tiled {
+        let rows: Vec<kv_tiled::Row<'_>> = entries
+            .iter_mut()
+            .map(|entry| {
+                let output = OutputPointer(entry.output.as_mut_ptr());
+                let cache: &KvCache = entry.cache;
+                kv_tiled::Row {
+                    block: cache.tiled_block(block),
+                    visible: cache.len as usize + 1,
+                    queries: entry.query,
+                    output,
+                }
+            })
+            .collect();
+        kv_tiled::attend_rows(&rows, heads);
+        return;
     }
     let views: Vec<View<'_>> = entries
         .iter_mut()
@@ -413,7 +508,7 @@ struct Dots {
 }
 
 /// `output` shared with the pool's workers, each writing its own elements.
-struct OutputPointer(*mut f32);
+pub(super) struct OutputPointer(*mut f32);
 
 // SAFETY: workers write disjoint elements (see `KvCache::attend`) and the buffer outlives the pool call.
 unsafe impl Sync for OutputPointer {}
@@ -424,6 +519,16 @@ impl OutputPointer {
     unsafe fn write(&self, index: usize, value: f32) {
         // SAFETY: guaranteed by the caller.
         unsafe { *self.0.add(index) = value };
+    }
+
+    /// Elements `offset..offset + length` as a slice.
+    ///
+    /// # Safety
+    /// The range is in bounds, and no other thread accesses it while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn slice(&self, offset: usize, length: usize) -> &mut [f32] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), length) }
     }
 }
 
@@ -462,7 +567,7 @@ mod tests {
     #[test]
     fn a_lone_position_attends_to_its_own_value_rounded_to_f16() {
         let dim = 64;
-        let mut cache = KvCache::new(1, 1, 4, dim as u32).unwrap();
+        let mut cache = KvCache::new(1, 1, 4, dim as u32, Layout::Ggml).unwrap();
         let (query, key, value) = (values(2 * dim, 7), values(dim, 8), values(dim, 9));
         let mut output = vec![0f32; 2 * dim];
         let shape = AttentionShape {
@@ -490,7 +595,7 @@ mod tests {
             values(2 * dim, 11),
             values(2 * dim, 12),
         );
-        let mut pair = KvCache::new(1, 1, 2, dim as u32).unwrap();
+        let mut pair = KvCache::new(1, 1, 2, dim as u32, Layout::Ggml).unwrap();
         let mut output = vec![0f32; 2 * dim];
         let shape = AttentionShape {
             count: 2,
@@ -508,5 +613,74 @@ mod tests {
             second.iter().zip(&rounded).any(|(a, b)| a != b),
             "the second row mixes both values"
         );
+    }
+}
+
+#[cfg(test)]
+mod tiled_tests {
+    use super::*;
+    use crate::engine::ggml_math::tests::values;
+
+    /// Under the tiled layout a prompt's rows are computed exactly as the same positions decoded one at a time, and
+    /// a sequence decoded in a batch exactly as alone (with the batch's other sequence at another position).
+    #[test]
+    fn prompt_rows_and_batched_decoding_equal_decoding_alone() {
+        let (dim, kv_heads, heads, rows) = (32, 2, 6, 21);
+        let new = || KvCache::new(1, kv_heads as u32, 40, dim as u32, Layout::Tiled).unwrap();
+        let (queries, keys, values) = (
+            values(rows * heads * dim, 1),
+            values(rows * kv_heads * dim, 2),
+            values(rows * kv_heads * dim, 3),
+        );
+        let mut prompt = new();
+        assert_eq!(prompt.layout(), Layout::Tiled);
+        let mut together = vec![0f32; rows * heads * dim];
+        let shape = AttentionShape {
+            count: rows,
+            start: 0,
+            heads,
+        };
+        prompt.attend(0, shape, &queries, &keys, &values, &mut together);
+
+        let (mut alone, mut other) = (new(), new());
+        let other_queries = queries[..heads * dim]
+            .iter()
+            .map(|q| -q)
+            .collect::<Vec<_>>();
+        for row in 0..rows {
+            let (q, kv) = (heads * dim, kv_heads * dim);
+            let mut output = vec![0f32; q];
+            let mut other_output = vec![0f32; q];
+            let mut entries = [
+                DecodeEntry {
+                    cache: &mut other,
+                    query: &other_queries,
+                    key: &keys[(rows - 1 - row) * kv..][..kv],
+                    value: &values[row * kv..][..kv],
+                    output: &mut other_output,
+                },
+                DecodeEntry {
+                    cache: &mut alone,
+                    query: &queries[row * q..][..q],
+                    key: &keys[row * kv..][..kv],
+                    value: &values[row * kv..][..kv],
+                    output: &mut output,
+                },
+            ];
+            // The other sequence runs ahead: it already holds a position before this one starts.
+            if row == 0 {
+                entries[0].cache.len = 1;
+            }
+            attend_decode(0, heads, &mut entries);
+            alone.len += 1;
+            other.len += 1;
+            assert_eq!(output, together[row * q..][..q], "row {row}");
+        }
+    }
+
+    #[test]
+    fn heads_of_other_widths_keep_llama_cpp_layout() {
+        let cache = KvCache::new(1, 1, 8, 24, Layout::Tiled).unwrap();
+        assert_eq!(cache.layout(), Layout::Ggml);
     }
 }

@@ -40,7 +40,7 @@ use super::ggml_math;
 use super::gguf::{GgufError, GgufFile, ModelConfig};
 use super::kernel::Arithmetic;
 pub use super::kv::KvCache;
-use super::kv::{AttentionShape, DecodeEntry, attend_decode};
+use super::kv::{AttentionShape, DecodeEntry, Layout, attend_decode};
 use super::linear::{Linear, Stack, matmul};
 use super::panel::PanelMatrix;
 use super::q8_0::Q8_0Matrix;
@@ -85,6 +85,8 @@ pub struct Llama {
     theta_scale: f32,
     /// `rope_freqs.weight` (Llama 3.1-style long context): each pair's angle is divided by its factor.
     frequency_factors: Option<Vec<f32>>,
+    /// The kernels' arithmetic, which also picks the caches' layout and attention ([`Layout`]).
+    arithmetic: Arithmetic,
 }
 
 fn dense(file: &mut GgufFile, name: &str, shape: &[usize]) -> Result<Tensor, GgufError> {
@@ -203,6 +205,7 @@ impl Llama {
             output,
             theta_scale,
             frequency_factors,
+            arithmetic,
         })
     }
 
@@ -218,6 +221,10 @@ impl Llama {
             self.config.head_count_kv,
             capacity,
             self.config.head_dimension,
+            match self.arithmetic {
+                Arithmetic::Fast => Layout::Tiled,
+                Arithmetic::LlamaCpp => Layout::Ggml,
+            },
         )
     }
 

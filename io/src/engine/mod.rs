@@ -27,6 +27,7 @@ pub mod grammar;
 pub mod kernel;
 mod kernel_choice;
 pub mod kv;
+mod kv_tiled;
 mod linear;
 pub mod llama;
 pub mod options;
