@@ -275,16 +275,16 @@ pub(super) fn softmax(row: &mut [f32], visible: usize, scale: f32) {
     }
     let mut sum = 0f64;
     for (index, chunk) in row.chunks_exact_mut(LANES).enumerate() {
-        let mut lanes = [0f32; LANES];
-        for (lane, value) in chunk.iter_mut().enumerate() {
+        let chunk: &mut [f32; LANES] = chunk.try_into().expect("a whole vector");
+        let exps = expf_lanes(&std::array::from_fn(|lane| chunk[lane] - max));
+        for (lane, (value, exp)) in chunk.iter_mut().zip(exps).enumerate() {
             *value = if index * LANES + lane < visible {
-                expf(*value - max)
+                exp
             } else {
                 0.0
             };
-            lanes[lane] = *value;
         }
-        sum += f64::from(reduce_lanes(&lanes));
+        sum += f64::from(reduce_lanes(chunk));
     }
     let inverse = (1.0 / sum) as f32;
     for value in row.iter_mut() {
@@ -353,6 +353,17 @@ pub(super) fn expf(x: f32) -> f32 {
     (f64::from(j) * power) as f32
 }
 
+/// [`expf`] of 16 lanes: with AVX-512's own instructions where the kernels run AVX-512 ([`Isa::current`]), which
+/// are ggml's, else lane by lane; the same bits either way (`expf_lanes_match_expf` checks).
+pub(super) fn expf_lanes(x: &[f32; LANES]) -> [f32; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::current() == Isa::Avx512Vnni {
+        // SAFETY: that instruction set implies AVX-512 F, detected at run time.
+        return unsafe { avx512::expf_lanes(x) };
+    }
+    x.map(expf)
+}
+
 /// ggml's vectorised SiLU (`ggml_v_silu`): `x / (1 + expf(0 - x))` with [`expf`].
 pub(super) fn silu(x: f32) -> f32 {
     x / (1.0 + expf(0.0 - x))
@@ -413,6 +424,15 @@ mod avx512 {
         _mm512_mask_blend_ps(saturated, result, alternative)
     }
 
+    /// [`expf`] of one array of lanes.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn expf_lanes(x: &[f32; LANES]) -> [f32; LANES] {
+        let mut out = [0f32; LANES];
+        // SAFETY: each pointer reads or writes one 16-value array.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), expf(_mm512_loadu_ps(x.as_ptr()))) };
+        out
+    }
+
     /// `ggml_v_silu(gate) · up`.
     #[target_feature(enable = "avx512f")]
     pub(super) fn swiglu(gate: &[f32; LANES], up: &[f32; LANES], out: &mut [f32; LANES]) {
@@ -471,7 +491,23 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn swiglu_lanes_match_silu() {
+    fn expf_lanes_match_expf() {
+        let inputs = edge_inputs();
+        for lanes in inputs.chunks_exact(LANES) {
+            let lanes: &[f32; LANES] = lanes.try_into().unwrap();
+            let got = expf_lanes(lanes);
+            for (x, got) in lanes.iter().zip(got) {
+                let expected = expf(*x);
+                assert!(
+                    got.to_bits() == expected.to_bits() || (got.is_nan() && expected.is_nan()),
+                    "expf({x}): {got} vs {expected}"
+                );
+            }
+        }
+    }
+
+    /// Values from tiny to saturating (about -150..150) and the exact edges, a whole number of vectors.
+    fn edge_inputs() -> Vec<f32> {
         let mut inputs = values(4096, 7);
         for (i, v) in inputs.iter_mut().enumerate() {
             // From tiny to saturating: about -150..150, plus the exact edges.
@@ -487,8 +523,16 @@ pub(super) mod tests {
             200.0,
             -200.0,
             f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
         ]);
         inputs.resize(inputs.len().next_multiple_of(LANES), 1.0);
+        inputs
+    }
+
+    #[test]
+    fn swiglu_lanes_match_silu() {
+        let inputs = edge_inputs();
         let ups = values(inputs.len(), 8);
         for (gate, up) in inputs.chunks_exact(LANES).zip(ups.chunks_exact(LANES)) {
             let (gate, up): (&[f32; LANES], &[f32; LANES]) =

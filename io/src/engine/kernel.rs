@@ -1,5 +1,6 @@
 //! What the quantized matmul kernels ([`super::q4_1`], [`super::q8_0`]) share: the instruction set they run on
-//! ([`Isa`], chosen at run time, see [`super::kernel_choice`]), the 8-bit quantization of activation rows ([`QuantizedRows`]), and the driver
+//! ([`Isa`], chosen at run time, see [`super::kernel_choice`]), the 8-bit quantization of activation rows
+//! ([`QuantizedRows`], in [`super::quantize`]), and the driver
 //! that tiles `x · Wᵀ` into passes of up to [`WEIGHT_ROWS_PER_PASS`] weight rows by [`INPUT_ROWS_PER_PASS`]
 //! activation rows and splits the weight rows over candle's thread pool.
 //!
@@ -14,9 +15,8 @@
 //! The portable implementations spell that order out lane by lane; they are the reference the SIMD kernels are
 //! tested against bit for bit, and what runs on CPUs without AVX2.
 
-use half::f16;
-
 pub use super::kernel_choice::{ARITHMETIC_VARIABLE, Arithmetic, ISA_VARIABLE, Isa};
+pub(super) use super::quantize::{InputRow, QuantizedRows};
 
 /// Values per block, for weights and activations alike.
 pub(super) const BLOCK_VALUES: usize = 32;
@@ -30,101 +30,6 @@ pub(super) const WEIGHT_ROWS_PER_PASS: usize = 4;
 /// Weight rows per work item of the thread pool (a multiple of [`WEIGHT_ROWS_PER_PASS`]); kernels may lay out
 /// per-row data in groups of this many rows.
 pub(super) const ROW_GROUP: usize = 16;
-
-/// Activation rows quantized to 8 bits per 32-value block, as ggml's `quantize_row_q8_1` does on AVX2 CPUs
-/// (scale `max|x| / 127`, values rounded half to even, scale and scaled sum rounded through f16); the scales and
-/// values are also what `quantize_row_q8_0` gives. Stored a field at a time, so kernels load sixteen scales
-/// with one instruction.
-pub(super) struct QuantizedRows {
-    blocks: usize,
-    scales: Vec<f32>,
-    sums: Vec<f32>,
-    totals: Vec<i32>,
-    values: Vec<i8>,
-    offsets: Vec<i32>,
-}
-
-/// One quantized activation row.
-#[derive(Clone, Copy)]
-pub(super) struct InputRow<'a> {
-    /// Each block's scale.
-    pub(super) scales: &'a [f32],
-    /// Each block's `scale * Σ values`, which meets each Q4_1 weight block's minimum.
-    pub(super) sums: &'a [f32],
-    /// Each block's `Σ values`, exact.
-    pub(super) totals: &'a [i32],
-    /// The values, 32 per block.
-    pub(super) values: &'a [i8],
-    /// Per block, per lane of four values: `-128 * Σ values`. With it, VNNI's unsigned-by-signed `vpdpbusd` takes
-    /// signed weights as `w + 128` and still yields `Σ w · x` exactly.
-    pub(super) offsets: &'a [i32],
-}
-
-impl QuantizedRows {
-    /// Quantizes each row of `inputs` (rows of `columns` values, a whole number of blocks).
-    pub(super) fn new(inputs: &[f32], columns: usize) -> Self {
-        assert!(
-            columns > 0 && columns.is_multiple_of(BLOCK_VALUES),
-            "rows are whole blocks"
-        );
-        let count = inputs.len() / BLOCK_VALUES;
-        let mut rows = Self {
-            blocks: columns / BLOCK_VALUES,
-            scales: Vec::with_capacity(count),
-            sums: Vec::with_capacity(count),
-            totals: Vec::with_capacity(count),
-            values: vec![0; count * BLOCK_VALUES],
-            offsets: Vec::with_capacity(count * LANES),
-        };
-        for (block, quantized) in inputs
-            .chunks_exact(BLOCK_VALUES)
-            .zip(rows.values.chunks_exact_mut(BLOCK_VALUES))
-        {
-            // Lane-wise maxima first (which the compiler vectorises), then across lanes: the same value, as a
-            // maximum does not depend on the order.
-            let mut lanes = [0.0f32; LANES];
-            for eight in block.chunks_exact(LANES) {
-                for (lane, v) in lanes.iter_mut().zip(eight) {
-                    *lane = lane.max(v.abs());
-                }
-            }
-            let largest = lanes.iter().fold(0.0f32, |max, &v| max.max(v));
-            let scale = largest / 127.0;
-            let inverse = if largest == 0.0 { 0.0 } else { 127.0 / largest };
-            let mut sum = 0i32;
-            for (q, value) in quantized.iter_mut().zip(block) {
-                *q = (value * inverse).round_ties_even() as i8;
-                sum += i32::from(*q);
-            }
-            rows.scales.push(f16::from_f32(scale).to_f32());
-            rows.sums.push(f16::from_f32(scale * sum as f32).to_f32());
-            rows.totals.push(sum);
-            rows.offsets.extend(
-                quantized
-                    .chunks_exact(4)
-                    .map(|four| -128 * four.iter().map(|&q| i32::from(q)).sum::<i32>()),
-            );
-        }
-        rows
-    }
-
-    /// How many rows.
-    pub(super) fn count(&self) -> usize {
-        self.scales.len() / self.blocks
-    }
-
-    /// Row `index`.
-    pub(super) fn row(&self, index: usize) -> InputRow<'_> {
-        let blocks = index * self.blocks..(index + 1) * self.blocks;
-        InputRow {
-            scales: &self.scales[blocks.clone()],
-            sums: &self.sums[blocks.clone()],
-            totals: &self.totals[blocks.clone()],
-            values: &self.values[blocks.start * BLOCK_VALUES..blocks.end * BLOCK_VALUES],
-            offsets: &self.offsets[blocks.start * LANES..blocks.end * LANES],
-        }
-    }
-}
 
 /// A weight matrix whose rows are dotted with quantized activation rows, a tile at a time.
 pub(super) trait TileDots: Sync {
@@ -327,6 +232,26 @@ impl OutputPointer {
     /// Where the elements of `output` go.
     pub(super) fn new(output: &mut [std::mem::MaybeUninit<f32>]) -> Self {
         Self(output.as_mut_ptr().cast())
+    }
+
+    /// Where the elements of `output` go, to be overwritten.
+    pub(super) fn from_slice(output: &mut [f32]) -> Self {
+        Self(output.as_mut_ptr())
+    }
+
+    /// The elements from `count` on. The pointer arithmetic wraps (it is only ever dereferenced in bounds).
+    pub(super) fn offset(&self, count: usize) -> Self {
+        Self(self.0.wrapping_add(count))
+    }
+
+    /// Elements `offset..offset + length` as a slice.
+    ///
+    /// # Safety
+    /// The range is in bounds, and no other thread accesses it while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn slice(&self, offset: usize, length: usize) -> &mut [f32] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), length) }
     }
 
     /// # Safety
@@ -587,33 +512,6 @@ pub(super) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn zero_blocks_quantize_to_zero() {
-        let rows = QuantizedRows::new(&[0.0; 64], 64);
-        assert_eq!(rows.count(), 1);
-        let row = rows.row(0);
-        assert!(row.scales.iter().all(|&s| s == 0.0));
-        assert!(row.sums.iter().all(|&s| s == 0.0));
-        assert!(row.values.iter().all(|&v| v == 0));
-        assert!(row.offsets.iter().all(|&o| o == 0));
-    }
-
-    #[test]
-    fn offsets_are_minus_128_times_each_lanes_sum() {
-        let inputs: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 7.0).collect();
-        let rows = QuantizedRows::new(&inputs, 32);
-        for index in 0..2 {
-            let row = rows.row(index);
-            for lane in 0..LANES {
-                let sum: i32 = row.values[lane * 4..lane * 4 + 4]
-                    .iter()
-                    .map(|&v| i32::from(v))
-                    .sum();
-                assert_eq!(row.offsets[lane], -128 * sum);
-            }
-        }
-    }
 
     #[test]
     fn the_lane_sum_matches_the_register_sum() {

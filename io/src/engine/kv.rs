@@ -45,6 +45,7 @@ use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use super::ggml_math::{
     DOT_STEP, LANES, dot_tiled, dot_vec, dot_vec_f16, round_through_f16, softmax,
 };
+use super::kernel::OutputPointer;
 use super::kv_tiled::{self, TILE, TiledBlock};
 
 /// How a cache lays out its keys and values, which decides the attention arithmetic over it.
@@ -235,15 +236,14 @@ impl KvCache {
         assert_eq!(output.len(), queries.len(), "one output per query value");
         if self.layout == Layout::Tiled {
             self.store_tiled(block, start, keys, values);
-            let target = OutputPointer(output.as_mut_ptr());
+            let target = OutputPointer::from_slice(output);
             let block = self.tiled_block(block);
             let rows: Vec<kv_tiled::Row<'_>> = (0..count)
                 .map(|row| kv_tiled::Row {
                     block,
                     visible: start + row + 1,
                     queries: &queries[row * heads * dim..][..heads * dim],
-                    // SAFETY: in bounds: `output` holds `count` rows of `heads · dim`.
-                    output: OutputPointer(unsafe { target.0.add(row * heads * dim) }),
+                    output: target.offset(row * heads * dim),
                 })
                 .collect();
             kv_tiled::attend_rows(&rows, heads);
@@ -307,7 +307,7 @@ impl KvCache {
                 }
             }
             let scale = 1.0 / (dim as f32).sqrt();
-            let target = OutputPointer(output.as_mut_ptr());
+            let target = OutputPointer::from_slice(output);
             // One work item per (new position, query head), split over candle's thread pool (the engine's threads).
             candle_core::utils::barrier_pool().execute_chunked(count * heads, |items| {
                 let mut query = vec![0f32; dim];
@@ -419,7 +419,7 @@ pub(super) fn attend_decode(block: usize, heads: usize, entries: &mut [DecodeEnt
         let rows: Vec<kv_tiled::Row<'_>> = entries
             .iter_mut()
             .map(|entry| {
-                let output = OutputPointer(entry.output.as_mut_ptr());
+                let output = OutputPointer::from_slice(entry.output);
                 let cache: &KvCache = entry.cache;
                 kv_tiled::Row {
                     block: cache.tiled_block(block),
@@ -439,7 +439,7 @@ pub(super) fn attend_decode(block: usize, heads: usize, entries: &mut [DecodeEnt
             start: entry.cache.len as usize,
             capacity: entry.cache.capacity as usize,
             query: entry.query,
-            output: OutputPointer(entry.output.as_mut_ptr()),
+            output: OutputPointer::from_slice(entry.output),
         })
         .collect();
     let longest = views.iter().map(|view| view.start + 1).max().unwrap_or(1);
@@ -505,31 +505,6 @@ fn filled(buffer: &mut Vec<f32>, length: usize) -> &mut [f32] {
 struct Dots {
     keys: fn(&[f32], &[f32]) -> f32,
     values: fn(&[f32], &[f32]) -> f32,
-}
-
-/// `output` shared with the pool's workers, each writing its own elements.
-pub(super) struct OutputPointer(*mut f32);
-
-// SAFETY: workers write disjoint elements (see `KvCache::attend`) and the buffer outlives the pool call.
-unsafe impl Sync for OutputPointer {}
-
-impl OutputPointer {
-    /// # Safety
-    /// `index` is in bounds and no other thread accesses that element during the call.
-    unsafe fn write(&self, index: usize, value: f32) {
-        // SAFETY: guaranteed by the caller.
-        unsafe { *self.0.add(index) = value };
-    }
-
-    /// Elements `offset..offset + length` as a slice.
-    ///
-    /// # Safety
-    /// The range is in bounds, and no other thread accesses it while the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    pub(super) unsafe fn slice(&self, offset: usize, length: usize) -> &mut [f32] {
-        // SAFETY: guaranteed by the caller.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), length) }
-    }
 }
 
 /// Writes new keys and values into the cache as f16 (ggml rounds to nearest, ties to even, as `half` does).

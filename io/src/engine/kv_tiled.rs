@@ -22,7 +22,7 @@ use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use super::ggml_math::{round_through_f16, softmax};
-use super::kv::OutputPointer;
+use super::kernel::OutputPointer;
 
 /// Positions per key tile, and the lanes of every vector here.
 pub(super) const TILE: usize = 16;

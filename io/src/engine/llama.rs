@@ -38,7 +38,7 @@ use candle_core::{Device, Tensor};
 use super::architecture::{Architecture, QkvBiases, RopeStyle};
 use super::ggml_math;
 use super::gguf::{GgufError, GgufFile, ModelConfig};
-use super::kernel::Arithmetic;
+use super::kernel::{Arithmetic, OutputPointer};
 pub use super::kv::KvCache;
 use super::kv::{AttentionShape, DecodeEntry, Layout, attend_decode};
 use super::linear::{Linear, Stack, matmul};
@@ -480,49 +480,70 @@ impl Llama {
 /// `1 / sqrtf(mean + eps)`, then `x · scale · weight` left to right, row by row (see [`kv`] for why llama.cpp's
 /// exact arithmetic).
 fn rms_norm(values: &mut [f32], weight: &[f32], eps: f32) {
+    /// Rows whose sums run side by side: each row's additions form one dependent chain (ggml's order), so one
+    /// row at a time would wait on every addition's latency.
+    const TOGETHER: usize = 8;
     let width = weight.len();
     assert!(values.len().is_multiple_of(width), "whole rows");
-    for row in values.chunks_exact_mut(width) {
-        let sum: f64 = row.iter().map(|v| f64::from(v * v)).sum();
-        let mean = (sum / width as f64) as f32;
-        let scale = 1.0 / (mean + eps).sqrt();
-        for (value, w) in row.iter_mut().zip(weight) {
-            *value = *value * scale * w;
+    for rows in values.chunks_mut(TOGETHER * width) {
+        let mut sums = [0f64; TOGETHER];
+        let count = rows.len() / width;
+        for column in 0..width {
+            for (row, sum) in sums[..count].iter_mut().enumerate() {
+                let v = rows[row * width + column];
+                *sum += f64::from(v * v);
+            }
+        }
+        for (row, sum) in rows.chunks_exact_mut(width).zip(sums) {
+            let mean = (sum / width as f64) as f32;
+            let scale = 1.0 / (mean + eps).sqrt();
+            for (value, w) in row.iter_mut().zip(weight) {
+                *value = *value * scale * w;
+            }
         }
     }
 }
 
 /// ggml's SwiGLU, `silu(gate) · up`, of `gate_up` (`[rows][2 · width]`: each row's gate, then its up values):
 /// whole vectors of 16 with ggml's vectorised SiLU ([`ggml_math::silu`]), any tail with libm's `expf` as ggml's
-/// scalar loop does. Returns `[rows][width]`.
+/// scalar loop does. Pieces of each row run on the engine's threads; each value is computed alone, so the split
+/// changes no bits. Returns `[rows][width]`.
 fn swiglu(gate_up: &[f32], width: usize) -> Vec<f32> {
+    const LANES: usize = 16;
+    /// Values per work item: small enough to share one sequence's row between the threads.
+    const PIECE: usize = 256;
     let rows = gate_up.len() / (2 * width);
     assert_eq!(gate_up.len(), rows * 2 * width, "whole rows");
-    const LANES: usize = 16;
     let vectorised = width - width % LANES;
-    let mut values = vec![0f32; rows * width];
-    for (row, out) in gate_up
-        .chunks_exact(2 * width)
-        .zip(values.chunks_exact_mut(width))
-    {
-        let (gate, up) = row.split_at(width);
-        let (whole, tail) = out.split_at_mut(vectorised);
-        for ((out, gate), up) in whole
-            .chunks_exact_mut(LANES)
-            .zip(gate.chunks_exact(LANES))
-            .zip(up.chunks_exact(LANES))
-        {
-            let lanes = |values: &[f32]| -> [f32; LANES] { values.try_into().expect("16 lanes") };
-            let out: &mut [f32; LANES] = out.try_into().expect("16 lanes");
-            ggml_math::swiglu_lanes(&lanes(gate), &lanes(up), out);
+    let pieces = width.div_ceil(PIECE);
+    let mut values: Vec<f32> = Vec::with_capacity(rows * width);
+    let target = OutputPointer::new(values.spare_capacity_mut());
+    candle_core::utils::barrier_pool().execute_chunked(rows * pieces, |items| {
+        for item in items {
+            let (row, piece) = (item / pieces, item % pieces);
+            let (gate, up) = gate_up[row * 2 * width..][..2 * width].split_at(width);
+            let span = piece * PIECE..((piece + 1) * PIECE).min(width);
+            // SAFETY: this item alone writes values `span` of row `row`, inside the `rows · width` reserved.
+            let out = unsafe { target.slice(row * width + span.start, span.len()) };
+            let whole = span.end.min(vectorised).saturating_sub(span.start);
+            let (out_whole, out_tail) = out.split_at_mut(whole);
+            for ((out, gate), up) in out_whole
+                .chunks_exact_mut(LANES)
+                .zip(gate[span.start..].chunks_exact(LANES))
+                .zip(up[span.start..].chunks_exact(LANES))
+            {
+                let lanes =
+                    |values: &[f32]| -> [f32; LANES] { values.try_into().expect("16 lanes") };
+                let out: &mut [f32; LANES] = out.try_into().expect("16 lanes");
+                ggml_math::swiglu_lanes(&lanes(gate), &lanes(up), out);
+            }
+            let tail = span.start + whole..span.end;
+            for ((o, g), u) in out_tail.iter_mut().zip(&gate[tail.clone()]).zip(&up[tail]) {
+                *o = *g / (1.0 + (-*g).exp()) * u;
+            }
         }
-        for ((o, g), u) in tail
-            .iter_mut()
-            .zip(&gate[vectorised..])
-            .zip(&up[vectorised..])
-        {
-            *o = *g / (1.0 + (-*g).exp()) * u;
-        }
-    }
+    });
+    // SAFETY: the items wrote every value of every row.
+    unsafe { values.set_len(rows * width) };
     values
 }

@@ -45,6 +45,7 @@ mod q6_k_x86;
 pub mod q8_0;
 #[cfg(target_arch = "x86_64")]
 mod q8_0_x86;
+mod quantize;
 pub mod runner;
 pub mod sampling;
 pub mod stop;

@@ -15,6 +15,10 @@ use super::panel::{Format, GROUP_VALUES, GROUPS, PANEL_ROWS, PanelMatrix, REGIST
 /// one chain of eight dependent `vpdpbusd` per block would wait on their latency; with more, the registers of
 /// a second chain per input are better spent on the inputs themselves.
 const SPLIT_UP_TO: usize = 4;
+/// How many blocks ahead the 512-bit kernel asks for its data (`prefetcht0`). A thread's panels lie one after the
+/// other, but the hardware's prefetchers stop at every 4 KiB page, and with eight inputs a block's arithmetic is
+/// long enough to hide the next blocks' loads behind it when they are asked for early.
+const PREFETCH_BLOCKS: usize = 8;
 
 /// Rows of a panel in one AVX2 register.
 const HALF: usize = PANEL_ROWS / 2;
@@ -112,6 +116,38 @@ unsafe fn panel_vnni<const N: usize, const FORMAT: u8, const MINIMUMS: bool>(
                 for n in 0..N {
                     low[n] = _mm512_set1_epi32(-offset * *inputs[n].totals.get_unchecked(block));
                 }
+            }
+            let ahead = at + PREFETCH_BLOCKS;
+            // Prefetches never fault; past the arrays' ends they fetch nothing useful (`wrapping_add` keeps the
+            // pointer arithmetic defined).
+            let future = matrix.values.as_ptr().wrapping_add(ahead * value_bytes);
+            for line in (0..value_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(future.wrapping_add(line).cast());
+            }
+            _mm_prefetch::<_MM_HINT_T0>(
+                matrix
+                    .scales
+                    .as_ptr()
+                    .wrapping_add(ahead * PANEL_ROWS)
+                    .cast(),
+            );
+            if MINIMUMS {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    matrix
+                        .minimums
+                        .as_ptr()
+                        .wrapping_add(ahead * PANEL_ROWS)
+                        .cast(),
+                );
+            }
+            if FORMAT == FIFTH_BITS {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    matrix
+                        .fifth_bits
+                        .as_ptr()
+                        .wrapping_add(ahead * GROUPS)
+                        .cast(),
+                );
             }
             let values = matrix.values.as_ptr().add(at * value_bytes);
             let register =

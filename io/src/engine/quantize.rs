@@ -1,0 +1,243 @@
+//! The 8-bit quantization of activation rows that every quantized matmul multiplies with ([`QuantizedRows`]): a
+//! block at a time, in portable code or with AVX-512, giving the same bits.
+
+use half::f16;
+
+use super::kernel::{BLOCK_VALUES, Isa, LANES};
+
+/// Activation rows quantized to 8 bits per 32-value block, as ggml's `quantize_row_q8_1` does on AVX2 CPUs
+/// (scale `max|x| / 127`, values rounded half to even, scale and scaled sum rounded through f16); the scales and
+/// values are also what `quantize_row_q8_0` gives. Stored a field at a time, so kernels load sixteen scales
+/// with one instruction.
+pub(super) struct QuantizedRows {
+    /// Blocks per row.
+    pub(super) blocks: usize,
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+    totals: Vec<i32>,
+    values: Vec<i8>,
+    offsets: Vec<i32>,
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+pub(super) struct InputRow<'a> {
+    /// Each block's scale.
+    pub(super) scales: &'a [f32],
+    /// Each block's `scale * Σ values`, which meets each Q4_1 weight block's minimum.
+    pub(super) sums: &'a [f32],
+    /// Each block's `Σ values`, exact.
+    pub(super) totals: &'a [i32],
+    /// The values, 32 per block.
+    pub(super) values: &'a [i8],
+    /// Per block, per lane of four values: `-128 * Σ values`. With it, VNNI's unsigned-by-signed `vpdpbusd` takes
+    /// signed weights as `w + 128` and still yields `Σ w · x` exactly.
+    pub(super) offsets: &'a [i32],
+}
+
+impl QuantizedRows {
+    /// Quantizes each row of `inputs` (rows of `columns` values, a whole number of blocks).
+    pub(super) fn new(inputs: &[f32], columns: usize) -> Self {
+        Self::new_on(Isa::current(), inputs, columns)
+    }
+
+    /// [`QuantizedRows::new`] on `isa` (which the CPU has): the same bits on every instruction set.
+    pub(super) fn new_on(isa: Isa, inputs: &[f32], columns: usize) -> Self {
+        assert!(
+            columns > 0 && columns.is_multiple_of(BLOCK_VALUES),
+            "rows are whole blocks"
+        );
+        assert!(inputs.len().is_multiple_of(columns), "whole rows");
+        let count = inputs.len() / BLOCK_VALUES;
+        let mut rows = Self {
+            blocks: columns / BLOCK_VALUES,
+            scales: vec![0.0; count],
+            sums: vec![0.0; count],
+            totals: vec![0; count],
+            values: vec![0; count * BLOCK_VALUES],
+            offsets: vec![0; count * LANES],
+        };
+        let blocks = inputs
+            .chunks_exact(BLOCK_VALUES)
+            .zip(rows.values.chunks_exact_mut(BLOCK_VALUES))
+            .zip(rows.offsets.chunks_exact_mut(LANES));
+        for (index, ((block, values), offsets)) in blocks.enumerate() {
+            let block: &[f32; BLOCK_VALUES] = block.try_into().expect("a block");
+            let values: &mut [i8; BLOCK_VALUES] = values.try_into().expect("a block");
+            let offsets: &mut [i32; LANES] = offsets.try_into().expect("a block's lanes");
+            let (scale, total) = match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the caller's `isa` is one the CPU has, which includes AVX-512 F, BW, VL and VNNI.
+                Isa::Avx512Vnni => unsafe { block_avx512(block, values, offsets) },
+                _ => block_portable(block, values, offsets),
+            };
+            rows.scales[index] = f16::from_f32(scale).to_f32();
+            rows.sums[index] = f16::from_f32(scale * total as f32).to_f32();
+            rows.totals[index] = total;
+        }
+        rows
+    }
+
+    /// How many rows.
+    pub(super) fn count(&self) -> usize {
+        self.scales.len() / self.blocks
+    }
+
+    /// Row `index`.
+    pub(super) fn row(&self, index: usize) -> InputRow<'_> {
+        let blocks = index * self.blocks..(index + 1) * self.blocks;
+        InputRow {
+            scales: &self.scales[blocks.clone()],
+            sums: &self.sums[blocks.clone()],
+            totals: &self.totals[blocks.clone()],
+            values: &self.values[blocks.start * BLOCK_VALUES..blocks.end * BLOCK_VALUES],
+            offsets: &self.offsets[blocks.start * LANES..blocks.end * LANES],
+        }
+    }
+}
+
+/// Quantizes one block into `values` and its lanes' `-128 · Σ` into `offsets`; returns the block's scale (before
+/// rounding through f16) and `Σ values`. NaN values quantize to 0; infinities and scales too small for their
+/// inverse saturate, as Rust's float-to-int conversion does.
+fn block_portable(
+    block: &[f32; BLOCK_VALUES],
+    values: &mut [i8; BLOCK_VALUES],
+    offsets: &mut [i32; LANES],
+) -> (f32, i32) {
+    // Lane-wise maxima first (which the compiler vectorises), then across lanes: the same value, as a maximum does
+    // not depend on the order (`max` ignores NaN).
+    let mut lanes = [0.0f32; LANES];
+    for eight in block.chunks_exact(LANES) {
+        for (lane, v) in lanes.iter_mut().zip(eight) {
+            *lane = lane.max(v.abs());
+        }
+    }
+    let largest = lanes.iter().fold(0.0f32, |max, &v| max.max(v));
+    let inverse = if largest == 0.0 { 0.0 } else { 127.0 / largest };
+    let mut total = 0i32;
+    for (q, value) in values.iter_mut().zip(block) {
+        *q = (value * inverse).round_ties_even() as i8;
+        total += i32::from(*q);
+    }
+    for (offset, four) in offsets.iter_mut().zip(values.chunks_exact(4)) {
+        *offset = -128 * four.iter().map(|&q| i32::from(q)).sum::<i32>();
+    }
+    (largest / 127.0, total)
+}
+
+/// [`block_portable`] with AVX-512: the maximum and the scaling on two registers, the lanes' sums by `vpdpbusd`.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW, VL and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn block_avx512(
+    block: &[f32; BLOCK_VALUES],
+    values: &mut [i8; BLOCK_VALUES],
+    offsets: &mut [i32; LANES],
+) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    const ROUND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    // SAFETY: the block holds 32 floats, two registers' worth; `values` 32 bytes and `offsets` eight i32s.
+    unsafe {
+        let low = _mm512_loadu_ps(block.as_ptr());
+        let high = _mm512_loadu_ps(block.as_ptr().add(16));
+        // `max(a, b)` returns `b` when `a` is NaN: NaN values are skipped, as `f32::max` skips them.
+        let zero = _mm512_setzero_ps();
+        let largest = _mm512_reduce_max_ps(_mm512_max_ps(
+            _mm512_abs_ps(high),
+            _mm512_max_ps(_mm512_abs_ps(low), zero),
+        ));
+        let inverse = _mm512_set1_ps(if largest == 0.0 { 0.0 } else { 127.0 / largest });
+        let quantize = |x: __m512| {
+            let scaled = _mm512_mul_ps(x, inverse);
+            let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(scaled, scaled);
+            // Saturate as `as i8` does (the clamp sends NaN to -128, which the mask then zeroes).
+            let clamped = _mm512_min_ps(
+                _mm512_max_ps(scaled, _mm512_set1_ps(-128.0)),
+                _mm512_set1_ps(127.0),
+            );
+            _mm512_maskz_cvt_roundps_epi32::<ROUND>(ordered, clamped)
+        };
+        let (low, high) = (quantize(low), quantize(high));
+        let bytes = _mm256_set_m128i(_mm512_cvtepi32_epi8(high), _mm512_cvtepi32_epi8(low));
+        _mm256_storeu_si256(values.as_mut_ptr().cast(), bytes);
+        let fours = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), bytes);
+        _mm256_storeu_si256(
+            offsets.as_mut_ptr().cast(),
+            _mm256_mullo_epi32(fours, _mm256_set1_epi32(-128)),
+        );
+        (
+            largest / 127.0,
+            _mm512_reduce_add_epi32(_mm512_add_epi32(low, high)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn zero_blocks_quantize_to_zero() {
+        let rows = QuantizedRows::new(&[0.0; 64], 64);
+        assert_eq!(rows.count(), 1);
+        let row = rows.row(0);
+        assert!(row.scales.iter().all(|&s| s == 0.0));
+        assert!(row.sums.iter().all(|&s| s == 0.0));
+        assert!(row.values.iter().all(|&v| v == 0));
+        assert!(row.offsets.iter().all(|&o| o == 0));
+    }
+
+    #[test]
+    fn offsets_are_minus_128_times_each_lanes_sum() {
+        let inputs: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 7.0).collect();
+        let rows = QuantizedRows::new(&inputs, 32);
+        for index in 0..2 {
+            let row = rows.row(index);
+            for lane in 0..LANES {
+                let sum: i32 = row.values[lane * 4..lane * 4 + 4]
+                    .iter()
+                    .map(|&v| i32::from(v))
+                    .sum();
+                assert_eq!(row.offsets[lane], -128 * sum);
+            }
+        }
+    }
+
+    fn special() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -1e3f32..1e3,
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(f32::from_bits(1)),
+            1 => -1e-38f32..1e-38,
+        ]
+    }
+
+    proptest! {
+        /// Every instruction set gives the portable code's bits, for ordinary values and for zeros, NaN,
+        /// infinities and subnormals (whose inverse overflows).
+        #[test]
+        fn every_isa_gives_the_portable_bits(
+            blocks in 1usize..6,
+            values in proptest::collection::vec(special(), 6 * BLOCK_VALUES),
+        ) {
+            let inputs = &values[..blocks * BLOCK_VALUES];
+            let expected = QuantizedRows::new_on(Isa::Portable, inputs, BLOCK_VALUES);
+            for isa in Isa::available() {
+                let got = QuantizedRows::new_on(isa, inputs, BLOCK_VALUES);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&got.scales), bits(&expected.scales), "{:?}", isa);
+                prop_assert_eq!(bits(&got.sums), bits(&expected.sums), "{:?}", isa);
+                prop_assert_eq!(&got.totals, &expected.totals, "{:?}", isa);
+                prop_assert_eq!(&got.values, &expected.values, "{:?}", isa);
+                prop_assert_eq!(&got.offsets, &expected.offsets, "{:?}", isa);
+            }
+        }
+    }
+}
