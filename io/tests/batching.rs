@@ -73,7 +73,7 @@ fn batched_forward_equals_alone(model: &Model) {
     };
     let got: Vec<Option<Vec<u32>>> = results
         .into_iter()
-        .map(|logits| logits.map(|t| bits(&t.to_vec1::<f32>().expect("logits"))))
+        .map(|logits| logits.map(|values| bits(&values)))
         .collect();
     assert_eq!(
         got[0].as_ref(),
@@ -112,7 +112,7 @@ fn batched_forward_equals_alone(model: &Model) {
     };
     let got: Vec<Vec<u32>> = results
         .into_iter()
-        .map(|logits| bits(&logits.expect("asked for").to_vec1::<f32>().expect("logits")))
+        .map(|logits| bits(&logits.expect("asked for")))
         .collect();
     assert_eq!(got[0], logits_alone(model, &[&prompts[3], &next[2..3]]));
     assert_eq!(

@@ -26,8 +26,6 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use candle_core::Tensor;
-
 use super::constraint::Constraint;
 use super::detokenize::Detokenizer;
 use super::kv::KvCache;
@@ -240,7 +238,7 @@ impl Sequence {
     pub(super) fn handle_forward(
         &mut self,
         model: &Model,
-        logits: Option<Tensor>,
+        logits: Option<Vec<f32>>,
     ) -> Result<Progress, GenerateError> {
         assert!(self.done.is_none(), "a finished sequence is not stepped");
         assert!(self.chunk > 0, "batch_entry ran before this pass");
@@ -250,9 +248,7 @@ impl Sequence {
             assert!(logits.is_none(), "no logits mid-prompt");
             return Ok(Progress::default());
         }
-        let mut logits = logits
-            .expect("logits after the last pending token")
-            .to_vec1::<f32>()?;
+        let mut logits = logits.expect("logits after the last pending token");
         if let Some(constraint) = self.constraint.as_mut() {
             constraint.mask(&mut logits);
         }

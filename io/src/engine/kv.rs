@@ -12,6 +12,10 @@
 //!
 //! # Numerics: llama.cpp's, operation for operation
 //!
+//! This section is [`Layout::Ggml`], the layout of [`Arithmetic::LlamaCpp`](super::kernel::Arithmetic). The default
+//! arithmetic lays the cache out in tiles instead and sums in another order ([`Layout::Tiled`], see
+//! [`super::kv_tiled`]).
+//!
 //! Greedy output must equal llama.cpp's (`tests/goldens.rs`), and near-ties between the two best tokens are common
 //! enough that "close" is not enough: a difference in the last bit of one activation can flip the rounding of an
 //! 8-bit quantized activation downstream and, thirty blocks later, the chosen token. So attention does what

@@ -240,18 +240,20 @@ impl Llama {
         }];
         let [logits] =
             <[_; 1]>::try_from(self.forward_batch(&mut batch)?).expect("one result per sequence");
-        Ok(logits.expect("logits were asked for"))
+        let logits = logits.expect("logits were asked for");
+        let vocab = logits.len();
+        Tensor::from_vec(logits, vocab, &Device::Cpu)
     }
 
     /// Runs several sequences in one pass (see the module documentation): each entry's tokens are appended to its
-    /// own cache, and for each entry that asks for them, the logits `[vocab]` after its last token are returned
+    /// own cache, and for each entry that asks for them, the logits (`vocab` values) after its last token are returned
     /// (`None` for the others), in the order of `batch`. Each sequence's results are bit-identical to running it
     /// alone. The caller checks that tokens are in the vocabulary and fit in their caches; one cache appearing
     /// twice is impossible (they are `&mut`).
     pub fn forward_batch(
         &self,
         batch: &mut [BatchSequence<'_>],
-    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+    ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
         let hidden = self.hidden_states(batch)?;
         let mut last_rows = Vec::with_capacity(batch.len());
         let mut end = 0;
@@ -279,7 +281,7 @@ impl Llama {
         for entry in batch.iter() {
             if entry.logits {
                 let row = rows.next().expect("a logits row per asking entry");
-                results.push(Some(Tensor::from_slice(row, vocab, &Device::Cpu)?));
+                results.push(Some(row.to_vec()));
                 next += 1;
             } else {
                 results.push(None);

@@ -37,6 +37,43 @@ struct Candidate {
 }
 
 /// Most likely first, then the lower token id: a total order (NaN logits are replaced before sorting).
+/// `logit` after the penalties (repeat, frequency, presence) for a token seen `count` times in the window.
+fn penalized(logit: f32, count: usize, (repeat, frequency, presence): (f32, f32, f32)) -> f32 {
+    let logit = if logit <= 0.0 {
+        logit * repeat
+    } else {
+        logit / repeat
+    };
+    logit - (count as f32 * frequency + presence)
+}
+
+/// A candidate's logit: NaN counts as negative infinity.
+fn not_nan(logit: f32) -> f32 {
+    if logit.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        logit
+    }
+}
+
+/// An integer that orders as [`f32::total_cmp`] orders `value`.
+fn total_order_key(value: f32) -> i32 {
+    let bits = value.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
+/// The key ([`total_order_key`] of [`not_nan`]) of the largest logit and its first index; `None` when empty.
+/// Two passes the compiler vectorises: the maximum, then where it first occurs.
+fn largest(logits: &[f32]) -> Option<(i32, usize)> {
+    let key = |logit: &f32| total_order_key(not_nan(*logit));
+    let best = logits.iter().map(key).max()?;
+    let index = logits
+        .iter()
+        .position(|logit| key(logit) == best)
+        .expect("the maximum occurs");
+    Some((best, index))
+}
+
 fn by_logit_descending(a: &Candidate, b: &Candidate) -> Ordering {
     b.logit.total_cmp(&a.logit).then(a.token.cmp(&b.token))
 }
@@ -149,8 +186,12 @@ impl Sampler {
         let typical = self.typical_p < 1.0;
         let penalize = self.penalties_apply();
         // Top-k, top-p and min-p always keep the most likely token, so greedy needs them only after typical-p.
-        if greedy && !typical && !penalize {
-            return argmax(logits);
+        if greedy && !typical {
+            return if penalize {
+                self.most_likely_penalized(logits)
+            } else {
+                argmax(logits)
+            };
         }
         self.candidates.clear();
         self.candidates
@@ -203,13 +244,59 @@ impl Sampler {
             let Some(candidate) = self.candidates.get_mut(run[0] as usize) else {
                 continue;
             };
-            if candidate.logit <= 0.0 {
-                candidate.logit *= self.repeat_penalty;
-            } else {
-                candidate.logit /= self.repeat_penalty;
-            }
-            candidate.logit -= run.len() as f32 * self.frequency_penalty + self.presence_penalty;
+            candidate.logit = penalized(
+                candidate.logit,
+                run.len(),
+                (
+                    self.repeat_penalty,
+                    self.frequency_penalty,
+                    self.presence_penalty,
+                ),
+            );
         }
+    }
+
+    /// What [`Sampler::penalize`] then [`Sampler::most_likely`] choose, without a candidate per token: the
+    /// penalized tokens (at most the window's) are scored apart, the stretches between them scanned in place.
+    fn most_likely_penalized(&mut self, logits: &[f32]) -> u32 {
+        self.recent.clear();
+        self.recent.extend(self.history.iter().copied());
+        self.recent.sort_unstable();
+        let penalties = (
+            self.repeat_penalty,
+            self.frequency_penalty,
+            self.presence_penalty,
+        );
+        // (key, token): a larger key wins, then a lower token, as `by_logit_descending` orders candidates.
+        let mut best: Option<(i32, usize)> = None;
+        let mut consider = |key: i32, token: usize| {
+            if best.is_none_or(|(best_key, best_token)| {
+                key > best_key || (key == best_key && token < best_token)
+            }) {
+                best = Some((key, token));
+            }
+        };
+        let mut start = 0;
+        for run in self.recent.chunk_by(|a, b| a == b) {
+            let token = run[0] as usize;
+            if token >= logits.len() {
+                // Sorted: every later token is outside the vocabulary too.
+                break;
+            }
+            if let Some((key, index)) = largest(&logits[start..token]) {
+                consider(key, start + index);
+            }
+            consider(
+                total_order_key(penalized(not_nan(logits[token]), run.len(), penalties)),
+                token,
+            );
+            start = token + 1;
+        }
+        if let Some((key, index)) = largest(&logits[start..]) {
+            consider(key, start + index);
+        }
+        let (_, token) = best.expect("the vocabulary is not empty");
+        u32::try_from(token).expect("vocabulary sizes fit in u32")
     }
 
     fn most_likely(&self) -> u32 {

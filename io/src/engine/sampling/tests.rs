@@ -326,6 +326,45 @@ fn logits_strategy() -> impl Strategy<Value = Vec<f32>> {
 }
 
 proptest! {
+    /// Greedy decoding with penalties scans the logits in place and picks what the candidate list would: over
+    /// random logits with ties, NaN, infinities and zeros of both signs, and penalties of every sign.
+    #[test]
+    fn greedy_penalties_without_candidates_choose_as_the_candidates_do(
+        logits in proptest::collection::vec(prop_oneof![
+            6 => (-4i32..4).prop_map(|v| v as f32 * 0.5),
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(-0.0f32),
+        ], 1..200),
+        history in proptest::collection::vec(0u32..220, 1..40),
+        repeat_penalty in prop_oneof![Just(1.0f32), Just(1.1), Just(0.7), Just(0.0)],
+        frequency_penalty in prop_oneof![Just(0.0f32), Just(0.3), Just(-0.5)],
+        presence_penalty in prop_oneof![Just(0.0f32), Just(0.6), Just(-1.0)],
+    ) {
+        let options = GenerateOptions {
+            temperature: 0.0,
+            repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
+            repeat_last_n: 64,
+            ..neutral()
+        };
+        let mut sampler = Sampler::new(&options, 1);
+        for &token in &history {
+            sampler.accept(token);
+        }
+        let mut reference = sampler.clone();
+        reference.candidates.clear();
+        reference.candidates.extend(logits.iter().enumerate().map(|(index, &logit)| Candidate {
+            token: index as u32,
+            logit: not_nan(logit),
+        }));
+        reference.penalize();
+        let expected = reference.most_likely();
+        prop_assert_eq!(sampler.most_likely_penalized(&logits), expected);
+    }
+
     #[test]
     fn top_k_never_picks_an_excluded_token(
         logits in logits_strategy(), top_k in 1i64..10, seed in 0i64..1000, temperature in 0.1f32..3.0,
