@@ -19,14 +19,38 @@ use super::options::{GenerateOptions, NUM_CTX_MAX};
 /// The index of the largest logit (the first one on ties), as llama.cpp's greedy sampler picks it. NaN logits are
 /// never chosen unless every logit is NaN. Panics on an empty slice: the vocabulary is never empty.
 pub fn argmax(logits: &[f32]) -> u32 {
+    /// Lanes of the passes below, which the compiler turns into vector instructions.
+    const LANES: usize = 16;
     assert!(!logits.is_empty(), "logits for an empty vocabulary");
-    let mut best = 0;
-    for (index, &logit) in logits.iter().enumerate().skip(1) {
-        if logit > logits[best] || (logits[best].is_nan() && !logit.is_nan()) {
-            best = index;
+    // The largest value that is not NaN (`max` skips NaN), lane by lane, then across lanes.
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &logit) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(logit);
         }
     }
-    u32::try_from(best).expect("vocabulary sizes fit in u32")
+    let largest = tail
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |max, &logit| max.max(logit));
+    // Its first occurrence (-0 equals 0, so equal zeros also go to the first); none when every logit is NaN.
+    let first = logits
+        .chunks(LANES)
+        .position(|chunk| {
+            chunk
+                .iter()
+                .fold(false, |seen, &logit| seen | (logit == largest))
+        })
+        .map_or(0, |chunk| {
+            let within = logits[chunk * LANES..]
+                .iter()
+                .position(|&logit| logit == largest)
+                .expect("the chunk holds it");
+            chunk * LANES + within
+        });
+    u32::try_from(first).expect("vocabulary sizes fit in u32")
 }
 
 /// One token still in the running, with its (possibly penalized or scaled) logit.

@@ -326,6 +326,26 @@ fn logits_strategy() -> impl Strategy<Value = Vec<f32>> {
 }
 
 proptest! {
+    /// The vectorised argmax picks what a plain scan does: the first of the largest, NaN only when all are NaN.
+    #[test]
+    fn argmax_equals_a_plain_scan(
+        logits in proptest::collection::vec(prop_oneof![
+            6 => (-4i32..4).prop_map(|v| v as f32 * 0.5),
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(-0.0f32),
+        ], 1..100),
+    ) {
+        let mut best = 0;
+        for (index, &logit) in logits.iter().enumerate().skip(1) {
+            if logit > logits[best] || (logits[best].is_nan() && !logit.is_nan()) {
+                best = index;
+            }
+        }
+        prop_assert_eq!(argmax(&logits) as usize, best);
+    }
+
     /// Greedy decoding with penalties scans the logits in place and picks what the candidate list would: over
     /// random logits with ties, NaN, infinities and zeros of both signs, and penalties of every sign.
     #[test]
