@@ -325,17 +325,25 @@ fn logits_strategy() -> impl Strategy<Value = Vec<f32>> {
     prop::collection::vec(-10.0f32..10.0, 1..80)
 }
 
-proptest! {
-    /// The vectorised argmax picks what a plain scan does: the first of the largest, NaN only when all are NaN.
-    #[test]
-    fn argmax_equals_a_plain_scan(
-        logits in proptest::collection::vec(prop_oneof![
+/// Up to `most` logits with many ties, NaN, infinities and zeros of both signs.
+fn awkward_logits(most: usize) -> impl Strategy<Value = Vec<f32>> {
+    proptest::collection::vec(
+        prop_oneof![
             6 => (-4i32..4).prop_map(|v| v as f32 * 0.5),
             1 => Just(f32::NAN),
             1 => Just(f32::INFINITY),
             1 => Just(f32::NEG_INFINITY),
             1 => Just(-0.0f32),
-        ], 1..100),
+        ],
+        1..most,
+    )
+}
+
+proptest! {
+    /// The vectorised argmax picks what a plain scan does: the first of the largest, NaN only when all are NaN.
+    #[test]
+    fn argmax_equals_a_plain_scan(
+        logits in awkward_logits(100),
     ) {
         let mut best = 0;
         for (index, &logit) in logits.iter().enumerate().skip(1) {
@@ -350,13 +358,7 @@ proptest! {
     /// random logits with ties, NaN, infinities and zeros of both signs, and penalties of every sign.
     #[test]
     fn greedy_penalties_without_candidates_choose_as_the_candidates_do(
-        logits in proptest::collection::vec(prop_oneof![
-            6 => (-4i32..4).prop_map(|v| v as f32 * 0.5),
-            1 => Just(f32::NAN),
-            1 => Just(f32::INFINITY),
-            1 => Just(f32::NEG_INFINITY),
-            1 => Just(-0.0f32),
-        ], 1..200),
+        logits in awkward_logits(200),
         history in proptest::collection::vec(0u32..220, 1..40),
         repeat_penalty in prop_oneof![Just(1.0f32), Just(1.1), Just(0.7), Just(0.0)],
         frequency_penalty in prop_oneof![Just(0.0f32), Just(0.3), Just(-0.5)],
