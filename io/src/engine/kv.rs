@@ -50,7 +50,7 @@ use super::ggml_math::{
     DOT_STEP, LANES, dot_tiled, dot_vec, dot_vec_f16, round_through_f16, softmax,
 };
 use super::kernel::OutputPointer;
-use super::kv_tiled::{self, TILE, TiledBlock};
+use super::kv_tiled::{self, TiledBlock};
 
 /// How a cache lays out its keys and values, which decides the attention arithmetic over it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl KvCache {
         };
         let positions = match layout {
             Layout::Ggml => capacity as usize,
-            Layout::Tiled => (capacity as usize).next_multiple_of(TILE),
+            Layout::Tiled => kv_tiled::positions(capacity),
         };
         let values = kv_heads as usize * positions * head_dimension as usize;
         let blocks = (0..blocks)
@@ -143,14 +143,14 @@ impl KvCache {
             values: &cache.values,
             kv_heads: self.kv_heads as usize,
             dim: self.head_dimension as usize,
-            capacity: (self.capacity as usize).next_multiple_of(TILE),
+            capacity: kv_tiled::positions(self.capacity),
         }
     }
 
     /// Stores new positions (keys and values `[rows][kv heads][dim]`) from `start` on in the tiled layout.
     fn store_tiled(&mut self, block: usize, start: usize, keys: &[f32], values: &[f32]) {
         let (kv_heads, dim) = (self.kv_heads as usize, self.head_dimension as usize);
-        let capacity = (self.capacity as usize).next_multiple_of(TILE);
+        let capacity = kv_tiled::positions(self.capacity);
         let cache = &mut self.blocks[block];
         kv_tiled::store(
             &mut cache.keys,

@@ -49,6 +49,11 @@ impl TiledBlock<'_> {
     }
 }
 
+/// Positions a tiled block holds for a cache of `capacity`: whole tiles.
+pub(super) fn positions(capacity: u32) -> usize {
+    (capacity as usize).next_multiple_of(TILE)
+}
+
 /// Whether a head of `dim` values can use the tiled layout: whole vectors of [`TILE`] lanes.
 pub(super) fn supports(dim: usize) -> bool {
     dim > 0 && dim.is_multiple_of(TILE)

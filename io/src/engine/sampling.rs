@@ -250,6 +250,15 @@ impl Sampler {
         self.draw()
     }
 
+    /// The repeat, frequency and presence penalties, as [`penalized`] takes them.
+    fn penalties(&self) -> (f32, f32, f32) {
+        (
+            self.repeat_penalty,
+            self.frequency_penalty,
+            self.presence_penalty,
+        )
+    }
+
     fn penalties_apply(&self) -> bool {
         !self.history.is_empty()
             && (self.repeat_penalty != 1.0
@@ -260,6 +269,7 @@ impl Sampler {
     /// llama.cpp's penalties: a seen token's logit is divided by `repeat_penalty` if positive (multiplied if not,
     /// so it always drops), then lowered by `frequency_penalty` per occurrence and `presence_penalty` once.
     fn penalize(&mut self) {
+        let penalties = self.penalties();
         self.recent.clear();
         self.recent.extend(self.history.iter().copied());
         self.recent.sort_unstable();
@@ -268,15 +278,7 @@ impl Sampler {
             let Some(candidate) = self.candidates.get_mut(run[0] as usize) else {
                 continue;
             };
-            candidate.logit = penalized(
-                candidate.logit,
-                run.len(),
-                (
-                    self.repeat_penalty,
-                    self.frequency_penalty,
-                    self.presence_penalty,
-                ),
-            );
+            candidate.logit = penalized(candidate.logit, run.len(), penalties);
         }
     }
 
@@ -286,11 +288,7 @@ impl Sampler {
         self.recent.clear();
         self.recent.extend(self.history.iter().copied());
         self.recent.sort_unstable();
-        let penalties = (
-            self.repeat_penalty,
-            self.frequency_penalty,
-            self.presence_penalty,
-        );
+        let penalties = self.penalties();
         // (key, token): a larger key wins, then a lower token, as `by_logit_descending` orders candidates.
         let mut best: Option<(i32, usize)> = None;
         let mut consider = |key: i32, token: usize| {
