@@ -1,5 +1,6 @@
 //! The rows of several quantized matrices of one type and width, read one after the other from their tensors'
-//! bytes: what the kernels that copy weights into their own layout ([`super::panel`], [`super::q8_0`]) start from.
+//! bytes: what the kernels that copy weights into their own layout ([`super::panel_source`], [`super::q8_0`]) start
+//! from.
 
 use std::borrow::Cow;
 
@@ -10,7 +11,6 @@ use super::kernel::BLOCK_VALUES;
 
 /// The rows of several matrices of one type and width, one after the other, as the file's blocks of 32 values.
 pub(super) struct FileRows<'a> {
-    pub(super) dtype: GgmlDType,
     /// Each part's rows and bytes.
     pub(super) parts: Vec<(usize, Cow<'a, [u8]>)>,
     pub(super) rows: usize,
@@ -42,7 +42,6 @@ impl<'a> FileRows<'a> {
             data.push((part_rows, bytes));
         }
         Some(Self {
-            dtype,
             parts: data,
             rows,
             columns: columns?,

@@ -1,6 +1,8 @@
-//! The weight matrices of a model and how they multiply: our kernels for Q4_1, Q4_0, Q5_0, Q4_K, Q6_K and Q8_0
-//! ([`super::q4_1`], [`super::q6_k`], [`super::q8_0`]), candle's `QMatMul` for every other type, and [`Stack`]s of matrices that
-//! multiply the same input (a block's query, key and value projections; its gate and up projections).
+//! The weight matrices of a model and how they multiply: our kernels for Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K
+//! and Q8_0 (under `Arithmetic::Fast` the panels of [`super::panel`]; under `Arithmetic::LlamaCpp` llama.cpp's
+//! orders in [`super::q4_1`], [`super::q6_k`], [`super::q8_0`]), candle's `QMatMul` for every other type, and
+//! [`Stack`]s of matrices that multiply the same input (a block's query, key and value projections; its gate and
+//! up projections).
 //!
 //! See [`super::llama`]'s module documentation for why a matrix may have to multiply rows one at a time
 //! (`rows_independent`) to keep each sequence of a batch bit-identical to running alone.
@@ -175,9 +177,10 @@ fn linear(tensor: QTensor, name: &str, arithmetic: Arithmetic) -> Result<Linear,
         })
 }
 
-/// Matrices that multiply the same input, as one matrix where their kernels allow it (all of one 4/5-bit type, or
-/// all Q8_0: one quantization of the input and one call to the thread pool instead of one per matrix), else one
-/// after the other. Either way the result of each part is what that matrix alone gives.
+/// Matrices that multiply the same input, as one matrix where their kernels allow it (panels of any of their types,
+/// all of one 4/5-bit type, or all Q8_0: one quantization of the input and one call to the thread pool instead of
+/// one per matrix), else one after the other. Either way the result of each part is what that matrix alone gives,
+/// but for panels mixing a Q6_K part with others, whose blocks all take two scaling steps (see [`super::panel`]).
 pub(super) struct Stack {
     kernel: StackKernel,
     /// Each part's rows (its share of an output row).

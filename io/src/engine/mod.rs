@@ -32,6 +32,7 @@ mod linear;
 pub mod llama;
 pub mod options;
 pub mod panel;
+mod panel_source;
 #[cfg(target_arch = "x86_64")]
 mod panel_x86;
 pub mod pretokenize;

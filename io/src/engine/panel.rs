@@ -1,4 +1,5 @@
-//! Matmuls on weights interleaved sixteen rows at a time ("panels"), for Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q8_0.
+//! Matmuls on weights interleaved sixteen rows at a time ("panels"), for Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K
+//! and Q8_0, and for stacks of matrices of several of them.
 //!
 //! The kernels of [`super::q4_1`] and [`super::q8_0`] give each (weight row, input row) dot product the order of
 //! llama.cpp's `ggml_vec_dot_*`: per block, eight lanes of four products, one conversion and multiply-add per
@@ -14,7 +15,9 @@
 //!
 //! Arithmetic, the same bits on every instruction set (the portable code spells it out): for each (weight row,
 //! input row), block after block, `acc = fma(Σ w_q · x_q, d_w · d_x, acc)` with the block's integer sum exact;
-//! types with minimums also `min_acc = fma(m_w, s_x, min_acc)`, and the result is `acc + min_acc`. Each result
+//! types with minimums also `min_acc = fma(m_w, s_x, min_acc)`, and the result is `acc + min_acc`. Q6_K has a scale
+//! per sixteen values: its blocks take two steps, `acc = fma(Σ_first half, d_first · d_x, acc)` then the same for
+//! the second half (a stack holding a Q6_K part does that for all its parts' rows). Each result
 //! depends on its two rows alone, never on the batch. This is not llama.cpp's order of operations, so results
 //! differ from llama.cpp's in the last bits; [`super::kernel::Arithmetic::LlamaCpp`] keeps the exact kernels
 //! instead. (llama.cpp itself repacks Q4_0 and Q4_K on x86, and quantizes K-quant activations per 256 values.)
@@ -24,20 +27,18 @@
 //!   `r` in its low nibble and value `16 + 4j + k` in its high nibble, so an `and` and a shift give the groups `j`
 //!   and `j + 4` (values `4g..4g + 4` of every row);
 //! - fifth bits (Q5 types): eight 64-bit masks, bit `4r + k` of mask `g` for value `4g + k` of row `r`;
-//! - 8-bit values (Q8_0): eight registers, byte `4r + k` of register `g` holding value `4g + k` of row `r` plus
-//!   128 (`vpdpbusd` multiplies unsigned by signed bytes; `-128 · Σ x` starts the sum);
-//! - sixteen f32 scales (and minimums) per block, one per row.
+//! - 8-bit values (Q8_0, Q6_K, stacks of several types): eight registers, byte `4r + k` of register `g` holding
+//!   value `4g + k` of row `r` plus 128 (`vpdpbusd` multiplies unsigned by signed bytes; `-128 · Σ x` starts the
+//!   sum, over the half block for Q6_K);
+//! - sixteen f32 scales (and minimums) per block, one per row; Q6_K another sixteen, its second half's.
 //!
 //! Rows past the matrix's last (the last panel's padding) are zero and never written out.
 
 use candle_core::Tensor;
-use candle_core::quantized::{GgmlDType, QTensor};
-use half::f16;
+use candle_core::quantized::QTensor;
 
-use super::file_rows::FileRows;
-use super::kernel::{BLOCK_VALUES, InputRow, Isa, OutputPointer, QuantizedRows, TileDots};
-use super::q4_1::{Layout, Q4_1Matrix};
-use super::q8_0::{WEIGHT_BLOCK_BYTES, block_scale};
+use super::kernel::{BLOCK_VALUES, InputRow, Isa, OutputPointer, QuantizedRows};
+use super::panel_source::{Kind, SourceBlock, Sources};
 
 /// Weight rows per panel: one 512-bit register of i32 or f32 lanes (two 256-bit halves for AVX2).
 pub(super) const PANEL_ROWS: usize = 16;
@@ -62,6 +63,8 @@ pub(super) enum Format {
     FifthBits,
     /// Eight bits per value.
     Bytes,
+    /// Eight bits per value, and a scale for each half block (Q6_K's sixteen values per scale).
+    ScaledHalves,
 }
 
 impl Format {
@@ -69,17 +72,9 @@ impl Format {
     pub(super) const fn value_bytes(self) -> usize {
         match self {
             Self::Nibbles | Self::FifthBits => PANEL_ROWS * BLOCK_VALUES / 2,
-            Self::Bytes => PANEL_ROWS * BLOCK_VALUES,
+            Self::Bytes | Self::ScaledHalves => PANEL_ROWS * BLOCK_VALUES,
         }
     }
-}
-
-/// One block of one weight row, as the panel layout stores it.
-pub(super) struct SourceBlock {
-    /// The values as stored: the weight's integer plus the matrix's offset, 0..32 for 4/5-bit types.
-    values: [u8; BLOCK_VALUES],
-    scale: f32,
-    minimum: f32,
 }
 
 /// A `[rows, columns]` weight matrix in panels (see the module documentation); `forward` computes `x · Wᵀ`.
@@ -89,38 +84,34 @@ pub struct PanelMatrix {
     /// Blocks per row.
     pub(super) blocks: usize,
     pub(super) format: Format,
-    /// What the stored values count more than the weights' integers: 8 for Q4_0, 16 for Q5_0, 128 for Q8_0, 0
-    /// for the types with minimums.
+    /// What the stored values count more than the weights' integers: 8 for Q4_0, 16 for Q5_0, 128 for the byte
+    /// formats, 0 for the types with minimums.
     pub(super) offset: i32,
     /// Per panel, per block, [`Format::value_bytes`].
     pub(super) values: Vec<u8>,
     /// Per panel, per block, [`GROUPS`] masks ([`Format::FifthBits`] only).
     pub(super) fifth_bits: Vec<u64>,
-    /// Per panel, per block, [`PANEL_ROWS`] scales.
+    /// Per panel, per block, [`PANEL_ROWS`] scales ([`Format::ScaledHalves`]: of the block's first half).
     pub(super) scales: Vec<f32>,
+    /// Per panel, per block, [`PANEL_ROWS`] scales of the block's second half ([`Format::ScaledHalves`] only).
+    pub(super) second_scales: Vec<f32>,
     /// Per panel, per block, [`PANEL_ROWS`] minimums; empty for types without.
     pub(super) minimums: Vec<f32>,
 }
 
 impl PanelMatrix {
-    /// Several matrices of one width and type as one, their rows one after the other (see
-    /// `Q4_1Matrix::from_qtensors`), for the types this layout takes: Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, and Q8_0
-    /// without the value -128 (which the AVX2 kernel's sign trick cannot take). `None` for anything else.
+    /// Several matrices of one width as one, their rows one after the other (see `Q4_1Matrix::from_qtensors`),
+    /// for the types this layout takes: Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, and Q8_0 without the value -128
+    /// (which the AVX2 kernel's sign trick cannot take); parts of different types are stored as bytes (see
+    /// [`super::panel_source`]). `None` for anything else.
     pub fn from_qtensors(parts: &[&QTensor]) -> Option<Self> {
-        let dtype = parts.first()?.dtype();
-        match dtype {
-            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
-                Self::from_blocks(&FileRows::new(
-                    parts,
-                    dtype,
-                    Layout::of(dtype)?.block_bytes,
-                )?)
-            }
-            // Their scales and minimums come in super-blocks, which `Q4_1Matrix` unpacks.
-            GgmlDType::Q4K | GgmlDType::Q5K => Self::from_q4(&Q4_1Matrix::from_qtensors(parts)?),
-            GgmlDType::Q8_0 => Self::from_q8_0(&FileRows::new(parts, dtype, WEIGHT_BLOCK_BYTES)?),
-            _ => None,
-        }
+        let sources = Sources::new(parts)?;
+        Some(Self::build(
+            sources.rows,
+            sources.columns,
+            sources.kind,
+            |row, block| sources.block(row, block),
+        ))
     }
 
     /// A two-dimensional tensor of a type [`PanelMatrix::from_qtensors`] takes.
@@ -128,110 +119,20 @@ impl PanelMatrix {
         Self::from_qtensors(&[tensor])
     }
 
-    fn from_q4(matrix: &Q4_1Matrix) -> Option<Self> {
-        let format = if matrix.high_bits.is_empty() {
-            Format::Nibbles
-        } else {
-            Format::FifthBits
-        };
-        let offset = i32::from(matrix.offset);
-        Some(Self::build(
-            TileDots::rows(matrix),
-            matrix.columns(),
-            format,
-            offset,
-            offset == 0,
-            |row, block| SourceBlock {
-                values: matrix.stored_values(row, block),
-                scale: matrix.block_scale(row, block),
-                minimum: if offset == 0 {
-                    matrix.minimum(row, block)
-                } else {
-                    0.0
-                },
-            },
-        ))
-    }
-
-    /// Q4_0, Q4_1, Q5_0 and Q5_1 straight from the file's blocks (see `Layout`).
-    fn from_blocks(file: &FileRows<'_>) -> Option<Self> {
-        let layout = Layout::of(file.dtype)?;
-        let format = if layout.high_bits_at.is_some() {
-            Format::FifthBits
-        } else {
-            Format::Nibbles
-        };
-        let half =
-            |bytes: &[u8], at: usize| f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32();
-        Some(Self::build(
-            file.rows,
-            file.columns,
-            format,
-            i32::from(layout.offset),
-            layout.minimum,
-            |row, block| {
-                let bytes = file.block(row, block);
-                let fifth = layout.high_bits_at.map_or(0, |at| {
-                    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
-                });
-                let nibbles = &bytes[layout.nibbles_at..layout.nibbles_at + BLOCK_VALUES / 2];
-                SourceBlock {
-                    values: std::array::from_fn(|j| {
-                        let nibble = if j < BLOCK_VALUES / 2 {
-                            nibbles[j] & 0x0F
-                        } else {
-                            nibbles[j - BLOCK_VALUES / 2] >> 4
-                        };
-                        nibble | ((((fifth >> j) & 1) as u8) << 4)
-                    }),
-                    scale: half(bytes, 0),
-                    minimum: if layout.minimum { half(bytes, 2) } else { 0.0 },
-                }
-            },
-        ))
-    }
-
-    fn from_q8_0(file: &FileRows<'_>) -> Option<Self> {
-        // Without early exits, so that the compiler vectorises the scan.
-        let minus_128 = file.parts.iter().fold(false, |found, (_, bytes)| {
-            bytes
-                .chunks_exact(WEIGHT_BLOCK_BYTES)
-                .fold(found, |found, block| {
-                    block[2..]
-                        .iter()
-                        .fold(found, |found, &value| found | (value == 0x80))
-                })
-        });
-        if minus_128 {
-            return None;
-        }
-        Some(Self::build(
-            file.rows,
-            file.columns,
-            Format::Bytes,
-            128,
-            false,
-            |row, block| {
-                let bytes = file.block(row, block);
-                SourceBlock {
-                    values: std::array::from_fn(|j| bytes[2 + j] ^ 0x80),
-                    scale: block_scale(bytes),
-                    minimum: 0.0,
-                }
-            },
-        ))
-    }
-
     /// Lays out `rows` rows of `columns` values, each block as `block(row, block)` gives it, on the engine's
     /// threads (each takes whole panels).
     fn build(
         rows: usize,
         columns: usize,
-        format: Format,
-        offset: i32,
-        with_minimums: bool,
+        kind: Kind,
         block: impl Fn(usize, usize) -> SourceBlock + Sync,
     ) -> Self {
+        let Kind {
+            format,
+            offset,
+            minimums: with_minimums,
+        } = kind;
+        let halves = format == Format::ScaledHalves;
         let blocks = columns / BLOCK_VALUES;
         let panels = rows.div_ceil(PANEL_ROWS);
         let value_bytes = format.value_bytes();
@@ -248,6 +149,11 @@ impl PanelMatrix {
                 Vec::new()
             },
             scales: vec![0.0; panels * blocks * PANEL_ROWS],
+            second_scales: if halves {
+                vec![0.0; panels * blocks * PANEL_ROWS]
+            } else {
+                Vec::new()
+            },
             minimums: if with_minimums {
                 vec![0.0; panels * blocks * PANEL_ROWS]
             } else {
@@ -259,8 +165,7 @@ impl PanelMatrix {
         let fill = |first_panel: usize,
                     values: &mut [u8],
                     fifth_bits: &mut [u64],
-                    scales: &mut [f32],
-                    minimums: &mut [f32]| {
+                    [scales, second_scales, minimums]: [&mut [f32]; 3]| {
             for (at, values) in values.chunks_exact_mut(value_bytes).enumerate() {
                 let (panel, block_index) = (first_panel + at / blocks, at % blocks);
                 for r in 0..PANEL_ROWS {
@@ -269,13 +174,16 @@ impl PanelMatrix {
                         break;
                     }
                     let source = block(row, block_index);
-                    scales[at * PANEL_ROWS + r] = source.scale;
+                    scales[at * PANEL_ROWS + r] = source.scales[0];
+                    if let Some(second) = second_scales.get_mut(at * PANEL_ROWS + r) {
+                        *second = source.scales[1];
+                    }
                     if let Some(minimum) = minimums.get_mut(at * PANEL_ROWS + r) {
                         *minimum = source.minimum;
                     }
                     let lane = GROUP_VALUES * r;
                     match format {
-                        Format::Bytes => {
+                        Format::Bytes | Format::ScaledHalves => {
                             for (group, four) in
                                 source.values.chunks_exact(GROUP_VALUES).enumerate()
                             {
@@ -324,6 +232,9 @@ impl PanelMatrix {
             let mut scales = matrix
                 .scales
                 .chunks_mut(panels_per_thread * per_panel * PANEL_ROWS);
+            let mut second_scales = matrix
+                .second_scales
+                .chunks_mut(panels_per_thread * per_panel * PANEL_ROWS);
             let mut minimums = matrix
                 .minimums
                 .chunks_mut(panels_per_thread * per_panel * PANEL_ROWS);
@@ -334,9 +245,10 @@ impl PanelMatrix {
                 let scale = scales
                     .next()
                     .expect("one chunk of scales per chunk of values");
+                let second_scale = second_scales.next().unwrap_or_default();
                 let minimum = minimums.next().unwrap_or_default();
                 let first = thread * panels_per_thread;
-                scope.spawn(move || fill(first, part, fifth, scale, minimum));
+                scope.spawn(move || fill(first, part, fifth, [scale, second_scale, minimum]));
             }
         });
         matrix
@@ -479,6 +391,7 @@ impl PanelMatrix {
             assert_eq!(input.scales.len(), blocks, "rows of equal length");
             assert_eq!(input.sums.len(), blocks);
             assert_eq!(input.totals.len(), blocks);
+            assert_eq!(input.halves.len(), 2 * blocks);
             assert_eq!(input.values.len(), blocks * BLOCK_VALUES);
         }
         match isa {
@@ -499,7 +412,7 @@ impl PanelMatrix {
         let lane = GROUP_VALUES * r + k;
         let values = &self.values[at * self.format.value_bytes()..];
         match self.format {
-            Format::Bytes => values[group * REGISTER_BYTES + lane],
+            Format::Bytes | Format::ScaledHalves => values[group * REGISTER_BYTES + lane],
             Format::Nibbles | Format::FifthBits => {
                 let byte = values[(group % (GROUPS / 2)) * REGISTER_BYTES + lane];
                 let nibble = if group < GROUPS / 2 {
@@ -533,9 +446,25 @@ impl PanelMatrix {
             for (n, input) in inputs.iter().enumerate() {
                 let x = &input.values[block * BLOCK_VALUES..(block + 1) * BLOCK_VALUES];
                 for (r, weights) in weights.iter().enumerate() {
-                    let sum: i32 = weights.iter().zip(x).map(|(&w, &x)| w * i32::from(x)).sum();
+                    let products = weights.iter().zip(x).map(|(&w, &x)| w * i32::from(x));
                     let combined = self.scales[at * PANEL_ROWS + r] * input.scales[block];
-                    scaled[n][r] = (sum as f32).mul_add(combined, scaled[n][r]);
+                    if self.format == Format::ScaledHalves {
+                        let (first, second) =
+                            products.enumerate().fold((0, 0), |(a, b), (j, p)| {
+                                if j < BLOCK_VALUES / 2 {
+                                    (a + p, b)
+                                } else {
+                                    (a, b + p)
+                                }
+                            });
+                        let second_combined =
+                            self.second_scales[at * PANEL_ROWS + r] * input.scales[block];
+                        scaled[n][r] = (first as f32).mul_add(combined, scaled[n][r]);
+                        scaled[n][r] = (second as f32).mul_add(second_combined, scaled[n][r]);
+                    } else {
+                        let sum: i32 = products.sum();
+                        scaled[n][r] = (sum as f32).mul_add(combined, scaled[n][r]);
+                    }
                     if let Some(&minimum) = self.minimums.get(at * PANEL_ROWS + r) {
                         minimum_terms[n][r] =
                             minimum.mul_add(input.sums[block], minimum_terms[n][r]);

@@ -6,28 +6,36 @@ use crate::engine::kernel::test_support::{
     assert_near_exact_product, assert_rows_independent, assert_stack_gives_each_parts_bits,
     first_isa_that_differs, random, scaled_case,
 };
+use crate::engine::q4_1::Q4_1Matrix;
+use crate::engine::q6_k::Q6KMatrix;
 use crate::engine::q8_0::Q8_0Matrix;
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use proptest::prelude::*;
 
-const TYPES: [GgmlDType; 7] = [
+const TYPES: [GgmlDType; 8] = [
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
     GgmlDType::Q5_0,
     GgmlDType::Q5_1,
     GgmlDType::Q4K,
     GgmlDType::Q5K,
+    GgmlDType::Q6K,
     GgmlDType::Q8_0,
 ];
 
 fn k_quant(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K)
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
 }
 
 /// What the llama.cpp-order kernel of the same weights gives: the same sums, rounded in another order.
 fn other_kernel(weights: &QTensor, x: &Tensor) -> Vec<Vec<f32>> {
     let result = if weights.dtype() == GgmlDType::Q8_0 {
         Q8_0Matrix::from_qtensors(&[weights])
+            .unwrap()
+            .forward(x)
+            .unwrap()
+    } else if weights.dtype() == GgmlDType::Q6K {
+        Q6KMatrix::from_qtensor(weights)
             .unwrap()
             .forward(x)
             .unwrap()
@@ -90,8 +98,9 @@ fn matches_the_exact_product_and_the_other_kernels_on_every_instruction_set() {
 
 #[test]
 fn the_layout_holds_each_value_where_the_kernels_read_it() {
-    for dtype in [GgmlDType::Q5_0, GgmlDType::Q8_0] {
-        let weights = QTensor::quantize(&random((11, 64), 7), dtype).unwrap();
+    for dtype in [GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q6K] {
+        let columns = if k_quant(dtype) { 256 } else { 64 };
+        let weights = QTensor::quantize(&random((11, columns), 7), dtype).unwrap();
         let ours = PanelMatrix::from_qtensor(&weights).unwrap();
         let dequantized = weights
             .dequantize(&candle_core::Device::Cpu)
@@ -104,7 +113,11 @@ fn the_layout_holds_each_value_where_the_kernels_read_it() {
                 let (block, j) = (j / BLOCK_VALUES, j % BLOCK_VALUES);
                 let at = panel * ours.blocks + block;
                 let integer = i32::from(ours.stored(at, r, j)) - ours.offset;
-                let scale = ours.scales[at * PANEL_ROWS + r];
+                let scale = if ours.format == Format::ScaledHalves && j >= BLOCK_VALUES / 2 {
+                    ours.second_scales[at * PANEL_ROWS + r]
+                } else {
+                    ours.scales[at * PANEL_ROWS + r]
+                };
                 assert_eq!(integer as f32 * scale, w, "{dtype:?} row {row} value {j}");
             }
         }
@@ -157,7 +170,7 @@ fn a_stack_gives_each_parts_bits() {
 
 #[test]
 fn other_types_and_q8_0_with_minus_128_are_declined() {
-    for dtype in [GgmlDType::Q6K, GgmlDType::F16] {
+    for dtype in [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::F16] {
         let weights = QTensor::quantize(&random((4, 256), 3), dtype).unwrap();
         assert!(PanelMatrix::from_qtensor(&weights).is_none(), "{dtype:?}");
     }
@@ -176,10 +189,88 @@ fn other_types_and_q8_0_with_minus_128_are_declined() {
     )
     .unwrap();
     assert!(PanelMatrix::from_qtensor(&crafted).is_none());
-    let q4_0 = QTensor::quantize(&random((16, 32), 3), GgmlDType::Q4_0).unwrap();
-    let q8_0 = QTensor::quantize(&random((16, 32), 3), GgmlDType::Q8_0).unwrap();
-    assert!(PanelMatrix::from_qtensors(&[&q4_0, &q8_0]).is_none());
-    assert!(PanelMatrix::from_qtensors(&[&q8_0, &q4_0]).is_none());
+    // In a stack, too; and parts of different widths.
+    let q4_0 = QTensor::quantize(&random((16, 64), 3), GgmlDType::Q4_0).unwrap();
+    assert!(PanelMatrix::from_qtensors(&[&q4_0, &crafted]).is_none());
+    let narrow = QTensor::quantize(&random((16, 32), 3), GgmlDType::Q4_0).unwrap();
+    assert!(PanelMatrix::from_qtensors(&[&q4_0, &narrow]).is_none());
+}
+
+/// Parts of several types, as Q4_K_M files mix them in a block's query, key and value projections.
+fn mixed_parts(dtypes: &[GgmlDType], columns: usize, seed: u64) -> Vec<QTensor> {
+    dtypes
+        .iter()
+        .zip([32, 16, 9, 21].iter().cycle())
+        .zip(seed..)
+        .map(|((&dtype, &rows), seed)| {
+            QTensor::quantize(&random((rows, columns), seed), dtype).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_stack_of_several_types_is_stored_as_bytes_and_gives_each_parts_bits() {
+    for dtypes in [
+        &[GgmlDType::Q5_0, GgmlDType::Q5_0, GgmlDType::Q8_0][..],
+        &[GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_1][..],
+        &[GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5_0][..],
+    ] {
+        let parts = mixed_parts(dtypes, 512, 40);
+        let references: Vec<&QTensor> = parts.iter().collect();
+        let stacked = PanelMatrix::from_qtensors(&references).expect("panel types");
+        assert_eq!(stacked.format, Format::Bytes, "{dtypes:?}");
+        assert_eq!(stacked.offset, 128);
+        let input = random((5, 512), 50);
+        let inputs = input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for isa in Isa::available() {
+            let together = stacked.forward_rows_on(isa, &inputs);
+            let alone: Vec<Vec<f32>> = parts
+                .iter()
+                .map(|part| {
+                    PanelMatrix::from_qtensor(part)
+                        .unwrap()
+                        .forward_rows_on(isa, &inputs)
+                })
+                .collect();
+            assert_stack_gives_each_parts_bits(&together, &alone, 5);
+        }
+    }
+}
+
+#[test]
+fn a_stack_with_a_q6_k_part_scales_every_half_block_and_stays_near_the_exact_product() {
+    let dtypes = [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0];
+    let parts = mixed_parts(&dtypes, 512, 60);
+    let references: Vec<&QTensor> = parts.iter().collect();
+    let stacked = PanelMatrix::from_qtensors(&references).expect("panel types");
+    assert_eq!(stacked.format, Format::ScaledHalves);
+    let input = random((6, 512), 70);
+    let x = input.to_vec2::<f32>().unwrap();
+    let weights: Vec<Vec<f32>> = parts
+        .iter()
+        .flat_map(|part| {
+            part.dequantize(&candle_core::Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        })
+        .collect();
+    let got = stacked.forward(&input).unwrap().to_vec2::<f32>().unwrap();
+    for (row, x) in x.iter().enumerate() {
+        for (column, weights) in weights.iter().enumerate() {
+            assert_near_exact_product(
+                got[row][column],
+                weights,
+                x,
+                &format!("row {row} column {column}"),
+            );
+        }
+    }
+    assert_eq!(
+        first_isa_that_differs(|isa, x| stacked.forward_on(isa, x).unwrap(), &input),
+        None
+    );
+    assert_rows_independent(|isa, x| stacked.forward_on(isa, x).unwrap(), &input);
 }
 
 proptest! {

@@ -26,6 +26,7 @@ const HALF: usize = PANEL_ROWS / 2;
 const NIBBLES: u8 = 0;
 const FIFTH_BITS: u8 = 1;
 const BYTES: u8 = 2;
+const SCALED_HALVES: u8 = 3;
 
 /// Calls `$kernel::<N, FORMAT, MINIMUMS>` for the matrix's format.
 macro_rules! for_format {
@@ -35,7 +36,14 @@ macro_rules! for_format {
             (Format::Nibbles, false) => $kernel::<$n, NIBBLES, true>($matrix, $panel, $inputs),
             (Format::FifthBits, true) => $kernel::<$n, FIFTH_BITS, false>($matrix, $panel, $inputs),
             (Format::FifthBits, false) => $kernel::<$n, FIFTH_BITS, true>($matrix, $panel, $inputs),
-            (Format::Bytes, _) => $kernel::<$n, BYTES, false>($matrix, $panel, $inputs),
+            (Format::Bytes, true) => $kernel::<$n, BYTES, false>($matrix, $panel, $inputs),
+            (Format::Bytes, false) => $kernel::<$n, BYTES, true>($matrix, $panel, $inputs),
+            (Format::ScaledHalves, true) => {
+                $kernel::<$n, SCALED_HALVES, false>($matrix, $panel, $inputs)
+            }
+            (Format::ScaledHalves, false) => {
+                $kernel::<$n, SCALED_HALVES, true>($matrix, $panel, $inputs)
+            }
         }
     };
 }
@@ -112,7 +120,7 @@ unsafe fn panel_vnni<const N: usize, const FORMAT: u8, const MINIMUMS: bool>(
             let at = panel * blocks + block;
             let mut low = [_mm512_setzero_si512(); N];
             let mut high = [_mm512_setzero_si512(); N];
-            if offset != 0 {
+            if offset != 0 && FORMAT != SCALED_HALVES {
                 for n in 0..N {
                     low[n] = _mm512_set1_epi32(-offset * *inputs[n].totals.get_unchecked(block));
                 }
@@ -152,56 +160,96 @@ unsafe fn panel_vnni<const N: usize, const FORMAT: u8, const MINIMUMS: bool>(
             let values = matrix.values.as_ptr().add(at * value_bytes);
             let register =
                 |index: usize| _mm512_loadu_si512(values.add(REGISTER_BYTES * index).cast());
-            // The even groups of a block go to `low`, the odd ones to `high` (or `low` too, with many inputs).
-            let (pairs, masks) = if FORMAT == BYTES {
-                (GROUPS / 2, std::ptr::null())
-            } else {
-                (
-                    GROUPS / 2,
-                    matrix.fifth_bits.as_ptr().wrapping_add(at * GROUPS),
-                )
-            };
-            for pair in 0..pairs {
-                let (first, second, first_group, second_group) = if FORMAT == BYTES {
-                    (
-                        register(2 * pair),
-                        register(2 * pair + 1),
-                        2 * pair,
-                        2 * pair + 1,
-                    )
-                } else {
-                    let packed = register(pair);
-                    let mut first = _mm512_and_si512(packed, nibble_mask);
-                    let mut second = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), nibble_mask);
-                    if FORMAT == FIFTH_BITS {
-                        first =
-                            _mm512_or_si512(first, _mm512_maskz_mov_epi8(*masks.add(pair), fifth));
-                        second = _mm512_or_si512(
-                            second,
-                            _mm512_maskz_mov_epi8(*masks.add(pair + GROUPS / 2), fifth),
+            if FORMAT == SCALED_HALVES {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    matrix
+                        .second_scales
+                        .as_ptr()
+                        .wrapping_add(ahead * PANEL_ROWS)
+                        .cast(),
+                );
+                // Each half: its four groups' sums from `-128 · Σ x` of the half, then its own scales.
+                for (half, scales) in [&matrix.scales, &matrix.second_scales]
+                    .into_iter()
+                    .enumerate()
+                {
+                    for n in 0..N {
+                        low[n] = _mm512_set1_epi32(
+                            -offset * *inputs[n].halves.get_unchecked(2 * block + half),
                         );
                     }
-                    (first, second, pair, pair + GROUPS / 2)
-                };
-                for n in 0..N {
-                    let x = input_group!(_mm512_set1_epi32, inputs[n], block, first_group);
-                    low[n] = _mm512_dpbusd_epi32(low[n], first, x);
-                    let x = input_group!(_mm512_set1_epi32, inputs[n], block, second_group);
-                    if N <= SPLIT_UP_TO {
-                        high[n] = _mm512_dpbusd_epi32(high[n], second, x);
-                    } else {
-                        low[n] = _mm512_dpbusd_epi32(low[n], second, x);
+                    for g in GROUPS / 2 * half..GROUPS / 2 * (half + 1) {
+                        let weights = register(g);
+                        for n in 0..N {
+                            let x = input_group!(_mm512_set1_epi32, inputs[n], block, g);
+                            low[n] = _mm512_dpbusd_epi32(low[n], weights, x);
+                        }
+                    }
+                    let weight_scales = _mm512_loadu_ps(scales.as_ptr().add(at * PANEL_ROWS));
+                    for n in 0..N {
+                        let combined = _mm512_mul_ps(
+                            weight_scales,
+                            _mm512_set1_ps(*inputs[n].scales.get_unchecked(block)),
+                        );
+                        scaled[n] =
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(low[n]), combined, scaled[n]);
                     }
                 }
-            }
-            let weight_scales = _mm512_loadu_ps(matrix.scales.as_ptr().add(at * PANEL_ROWS));
-            for n in 0..N {
-                let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(low[n], high[n]));
-                let combined = _mm512_mul_ps(
-                    weight_scales,
-                    _mm512_set1_ps(*inputs[n].scales.get_unchecked(block)),
-                );
-                scaled[n] = _mm512_fmadd_ps(sum, combined, scaled[n]);
+            } else {
+                // The even groups of a block go to `low`, the odd ones to `high` (or `low` too, with many inputs).
+                let (pairs, masks) = if FORMAT == BYTES {
+                    (GROUPS / 2, std::ptr::null())
+                } else {
+                    (
+                        GROUPS / 2,
+                        matrix.fifth_bits.as_ptr().wrapping_add(at * GROUPS),
+                    )
+                };
+                for pair in 0..pairs {
+                    let (first, second, first_group, second_group) = if FORMAT == BYTES {
+                        (
+                            register(2 * pair),
+                            register(2 * pair + 1),
+                            2 * pair,
+                            2 * pair + 1,
+                        )
+                    } else {
+                        let packed = register(pair);
+                        let mut first = _mm512_and_si512(packed, nibble_mask);
+                        let mut second =
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(packed), nibble_mask);
+                        if FORMAT == FIFTH_BITS {
+                            first = _mm512_or_si512(
+                                first,
+                                _mm512_maskz_mov_epi8(*masks.add(pair), fifth),
+                            );
+                            second = _mm512_or_si512(
+                                second,
+                                _mm512_maskz_mov_epi8(*masks.add(pair + GROUPS / 2), fifth),
+                            );
+                        }
+                        (first, second, pair, pair + GROUPS / 2)
+                    };
+                    for n in 0..N {
+                        let x = input_group!(_mm512_set1_epi32, inputs[n], block, first_group);
+                        low[n] = _mm512_dpbusd_epi32(low[n], first, x);
+                        let x = input_group!(_mm512_set1_epi32, inputs[n], block, second_group);
+                        if N <= SPLIT_UP_TO {
+                            high[n] = _mm512_dpbusd_epi32(high[n], second, x);
+                        } else {
+                            low[n] = _mm512_dpbusd_epi32(low[n], second, x);
+                        }
+                    }
+                }
+                let weight_scales = _mm512_loadu_ps(matrix.scales.as_ptr().add(at * PANEL_ROWS));
+                for n in 0..N {
+                    let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(low[n], high[n]));
+                    let combined = _mm512_mul_ps(
+                        weight_scales,
+                        _mm512_set1_ps(*inputs[n].scales.get_unchecked(block)),
+                    );
+                    scaled[n] = _mm512_fmadd_ps(sum, combined, scaled[n]);
+                }
             }
             if MINIMUMS {
                 let minimums = _mm512_loadu_ps(matrix.minimums.as_ptr().add(at * PANEL_ROWS));
@@ -274,7 +322,11 @@ unsafe fn half_avx2<const N: usize, const FORMAT: u8, const MINIMUMS: bool>(
 ) -> [[f32; HALF]; N] {
     let blocks = matrix.blocks;
     let value_bytes = matrix.format.value_bytes();
-    let offset = if FORMAT == BYTES { 0 } else { matrix.offset };
+    let offset = if FORMAT == BYTES || FORMAT == SCALED_HALVES {
+        0
+    } else {
+        matrix.offset
+    };
     let nibble_mask = _mm256_set1_epi8(0x0F);
     let mut scaled = [_mm256_setzero_ps(); N];
     let mut terms = [_mm256_setzero_ps(); N];
@@ -293,47 +345,77 @@ unsafe fn half_avx2<const N: usize, const FORMAT: u8, const MINIMUMS: bool>(
             let register =
                 |index: usize| _mm256_loadu_si256(values.add(REGISTER_BYTES * index).cast());
             let masks = matrix.fifth_bits.as_ptr().wrapping_add(at * GROUPS);
-            for pair in 0..GROUPS / 2 {
-                let (first, second, first_group, second_group) = if FORMAT == BYTES {
-                    let signed = _mm256_set1_epi8(-128);
-                    (
-                        _mm256_xor_si256(register(2 * pair), signed),
-                        _mm256_xor_si256(register(2 * pair + 1), signed),
-                        2 * pair,
-                        2 * pair + 1,
-                    )
-                } else {
-                    let packed = register(pair);
-                    let mut first = _mm256_and_si256(packed, nibble_mask);
-                    let mut second = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibble_mask);
-                    if FORMAT == FIFTH_BITS {
-                        let bits = |group: usize| (*masks.add(group) >> (32 * half)) as u32;
-                        first = _mm256_or_si256(first, fifth_avx2(bits(pair)));
-                        second = _mm256_or_si256(second, fifth_avx2(bits(pair + GROUPS / 2)));
+            if FORMAT == SCALED_HALVES {
+                let signed = _mm256_set1_epi8(-128);
+                for (block_half, scales) in [&matrix.scales, &matrix.second_scales]
+                    .into_iter()
+                    .enumerate()
+                {
+                    for n in 0..N {
+                        low[n] = _mm256_setzero_si256();
                     }
-                    (first, second, pair, pair + GROUPS / 2)
-                };
-                for n in 0..N {
-                    let x = input_group!(_mm256_set1_epi32, inputs[n], block, first_group);
-                    let y = input_group!(_mm256_set1_epi32, inputs[n], block, second_group);
-                    if FORMAT == BYTES {
-                        low[n] = signed_dot_avx2(low[n], first, x);
-                        high[n] = signed_dot_avx2(high[n], second, y);
-                    } else {
-                        low[n] = dot_avx2(low[n], first, x);
-                        high[n] = dot_avx2(high[n], second, y);
+                    for g in GROUPS / 2 * block_half..GROUPS / 2 * (block_half + 1) {
+                        let weights = _mm256_xor_si256(register(g), signed);
+                        for n in 0..N {
+                            let x = input_group!(_mm256_set1_epi32, inputs[n], block, g);
+                            low[n] = signed_dot_avx2(low[n], weights, x);
+                        }
+                    }
+                    let weight_scales =
+                        _mm256_loadu_ps(scales.as_ptr().add(at * PANEL_ROWS + HALF * half));
+                    for n in 0..N {
+                        let combined = _mm256_mul_ps(
+                            weight_scales,
+                            _mm256_set1_ps(*inputs[n].scales.get_unchecked(block)),
+                        );
+                        scaled[n] =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(low[n]), combined, scaled[n]);
                     }
                 }
-            }
-            let weight_scales =
-                _mm256_loadu_ps(matrix.scales.as_ptr().add(at * PANEL_ROWS + HALF * half));
-            for n in 0..N {
-                let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(low[n], high[n]));
-                let combined = _mm256_mul_ps(
-                    weight_scales,
-                    _mm256_set1_ps(*inputs[n].scales.get_unchecked(block)),
-                );
-                scaled[n] = _mm256_fmadd_ps(sum, combined, scaled[n]);
+            } else {
+                for pair in 0..GROUPS / 2 {
+                    let (first, second, first_group, second_group) = if FORMAT == BYTES {
+                        let signed = _mm256_set1_epi8(-128);
+                        (
+                            _mm256_xor_si256(register(2 * pair), signed),
+                            _mm256_xor_si256(register(2 * pair + 1), signed),
+                            2 * pair,
+                            2 * pair + 1,
+                        )
+                    } else {
+                        let packed = register(pair);
+                        let mut first = _mm256_and_si256(packed, nibble_mask);
+                        let mut second =
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibble_mask);
+                        if FORMAT == FIFTH_BITS {
+                            let bits = |group: usize| (*masks.add(group) >> (32 * half)) as u32;
+                            first = _mm256_or_si256(first, fifth_avx2(bits(pair)));
+                            second = _mm256_or_si256(second, fifth_avx2(bits(pair + GROUPS / 2)));
+                        }
+                        (first, second, pair, pair + GROUPS / 2)
+                    };
+                    for n in 0..N {
+                        let x = input_group!(_mm256_set1_epi32, inputs[n], block, first_group);
+                        let y = input_group!(_mm256_set1_epi32, inputs[n], block, second_group);
+                        if FORMAT == BYTES {
+                            low[n] = signed_dot_avx2(low[n], first, x);
+                            high[n] = signed_dot_avx2(high[n], second, y);
+                        } else {
+                            low[n] = dot_avx2(low[n], first, x);
+                            high[n] = dot_avx2(high[n], second, y);
+                        }
+                    }
+                }
+                let weight_scales =
+                    _mm256_loadu_ps(matrix.scales.as_ptr().add(at * PANEL_ROWS + HALF * half));
+                for n in 0..N {
+                    let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(low[n], high[n]));
+                    let combined = _mm256_mul_ps(
+                        weight_scales,
+                        _mm256_set1_ps(*inputs[n].scales.get_unchecked(block)),
+                    );
+                    scaled[n] = _mm256_fmadd_ps(sum, combined, scaled[n]);
+                }
             }
             if MINIMUMS {
                 let minimums =

@@ -112,6 +112,18 @@ impl Q6KMatrix {
         self.scales[at / SUPER_BLOCK].to_f32() * f32::from(self.half_scales[at * 2 + half])
     }
 
+    /// Values per row.
+    pub(super) fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// The 32 values `q - 32` of block `block` of row `row`.
+    pub(super) fn block_values(&self, row: usize, block: usize) -> &[i8; BLOCK_VALUES] {
+        self.values[(row * self.blocks + block) * BLOCK_VALUES..][..BLOCK_VALUES]
+            .try_into()
+            .expect("a block")
+    }
+
     /// One dot product: each block's products summed four at a time into eight integer lanes, lane `l` accumulated
     /// as `fma(d · sc_h · d_x, lane, acc)` with `h` the half of the block it lies in, block after block, the lanes
     /// summed pairwise at the end ([`kernel::sum_lanes`]).

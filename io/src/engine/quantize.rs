@@ -15,6 +15,7 @@ pub(super) struct QuantizedRows {
     scales: Vec<f32>,
     sums: Vec<f32>,
     totals: Vec<i32>,
+    halves: Vec<i32>,
     values: Vec<i8>,
     offsets: Vec<i32>,
 }
@@ -28,6 +29,8 @@ pub(super) struct InputRow<'a> {
     pub(super) sums: &'a [f32],
     /// Each block's `Σ values`, exact.
     pub(super) totals: &'a [i32],
+    /// Each half block's (16 values') `Σ values`, exact: two per block, which meet weights with a scale per half.
+    pub(super) halves: &'a [i32],
     /// The values, 32 per block.
     pub(super) values: &'a [i8],
     /// Per block, per lane of four values: `-128 * Σ values`. With it, VNNI's unsigned-by-signed `vpdpbusd` takes
@@ -54,26 +57,30 @@ impl QuantizedRows {
             scales: vec![0.0; count],
             sums: vec![0.0; count],
             totals: vec![0; count],
+            halves: vec![0; 2 * count],
             values: vec![0; count * BLOCK_VALUES],
             offsets: vec![0; count * LANES],
         };
         let blocks = inputs
             .chunks_exact(BLOCK_VALUES)
             .zip(rows.values.chunks_exact_mut(BLOCK_VALUES))
-            .zip(rows.offsets.chunks_exact_mut(LANES));
-        for (index, ((block, values), offsets)) in blocks.enumerate() {
+            .zip(rows.offsets.chunks_exact_mut(LANES))
+            .zip(rows.halves.chunks_exact_mut(2));
+        for (index, (((block, values), offsets), halves)) in blocks.enumerate() {
             let block: &[f32; BLOCK_VALUES] = block.try_into().expect("a block");
             let values: &mut [i8; BLOCK_VALUES] = values.try_into().expect("a block");
             let offsets: &mut [i32; LANES] = offsets.try_into().expect("a block's lanes");
-            let (scale, total) = match isa {
+            let (scale, [first, second]) = match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the caller's `isa` is one the CPU has, which includes AVX-512 F, BW, VL and VNNI.
                 Isa::Avx512Vnni => unsafe { block_avx512(block, values, offsets) },
                 _ => block_portable(block, values, offsets),
             };
+            let total = first + second;
             rows.scales[index] = f16::from_f32(scale).to_f32();
             rows.sums[index] = f16::from_f32(scale * total as f32).to_f32();
             rows.totals[index] = total;
+            halves.copy_from_slice(&[first, second]);
         }
         rows
     }
@@ -90,6 +97,7 @@ impl QuantizedRows {
             scales: &self.scales[blocks.clone()],
             sums: &self.sums[blocks.clone()],
             totals: &self.totals[blocks.clone()],
+            halves: &self.halves[2 * blocks.start..2 * blocks.end],
             values: &self.values[blocks.start * BLOCK_VALUES..blocks.end * BLOCK_VALUES],
             offsets: &self.offsets[blocks.start * LANES..blocks.end * LANES],
         }
@@ -97,13 +105,13 @@ impl QuantizedRows {
 }
 
 /// Quantizes one block into `values` and its lanes' `-128 · Σ` into `offsets`; returns the block's scale (before
-/// rounding through f16) and `Σ values`. NaN values quantize to 0; infinities and scales too small for their
+/// rounding through f16) and the `Σ values` of each half. NaN values quantize to 0; infinities and scales too small for their
 /// inverse saturate, as Rust's float-to-int conversion does.
 fn block_portable(
     block: &[f32; BLOCK_VALUES],
     values: &mut [i8; BLOCK_VALUES],
     offsets: &mut [i32; LANES],
-) -> (f32, i32) {
+) -> (f32, [i32; 2]) {
     // Lane-wise maxima first (which the compiler vectorises), then across lanes: the same value, as a maximum does
     // not depend on the order (`max` ignores NaN).
     let mut lanes = [0.0f32; LANES];
@@ -114,15 +122,15 @@ fn block_portable(
     }
     let largest = lanes.iter().fold(0.0f32, |max, &v| max.max(v));
     let inverse = if largest == 0.0 { 0.0 } else { 127.0 / largest };
-    let mut total = 0i32;
-    for (q, value) in values.iter_mut().zip(block) {
+    let mut halves = [0i32; 2];
+    for (j, (q, value)) in values.iter_mut().zip(block).enumerate() {
         *q = (value * inverse).round_ties_even() as i8;
-        total += i32::from(*q);
+        halves[j / (BLOCK_VALUES / 2)] += i32::from(*q);
     }
     for (offset, four) in offsets.iter_mut().zip(values.chunks_exact(4)) {
         *offset = -128 * four.iter().map(|&q| i32::from(q)).sum::<i32>();
     }
-    (largest / 127.0, total)
+    (largest / 127.0, halves)
 }
 
 /// [`block_portable`] with AVX-512: the maximum and the scaling on two registers, the lanes' sums by `vpdpbusd`.
@@ -135,7 +143,7 @@ unsafe fn block_avx512(
     block: &[f32; BLOCK_VALUES],
     values: &mut [i8; BLOCK_VALUES],
     offsets: &mut [i32; LANES],
-) -> (f32, i32) {
+) -> (f32, [i32; 2]) {
     use std::arch::x86_64::*;
     const ROUND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     // SAFETY: the block holds 32 floats, two registers' worth; `values` 32 bytes and `offsets` eight i32s.
@@ -169,7 +177,7 @@ unsafe fn block_avx512(
         );
         (
             largest / 127.0,
-            _mm512_reduce_add_epi32(_mm512_add_epi32(low, high)),
+            [_mm512_reduce_add_epi32(low), _mm512_reduce_add_epi32(high)],
         )
     }
 }
@@ -188,10 +196,11 @@ mod tests {
         assert!(row.sums.iter().all(|&s| s == 0.0));
         assert!(row.values.iter().all(|&v| v == 0));
         assert!(row.offsets.iter().all(|&o| o == 0));
+        assert!(row.halves.iter().all(|&h| h == 0));
     }
 
     #[test]
-    fn offsets_are_minus_128_times_each_lanes_sum() {
+    fn offsets_halves_and_totals_are_the_sums_they_name() {
         let inputs: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 7.0).collect();
         let rows = QuantizedRows::new(&inputs, 32);
         for index in 0..2 {
@@ -203,6 +212,14 @@ mod tests {
                     .sum();
                 assert_eq!(row.offsets[lane], -128 * sum);
             }
+            let half_sum = |half: usize| -> i32 {
+                row.values[half * 16..half * 16 + 16]
+                    .iter()
+                    .map(|&v| i32::from(v))
+                    .sum()
+            };
+            assert_eq!(row.halves, [half_sum(0), half_sum(1)]);
+            assert_eq!(row.totals[0], half_sum(0) + half_sum(1));
         }
     }
 
@@ -235,6 +252,7 @@ mod tests {
                 prop_assert_eq!(bits(&got.scales), bits(&expected.scales), "{:?}", isa);
                 prop_assert_eq!(bits(&got.sums), bits(&expected.sums), "{:?}", isa);
                 prop_assert_eq!(&got.totals, &expected.totals, "{:?}", isa);
+                prop_assert_eq!(&got.halves, &expected.halves, "{:?}", isa);
                 prop_assert_eq!(&got.values, &expected.values, "{:?}", isa);
                 prop_assert_eq!(&got.offsets, &expected.offsets, "{:?}", isa);
             }
