@@ -94,16 +94,25 @@ fn q6_k_matmul(c: &mut Criterion) {
     );
 }
 
-/// The panel kernels (Q4_0, Q5_0, Q8_0) against the llama.cpp-order kernels of the same weights.
+/// The panel kernels (Q4_0, Q4_1, Q5_0, Q8_0, Q6_K) against the llama.cpp-order kernels of the same weights.
 fn panel_matmul(c: &mut Criterion) {
     let panel = |q: &QTensor| PanelMatrix::from_qtensor(q).expect("a panel type");
     for (name, dtype) in [
         ("panel_q4_0", GgmlDType::Q4_0),
+        ("panel_q4_1", GgmlDType::Q4_1),
         ("panel_q5_0", GgmlDType::Q5_0),
         ("panel_q8_0", GgmlDType::Q8_0),
     ] {
         matmul_group(c, name, dtype, SHAPES, panel, PanelMatrix::forward_on);
     }
+    matmul_group(
+        c,
+        "panel_q6_k",
+        GgmlDType::Q6K,
+        K_SHAPES,
+        panel,
+        PanelMatrix::forward_on,
+    );
     let exact = |q: &QTensor| Q4_1Matrix::from_qtensor(q).expect("a 4-bit matrix");
     matmul_group(
         c,
@@ -173,8 +182,39 @@ fn q8_0_matmul(c: &mut Criterion) {
     group.finish();
 }
 
+/// The panel kernels on the output head's shape, where the kernel's own speed shows rather than the pool's
+/// overhead: one token (reading the weights) and eight (their arithmetic), on the vector instruction sets.
+fn panel_head(c: &mut Criterion) {
+    let mut group = c.benchmark_group("panel_head");
+    group.sample_size(10);
+    let (rows, columns) = HEAD;
+    for (name, dtype) in [
+        ("q4_0", GgmlDType::Q4_0),
+        ("q4_1", GgmlDType::Q4_1),
+        ("q8_0", GgmlDType::Q8_0),
+    ] {
+        let matrix =
+            PanelMatrix::from_qtensor(&weights(rows, columns, dtype)).expect("a panel type");
+        for tokens in [1usize, 8] {
+            let x = input(tokens, columns);
+            group.throughput(Throughput::Elements((rows * columns * tokens) as u64));
+            let id = format!("{name}_{rows}x{columns}/{tokens}_tokens");
+            for isa in Isa::available()
+                .into_iter()
+                .filter(|&isa| isa != Isa::Portable)
+            {
+                group.bench_with_input(BenchmarkId::new(isa_name(isa), &id), &x, |b, x| {
+                    b.iter(|| black_box(matrix.forward_on(isa, x).expect("matmul")))
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    panel_head,
     q4_1_matmul,
     q4_k_matmul,
     q6_k_matmul,

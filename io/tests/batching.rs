@@ -126,6 +126,73 @@ fn t10_a_batched_pass_gives_each_sequence_its_logits_alone_bit_for_bit() {
     batched_forward_equals_alone(&quantized());
 }
 
+/// A batch of sequences that all decode one token, large enough to be divided between the engine's threads (see
+/// `engine::divide`): each sequence's logits are still what it gets alone, and the caches grow by one each.
+fn a_divided_batch_equals_each_alone(model: &Model) {
+    let llama = model.llama();
+    // Four sequences per thread divide the batch; one more makes the groups uneven.
+    let count = 4 * candle_core::utils::get_num_threads().max(2) + 1;
+    let prompts: Vec<Vec<u32>> = (0..count)
+        .map(|index| {
+            let prompt = tokens(model, PROMPTS[index % PROMPTS.len()]);
+            prompt[..prompt.len().min(1 + index % 5)].to_vec()
+        })
+        .collect();
+    let mut caches: Vec<_> = (0..count)
+        .map(|_| llama.new_cache(64).expect("cache"))
+        .collect();
+    for (cache, prompt) in caches.iter_mut().zip(&prompts) {
+        llama.forward(prompt, cache).expect("prefill");
+    }
+    let next: Vec<u32> = (0..count as u32).map(|index| 3 + 7 * index).collect();
+    let results = {
+        let mut batch: Vec<BatchSequence<'_>> = caches
+            .iter_mut()
+            .zip(&next)
+            .enumerate()
+            .map(|(index, (cache, token))| BatchSequence {
+                tokens: std::slice::from_ref(token),
+                cache,
+                // Every third sequence asks for no logits.
+                logits: index % 3 != 2,
+            })
+            .collect();
+        llama.forward_batch(&mut batch).expect("batched forward")
+    };
+    assert_eq!(results.len(), count);
+    for (index, result) in results.into_iter().enumerate() {
+        let expected = (index % 3 != 2).then(|| {
+            logits_alone(
+                model,
+                &[&prompts[index], std::slice::from_ref(&next[index])],
+            )
+        });
+        assert_eq!(
+            result.map(|values| bits(&values)),
+            expected,
+            "sequence {index}"
+        );
+        assert_eq!(caches[index].len() as usize, prompts[index].len() + 1);
+    }
+}
+
+#[test]
+fn t10_a_batch_divided_between_the_threads_gives_each_sequence_its_logits_alone() {
+    let model = quantized();
+    assert!(model.llama().divides_batches());
+    a_divided_batch_equals_each_alone(&model);
+}
+
+#[test]
+fn t10_a_batch_of_dense_weights_is_not_divided_and_still_equals_each_alone() {
+    let model = tiny_model(Layout::DENSE);
+    assert!(
+        !model.llama().divides_batches(),
+        "candle multiplies F32/F16"
+    );
+    a_divided_batch_equals_each_alone(&model);
+}
+
 #[test]
 fn t10_dense_weights_batch_bit_for_bit_too() {
     batched_forward_equals_alone(&tiny_model(Layout::DENSE));

@@ -140,7 +140,7 @@ fn matmul<K: TileDots>(
     // The match below names every pass size.
     const _: () = assert!(INPUT_ROWS_PER_PASS == 4);
     const _: () = assert!(ROW_GROUP.is_multiple_of(WEIGHT_ROWS_PER_PASS));
-    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(ROW_GROUP), |groups| {
+    super::pool::execute_chunked(rows.div_ceil(ROW_GROUP), |groups| {
         for group in groups {
             let start = group * ROW_GROUP;
             let end = (start + ROW_GROUP).min(rows);

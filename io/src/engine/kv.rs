@@ -313,7 +313,7 @@ impl KvCache {
             let scale = 1.0 / (dim as f32).sqrt();
             let target = OutputPointer::from_slice(output);
             // One work item per (new position, query head), split over candle's thread pool (the engine's threads).
-            candle_core::utils::barrier_pool().execute_chunked(count * heads, |items| {
+            super::pool::execute_chunked(count * heads, |items| {
                 let mut query = vec![0f32; dim];
                 let mut weights = vec![0f32; padded];
                 for item in items {
@@ -448,7 +448,7 @@ pub(super) fn attend_decode(block: usize, heads: usize, entries: &mut [DecodeEnt
         .collect();
     let longest = views.iter().map(|view| view.start + 1).max().unwrap_or(1);
     let scale = 1.0 / (dim as f32).sqrt();
-    candle_core::utils::barrier_pool().execute_chunked(views.len() * heads, |items| {
+    super::pool::execute_chunked(views.len() * heads, |items| {
         let mut query = vec![0f32; dim];
         let mut weights = vec![0f32; longest.next_multiple_of(DOT_STEP)];
         for item in items {

@@ -232,9 +232,7 @@ pub(super) fn attend_rows(rows: &[Row<'_>], heads: usize) {
         "query heads share key/value heads evenly"
     );
     let group = heads / kv_heads;
-    let pool = candle_core::utils::barrier_pool();
-    let threads = pool.n_workers() + 1;
-    let per_item = if rows.len() * kv_heads >= 4 * threads {
+    let per_item = if rows.len() * kv_heads >= 4 * super::pool::threads() {
         group
     } else {
         1
@@ -248,7 +246,7 @@ pub(super) fn attend_rows(rows: &[Row<'_>], heads: usize) {
         );
         assert_eq!(row.queries.len(), heads * dim, "queries are [heads][dim]");
     }
-    pool.execute_chunked(rows.len() * kv_heads * chunks, |items| {
+    super::pool::execute_chunked(rows.len() * kv_heads * chunks, |items| {
         for item in items {
             let (row, rest) = (
                 &rows[item / (kv_heads * chunks)],

@@ -115,6 +115,14 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Whether the matrix multiplies through candle's own pooled kernels (which must not run inside
+    /// `pool::each_thread`).
+    pub(super) fn uses_candle_pool(&self) -> bool {
+        matches!(self.kernel, Kernel::Candle(_))
+    }
+}
+
 impl Kernel {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
@@ -227,6 +235,14 @@ impl Stack {
             ),
         };
         Ok(Self { kernel, widths })
+    }
+
+    /// Whether a part multiplies through candle's own pooled kernels (see [`Linear::uses_candle_pool`]).
+    pub(super) fn uses_candle_pool(&self) -> bool {
+        match &self.kernel {
+            StackKernel::One(linear) => linear.uses_candle_pool(),
+            StackKernel::Each(linears) => linears.iter().any(Linear::uses_candle_pool),
+        }
     }
 
     /// Each part's output width.

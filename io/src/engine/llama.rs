@@ -36,6 +36,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::architecture::{Architecture, QkvBiases, RopeStyle};
+use super::divide;
 use super::ggml_math;
 use super::gguf::{GgufError, GgufFile, ModelConfig};
 use super::kernel::{Arithmetic, OutputPointer};
@@ -87,6 +88,9 @@ pub struct Llama {
     frequency_factors: Option<Vec<f32>>,
     /// The kernels' arithmetic, which also picks the caches' layout and attention ([`Layout`]).
     arithmetic: Arithmetic,
+    /// Whether every matrix multiplies through our kernels, none through candle's pooled ones: only then may a
+    /// batch be divided between the threads ([`super::divide`]).
+    own_kernels: bool,
 }
 
 fn dense(file: &mut GgufFile, name: &str, shape: &[usize]) -> Result<Tensor, GgufError> {
@@ -196,6 +200,13 @@ impl Llama {
         } else {
             None
         };
+        let own_kernels = !output.uses_candle_pool()
+            && blocks.iter().all(|block| {
+                !(block.qkv.uses_candle_pool()
+                    || block.attention_output.uses_candle_pool()
+                    || block.gate_up.uses_candle_pool()
+                    || block.ffn_down.uses_candle_pool())
+            });
         Ok(Self {
             config: config.clone(),
             architecture,
@@ -206,7 +217,14 @@ impl Llama {
             theta_scale,
             frequency_factors,
             arithmetic,
+            own_kernels,
         })
+    }
+
+    /// Whether large batches of decoding sequences are divided between the engine's threads ([`super::divide`]):
+    /// when every matrix multiplies through our kernels.
+    pub fn divides_batches(&self) -> bool {
+        self.own_kernels
     }
 
     /// The model's hyper-parameters.
@@ -251,6 +269,19 @@ impl Llama {
     /// alone. The caller checks that tokens are in the vocabulary and fit in their caches; one cache appearing
     /// twice is impossible (they are `&mut`).
     pub fn forward_batch(
+        &self,
+        batch: &mut [BatchSequence<'_>],
+    ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+        if self.own_kernels
+            && let Some(threads) = divide::threads_for(batch)
+        {
+            return divide::forward_divided(self, batch, threads);
+        }
+        self.forward_together(batch)
+    }
+
+    /// [`Llama::forward_batch`] with every operation's work shared between the threads.
+    pub(super) fn forward_together(
         &self,
         batch: &mut [BatchSequence<'_>],
     ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
@@ -520,7 +551,7 @@ fn swiglu(gate_up: &[f32], width: usize) -> Vec<f32> {
     let pieces = width.div_ceil(PIECE);
     let mut values: Vec<f32> = Vec::with_capacity(rows * width);
     let target = OutputPointer::new(values.spare_capacity_mut());
-    candle_core::utils::barrier_pool().execute_chunked(rows * pieces, |items| {
+    super::pool::execute_chunked(rows * pieces, |items| {
         for item in items {
             let (row, piece) = (item / pieces, item % pieces);
             let (gate, up) = gate_up[row * 2 * width..][..2 * width].split_at(width);

@@ -18,6 +18,7 @@
 pub mod architecture;
 pub mod constraint;
 pub mod detokenize;
+mod divide;
 pub mod embed;
 mod file_rows;
 pub mod generate;
@@ -35,6 +36,7 @@ pub mod panel;
 mod panel_source;
 #[cfg(target_arch = "x86_64")]
 mod panel_x86;
+mod pool;
 pub mod pretokenize;
 pub mod q4_1;
 #[cfg(target_arch = "x86_64")]

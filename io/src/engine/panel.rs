@@ -300,7 +300,7 @@ impl PanelMatrix {
             let inputs: Vec<InputRow<'_>> = (0..count).map(|index| quantized.row(index)).collect();
             let target = OutputPointer::new(output.spare_capacity_mut());
             let panels = self.rows.div_ceil(PANEL_ROWS);
-            candle_core::utils::barrier_pool().execute_chunked(panels, |range| {
+            super::pool::execute_chunked(panels, |range| {
                 for sweep in range.clone().step_by(PANELS_PER_SWEEP) {
                     let sweep = sweep..(sweep + PANELS_PER_SWEEP).min(range.end);
                     for (pass, inputs) in inputs.chunks(INPUTS_PER_PASS).enumerate() {

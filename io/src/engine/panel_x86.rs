@@ -14,7 +14,7 @@ use super::panel::{Format, GROUP_VALUES, GROUPS, PANEL_ROWS, PanelMatrix, REGIST
 /// Inputs up to which each input's integer sums run in two chains (the even and the odd groups): with few inputs
 /// one chain of eight dependent `vpdpbusd` per block would wait on their latency; with more, the registers of
 /// a second chain per input are better spent on the inputs themselves.
-const SPLIT_UP_TO: usize = 4;
+const SPLIT_UP_TO: usize = 8;
 /// How many blocks ahead the 512-bit kernel asks for its data (`prefetcht0`). A thread's panels lie one after the
 /// other, but the hardware's prefetchers stop at every 4 KiB page, and with eight inputs a block's arithmetic is
 /// long enough to hide the next blocks' loads behind it when they are asked for early.

@@ -1,0 +1,69 @@
+//! A batch of decoding sequences divided between the engine's threads: each thread runs the whole model for its
+//! own sequences, alone ([`super::pool::each_thread`]), instead of every operation of the whole batch being
+//! shared between the threads.
+//!
+//! With one new token per sequence and several sequences per thread, the work is the kernels' arithmetic, not the
+//! reading of the weights (each thread now reads all of them, where shared operations read each once). Shared
+//! operations make the threads meet about 150 times a pass over SmolLM2, each meeting waiting for the slower
+//! thread, and leave the other threads idle through the serial parts between operations (quantizing each
+//! matmul's input, the norms, copying); divided, there is one meeting per pass. Every kernel gives each row the
+//! same bits whatever the other rows (see [`super::llama`]), so the division changes no result.
+
+use std::sync::Mutex;
+
+use super::llama::{BatchSequence, Llama};
+use super::pool;
+
+/// Sequences per thread from which a batch of decoding sequences is divided: below it, reading the weights once
+/// for all the sequences costs less than the threads' meetings.
+const DIVIDE_FROM_SEQUENCES_PER_THREAD: usize = 4;
+
+/// The threads to divide `batch` between, if it is worth dividing: only batches whose every sequence decodes one
+/// token, with at least [`DIVIDE_FROM_SEQUENCES_PER_THREAD`] sequences per thread.
+pub(super) fn threads_for(batch: &[BatchSequence<'_>]) -> Option<usize> {
+    let threads = pool::threads();
+    (threads > 1
+        && batch.len() >= DIVIDE_FROM_SEQUENCES_PER_THREAD * threads
+        && batch.iter().all(|entry| entry.tokens.len() == 1))
+    .then_some(threads)
+}
+
+/// `model.forward_batch(batch)` with the batch divided into `threads` runs of consecutive sequences (sizes
+/// differing by at most one), each on its own thread; the results come back in the batch's order.
+pub(super) fn forward_divided(
+    model: &Llama,
+    batch: &mut [BatchSequence<'_>],
+    threads: usize,
+) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+    let total = batch.len();
+    let mut groups = Vec::with_capacity(threads);
+    let mut rest = batch;
+    for thread in 0..threads {
+        let size = rest.len() / (threads - thread);
+        let (group, tail) = std::mem::take(&mut rest).split_at_mut(size);
+        groups.push(Mutex::new(Some(group)));
+        rest = tail;
+    }
+    type Logits = candle_core::Result<Vec<Option<Vec<f32>>>>;
+    let results: Vec<Mutex<Option<Logits>>> = (0..threads).map(|_| Mutex::new(None)).collect();
+    pool::each_thread(|thread| {
+        let group = groups[thread]
+            .lock()
+            .expect("no thread panicked holding a group")
+            .take()
+            .expect("each group runs once");
+        let result = model.forward_together(group);
+        *results[thread]
+            .lock()
+            .expect("no thread panicked holding a result") = Some(result);
+    });
+    let mut all = Vec::with_capacity(total);
+    for result in results {
+        let result = result
+            .into_inner()
+            .expect("no thread panicked holding a result")
+            .expect("every thread ran its group");
+        all.extend(result?);
+    }
+    Ok(all)
+}
