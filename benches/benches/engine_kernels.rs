@@ -195,7 +195,7 @@ fn panel_head(c: &mut Criterion) {
     ] {
         let matrix =
             PanelMatrix::from_qtensor(&weights(rows, columns, dtype)).expect("a panel type");
-        for tokens in [1usize, 8] {
+        for tokens in [1usize, 4, 8] {
             let x = input(tokens, columns);
             group.throughput(Throughput::Elements((rows * columns * tokens) as u64));
             let id = format!("{name}_{rows}x{columns}/{tokens}_tokens");
