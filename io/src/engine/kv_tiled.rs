@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
-use super::ggml_math::{round_through_f16, softmax};
+use super::ggml_math::{round_in_place_through_f16, round_through_f16, softmax};
 use super::kernel::OutputPointer;
 
 /// Positions per key tile, and the lanes of every vector here.
@@ -139,9 +139,7 @@ pub(super) fn attend(
         let scale = 1.0 / (dim as f32).sqrt();
         for row in scores.chunks_exact_mut(padded) {
             softmax(row, visible, scale);
-            for weight in row[..visible].iter_mut() {
-                *weight = f16::from_f32(*weight).to_f32();
-            }
+            round_in_place_through_f16(&mut row[..visible]);
         }
         output.fill(0.0);
         for (index, value_tile) in values[..visible * dim].chunks(TILE * dim).enumerate() {

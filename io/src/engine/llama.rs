@@ -1,6 +1,6 @@
 //! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3, Qwen2 layouts) on candle-core tensors: quantized weight
-//! matmuls (our kernels for Q4_1, Q4_0, Q5_0, Q4_K and Q8_0, see [`super::q4_1`] and [`super::q8_0`]; candle's `QMatMul` for
-//! other types), RMS norms, rotary embeddings computed for each call's own positions, grouped-query
+//! matmuls (our kernels for Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K and Q8_0, see [`super::linear`]; candle's `QMatMul`
+//! for other types), RMS norms, rotary embeddings computed for each call's own positions, grouped-query
 //! causal attention over a preallocated per-sequence KV cache, and a SwiGLU feed-forward.
 //!
 //! Why not candle-transformers' `quantized_llama`: it keeps one cache inside the model (no per-sequence state),
@@ -29,6 +29,10 @@
 //!   Q4_K, Q5_K, Q6_K, Q8_0), with a different path for one row than for several; dense (F32/F16) weights go
 //!   through gemm, whose blocking depends on the row count. For those, `Linear` multiplies each row on its own,
 //!   which gives up the batching speed-up on those matrices but keeps the results exact.
+//!
+//! A batch of sequences that each decode one token, four or more per thread, is divided between the threads
+//! instead ([`super::divide`]): each thread runs the whole model for its own sequences, with no meeting of the
+//! threads between operations; by the same row independence that changes no bits.
 
 use std::sync::Arc;
 

@@ -3,8 +3,9 @@
 //! Every thread pool the engine computes on belongs to candle 0.11, and each is sized once, when first used,
 //! from the environment:
 //!
-//! - `candle_core::utils::barrier_pool()` runs every quantized matmul, our Q4_1 kernel's included: that is
-//!   nearly all of a forward pass. It has `n - 1` workers plus the calling thread, where `n` is
+//! - `candle_core::utils::barrier_pool()` runs every quantized matmul, our kernels' included, and our attention:
+//!   that is nearly all of a forward pass. A large batch of decoding sequences is instead divided between the
+//!   pool's threads, each running its sequences alone (`engine::pool::each_thread`). It has `n - 1` workers plus the calling thread, where `n` is
 //!   `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the physical cores (`num_cpus::get_physical`; on Linux,
 //!   `CANDLE_CPU_MASK` or the big cores of an asymmetric CPU when those apply).
 //! - Dense matmuls (attention scores) run on gemm with `candle_core::utils::get_num_threads()` threads:
