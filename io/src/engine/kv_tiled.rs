@@ -22,7 +22,7 @@ use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use super::ggml_math::{round_in_place_through_f16, round_through_f16, softmax};
-use super::kernel::OutputPointer;
+use super::kernel::{Isa, OutputPointer};
 
 /// Positions per key tile, and the lanes of every vector here.
 pub(super) const TILE: usize = 16;
@@ -98,6 +98,20 @@ pub(super) fn attend(
     original: &[f32],
     output: &mut [f32],
 ) {
+    attend_on(Isa::current(), block, head, visible, original, output);
+}
+
+/// [`attend`] on `isa` (which the CPU has): the same bits on every instruction set.
+pub(super) fn attend_on(
+    isa: Isa,
+    block: &TiledBlock<'_>,
+    head: usize,
+    visible: usize,
+    original: &[f32],
+    output: &mut [f32],
+) {
+    assert!(isa <= Isa::detected(), "{isa:?} is not available here");
+    let wide = cfg!(target_arch = "x86_64") && isa == Isa::Avx512Vnni;
     let queries = original;
     let dim = block.dim;
     assert!(supports(dim), "whole vectors");
@@ -122,7 +136,27 @@ pub(super) fn attend(
         let scores = &mut scores[..count * padded];
         let queries = &mut rounded[..queries.len()];
         round_through_f16(original, queries);
-        for (index, key_tile) in keys[..padded * dim].chunks_exact(TILE * dim).enumerate() {
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            for (index, key_tile) in keys[..padded * dim].chunks_exact(TILE * dim).enumerate() {
+                // SAFETY: AVX-512 F is there (`isa`); the tile holds `dim · TILE` keys, the queries whole rows of
+                // `dim`, and the scores a row of `padded` for each query, tile `index` inside it.
+                unsafe {
+                    super::kv_tiled_x86::tile_scores(
+                        queries,
+                        dim,
+                        key_tile,
+                        &mut scores[index * TILE..],
+                        padded,
+                    );
+                }
+            }
+        }
+        for (index, key_tile) in keys[..padded * dim]
+            .chunks_exact(TILE * dim)
+            .enumerate()
+            .filter(|_| !wide)
+        {
             key_tile
                 .reinterpret_cast::<f16>()
                 .convert_to_f32_slice(&mut tile[..TILE * dim]);
@@ -142,7 +176,28 @@ pub(super) fn attend(
             round_in_place_through_f16(&mut row[..visible]);
         }
         output.fill(0.0);
-        for (index, value_tile) in values[..visible * dim].chunks(TILE * dim).enumerate() {
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            for (index, value_tile) in values[..visible * dim].chunks(TILE * dim).enumerate() {
+                // SAFETY: AVX-512 F is there (`isa`); the tile holds whole value rows, and each query's weights
+                // row has the tile's positions from `index · TILE` on.
+                unsafe {
+                    super::kv_tiled_x86::add_weighted_values(
+                        &scores[index * TILE..],
+                        padded,
+                        value_tile.len() / dim,
+                        value_tile,
+                        dim,
+                        output,
+                    );
+                }
+            }
+        }
+        for (index, value_tile) in values[..visible * dim]
+            .chunks(TILE * dim)
+            .enumerate()
+            .filter(|_| !wide)
+        {
             let tile = &mut tile[..value_tile.len()];
             value_tile
                 .reinterpret_cast::<f16>()
@@ -345,7 +400,7 @@ mod tests {
         fn matches_straightforward_attention(
             dim_tiles in 1usize..=4,
             positions in 1usize..70,
-            group in 1usize..=4,
+            group in 1usize..=6,
             kv_heads in 1usize..=2,
             seed in any::<u64>(),
         ) {
@@ -385,6 +440,15 @@ mod tests {
                 let mut alone = vec![0f32; dim];
                 attend(&block, head, visible, query, &mut alone);
                 prop_assert_eq!(&alone[..], &together[n * dim..][..dim], "query {} alone", n);
+            }
+            // Every instruction set gives the portable code's bits.
+            let mut portable = vec![0f32; group * dim];
+            attend_on(Isa::Portable, &block, head, visible, &queries, &mut portable);
+            for isa in Isa::available() {
+                let mut got = vec![0f32; group * dim];
+                attend_on(isa, &block, head, visible, &queries, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&got), bits(&portable), "{:?}", isa);
             }
         }
     }

@@ -29,6 +29,8 @@ pub mod kernel;
 mod kernel_choice;
 pub mod kv;
 mod kv_tiled;
+#[cfg(target_arch = "x86_64")]
+mod kv_tiled_x86;
 mod linear;
 pub mod llama;
 pub mod options;
