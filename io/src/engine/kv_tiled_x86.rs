@@ -4,6 +4,9 @@
 //! stored between the conversion and the multiply-adds. Each lane gets the portable code's operations in its
 //! order, so the bits are the same (`kv::tiled_tests`).
 
+// The kernels index several per-query arrays with one loop variable; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use super::kv_tiled::TILE;
