@@ -23,11 +23,10 @@ pub(super) fn round_through_f16(source: &[f32], target: &mut [f32]) {
 /// Each of `values` rounded to the nearest f16 (ties to even) and back, as `f16::from_f32(v).to_f32()` does: eight
 /// at a time with F16C where the build has it (the same conversion instruction `half` uses then).
 pub(super) fn round_in_place_through_f16(values: &mut [f32]) {
-    let mut rest = values;
     #[cfg(all(target_arch = "x86_64", target_feature = "f16c"))]
-    {
+    let rest = {
         use std::arch::x86_64::{_MM_FROUND_TO_NEAREST_INT, _mm256_cvtph_ps, _mm256_cvtps_ph};
-        let mut chunks = rest.chunks_exact_mut(8);
+        let mut chunks = values.chunks_exact_mut(8);
         for chunk in &mut chunks {
             // SAFETY: the build has F16C (checked at compile time); the chunk holds eight floats.
             unsafe {
@@ -36,8 +35,10 @@ pub(super) fn round_in_place_through_f16(values: &mut [f32]) {
                 std::arch::x86_64::_mm256_storeu_ps(chunk.as_mut_ptr(), rounded);
             }
         }
-        rest = chunks.into_remainder();
-    }
+        chunks.into_remainder()
+    };
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "f16c")))]
+    let rest = values;
     for value in rest {
         *value = f16::from_f32(*value).to_f32();
     }
