@@ -98,11 +98,12 @@ pub(super) fn attend(
     original: &[f32],
     output: &mut [f32],
 ) {
-    attend_on(Isa::current(), block, head, visible, original, output);
+    attend_with(wide(Isa::current()), block, head, visible, original, output);
 }
 
 /// [`attend`] on `isa` (which the CPU has): the same bits on every instruction set.
-pub(super) fn attend_on(
+#[cfg(test)]
+fn attend_on(
     isa: Isa,
     block: &TiledBlock<'_>,
     head: usize,
@@ -111,7 +112,23 @@ pub(super) fn attend_on(
     output: &mut [f32],
 ) {
     assert!(isa <= Isa::detected(), "{isa:?} is not available here");
-    let wide = cfg!(target_arch = "x86_64") && isa == Isa::Avx512Vnni;
+    attend_with(wide(isa), block, head, visible, original, output);
+}
+
+/// Whether `isa` runs the products on 512-bit registers ([`super::kv_tiled_x86`]).
+fn wide(isa: Isa) -> bool {
+    cfg!(target_arch = "x86_64") && isa == Isa::Avx512Vnni
+}
+
+/// [`attend`], its two products on 512-bit registers when `wide` (the CPU has AVX-512 F).
+fn attend_with(
+    wide: bool,
+    block: &TiledBlock<'_>,
+    head: usize,
+    visible: usize,
+    original: &[f32],
+    output: &mut [f32],
+) {
     let queries = original;
     let dim = block.dim;
     assert!(supports(dim), "whole vectors");
@@ -136,81 +153,119 @@ pub(super) fn attend_on(
         let scores = &mut scores[..count * padded];
         let queries = &mut rounded[..queries.len()];
         round_through_f16(original, queries);
-        #[cfg(target_arch = "x86_64")]
-        if wide {
-            for (index, key_tile) in keys[..padded * dim].chunks_exact(TILE * dim).enumerate() {
-                // SAFETY: AVX-512 F is there (`isa`); the tile holds `dim · TILE` keys, the queries whole rows of
-                // `dim`, and the scores a row of `padded` for each query, tile `index` inside it.
-                unsafe {
-                    super::kv_tiled_x86::tile_scores(
-                        queries,
-                        dim,
-                        key_tile,
-                        &mut scores[index * TILE..],
-                        padded,
-                    );
-                }
-            }
-        }
-        for (index, key_tile) in keys[..padded * dim]
-            .chunks_exact(TILE * dim)
-            .enumerate()
-            .filter(|_| !wide)
-        {
-            key_tile
-                .reinterpret_cast::<f16>()
-                .convert_to_f32_slice(&mut tile[..TILE * dim]);
-            for (query, row) in queries
-                .chunks_exact(dim)
-                .zip(scores.chunks_exact_mut(padded))
-            {
-                let lanes: &mut [f32; TILE] = (&mut row[index * TILE..][..TILE])
-                    .try_into()
-                    .expect("a tile of scores");
-                *lanes = tile_scores(query, &tile[..TILE * dim]);
-            }
-        }
+        all_scores(
+            wide,
+            queries,
+            &keys[..padded * dim],
+            (dim, padded),
+            tile,
+            scores,
+        );
         let scale = 1.0 / (dim as f32).sqrt();
         for row in scores.chunks_exact_mut(padded) {
             softmax(row, visible, scale);
             round_in_place_through_f16(&mut row[..visible]);
         }
         output.fill(0.0);
-        #[cfg(target_arch = "x86_64")]
-        if wide {
-            for (index, value_tile) in values[..visible * dim].chunks(TILE * dim).enumerate() {
-                // SAFETY: AVX-512 F is there (`isa`); the tile holds whole value rows, and each query's weights
-                // row has the tile's positions from `index · TILE` on.
-                unsafe {
-                    super::kv_tiled_x86::add_weighted_values(
-                        &scores[index * TILE..],
-                        padded,
-                        value_tile.len() / dim,
-                        value_tile,
-                        dim,
-                        output,
-                    );
-                }
-            }
-        }
-        for (index, value_tile) in values[..visible * dim]
-            .chunks(TILE * dim)
-            .enumerate()
-            .filter(|_| !wide)
-        {
-            let tile = &mut tile[..value_tile.len()];
-            value_tile
-                .reinterpret_cast::<f16>()
-                .convert_to_f32_slice(tile);
-            for (row, out) in scores
-                .chunks_exact(padded)
-                .zip(output.chunks_exact_mut(dim))
-            {
-                let weights = &row[index * TILE..][..value_tile.len() / dim];
-                add_weighted_rows(weights, tile, out);
-            }
-        }
+        all_value_sums(
+            wide,
+            scores,
+            &values[..visible * dim],
+            (dim, padded),
+            tile,
+            output,
+        );
     });
+}
+
+/// Each query's scores (`queries` `[n][dim]`) with every tile of `keys`, into `scores` (`[n][padded]`);
+/// the portable code converts each tile into `tile` first.
+fn all_scores(
+    wide: bool,
+    queries: &[f32],
+    keys: &[u16],
+    (dim, padded): (usize, usize),
+    tile: &mut [f32],
+    scores: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        for (index, key_tile) in keys.chunks_exact(TILE * dim).enumerate() {
+            // SAFETY: AVX-512 F is there (the caller's `wide`); the tile holds `dim · TILE` keys, the queries
+            // whole rows of `dim`, and the scores a row of `padded` for each query, tile `index` inside it.
+            unsafe {
+                super::kv_tiled_x86::tile_scores(
+                    queries,
+                    dim,
+                    key_tile,
+                    &mut scores[index * TILE..],
+                    padded,
+                );
+            }
+        }
+        return;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = wide;
+    for (index, key_tile) in keys.chunks_exact(TILE * dim).enumerate() {
+        key_tile
+            .reinterpret_cast::<f16>()
+            .convert_to_f32_slice(&mut tile[..TILE * dim]);
+        for (query, row) in queries
+            .chunks_exact(dim)
+            .zip(scores.chunks_exact_mut(padded))
+        {
+            let lanes: &mut [f32; TILE] = (&mut row[index * TILE..][..TILE])
+                .try_into()
+                .expect("a tile of scores");
+            *lanes = tile_scores(query, &tile[..TILE * dim]);
+        }
+    }
+}
+
+/// Adds each query's weighted sum of the value rows `values` (`[visible][dim]`) to `output` (`[n][dim]`), its
+/// weights in `scores` (`[n][padded]`); the portable code converts each tile of rows into `tile` first.
+fn all_value_sums(
+    wide: bool,
+    scores: &[f32],
+    values: &[u16],
+    (dim, padded): (usize, usize),
+    tile: &mut [f32],
+    output: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        for (index, value_tile) in values.chunks(TILE * dim).enumerate() {
+            // SAFETY: AVX-512 F is there (the caller's `wide`); the tile holds whole value rows, and each query's
+            // weights row has the tile's positions from `index · TILE` on.
+            unsafe {
+                super::kv_tiled_x86::add_weighted_values(
+                    &scores[index * TILE..],
+                    padded,
+                    value_tile.len() / dim,
+                    value_tile,
+                    dim,
+                    output,
+                );
+            }
+        }
+        return;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = wide;
+    for (index, value_tile) in values.chunks(TILE * dim).enumerate() {
+        let tile = &mut tile[..value_tile.len()];
+        value_tile
+            .reinterpret_cast::<f16>()
+            .convert_to_f32_slice(tile);
+        for (row, out) in scores
+            .chunks_exact(padded)
+            .zip(output.chunks_exact_mut(dim))
+        {
+            let weights = &row[index * TILE..][..value_tile.len() / dim];
+            add_weighted_rows(weights, tile, out);
+        }
+    }
 }
 
 /// The scores of one query with a tile of keys (`[dim][TILE]`, f32): dimension `d` goes to partial sum `d mod 4`,
