@@ -289,40 +289,55 @@ impl Llama {
         &self,
         batch: &mut [BatchSequence<'_>],
     ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+        let rows = self.last_normed_rows(batch)?;
+        self.logits(batch, &rows)
+    }
+
+    /// Runs the batch through every block, like [`Llama::forward_batch`], and returns the output-normed hidden
+    /// state after the last token of each entry that asks for logits, `[asking entries][embedding_length]`: what
+    /// the output head multiplies.
+    pub(super) fn last_normed_rows(
+        &self,
+        batch: &mut [BatchSequence<'_>],
+    ) -> candle_core::Result<Vec<f32>> {
         let hidden = self.hidden_states(batch)?;
-        let mut last_rows = Vec::with_capacity(batch.len());
+        let width = self.config.embedding_length as usize;
+        let mut last = Vec::new();
         let mut end = 0;
         for entry in batch.iter() {
             end += entry.tokens.len();
             if entry.logits {
-                last_rows.push(u32::try_from(end - 1).expect("batch rows fit in u32"));
+                last.extend_from_slice(&hidden[(end - 1) * width..][..width]);
             }
-        }
-        let mut results = Vec::with_capacity(batch.len());
-        if last_rows.is_empty() {
-            results.resize(batch.len(), None);
-            return Ok(results);
-        }
-        let width = self.config.embedding_length as usize;
-        let vocab = self.config.vocab_size as usize;
-        let mut last = Vec::with_capacity(last_rows.len() * width);
-        for &row in &last_rows {
-            last.extend_from_slice(&hidden[row as usize * width..][..width]);
         }
         rms_norm(&mut last, &self.output_norm, self.config.rms_norm_eps);
-        let logits = self.output.forward_rows(&last, width)?;
-        let mut rows = logits.chunks_exact(vocab);
-        let mut next = 0;
-        for entry in batch.iter() {
-            if entry.logits {
-                let row = rows.next().expect("a logits row per asking entry");
-                results.push(Some(row.to_vec()));
-                next += 1;
-            } else {
-                results.push(None);
-            }
+        Ok(last)
+    }
+
+    /// The output head over `rows` ([`Llama::last_normed_rows`] of `batch`, or of its parts one after the
+    /// other), handed out in the order of `batch`: each asking entry's logits, `None` for the others.
+    pub(super) fn logits(
+        &self,
+        batch: &[BatchSequence<'_>],
+        rows: &[f32],
+    ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+        let width = self.config.embedding_length as usize;
+        let asking = batch.iter().filter(|entry| entry.logits).count();
+        assert_eq!(rows.len(), asking * width, "one row per asking entry");
+        if asking == 0 {
+            return Ok(vec![None; batch.len()]);
         }
-        assert_eq!(next, last_rows.len(), "every logits row is handed out");
+        let logits = self.output.forward_rows(rows, width)?;
+        let mut rows = logits.chunks_exact(self.config.vocab_size as usize);
+        let results = batch
+            .iter()
+            .map(|entry| {
+                entry
+                    .logits
+                    .then(|| rows.next().expect("a logits row per asking entry").to_vec())
+            })
+            .collect();
+        assert!(rows.next().is_none(), "every logits row is handed out");
         Ok(results)
     }
 
