@@ -1,8 +1,9 @@
 //! Aggregate generation throughput of the engine runner: N concurrent sequences against one, same model, same
-//! thread count, greedy, end-of-generation tokens masked so every sequence generates exactly `--tokens` tokens.
+//! thread count, greedy (or, with `--sampling default`, Ollama's default sampler: temperature 0.8, top-k 40,
+//! top-p 0.9, ...), end-of-generation tokens masked so every sequence generates exactly `--tokens` tokens.
 //!
 //! ```text
-//! cargo run --release -p ollamamax-io --example bench_batch -- [--threads 2] [--tokens 128] [--runs 3] [--parallel 4]
+//! cargo run --release -p ollamamax-io --example bench_batch -- [--threads 2] [--tokens 128] [--runs 3] [--parallel 4] [--sampling greedy|default]
 //! ```
 //!
 //! The model is `$OLLAMAMAX_MODEL`, else `~/.cache/ollamamax/SmolLM2-135M-Instruct.Q4_1.gguf`. Each run submits
@@ -57,6 +58,8 @@ struct Args {
     tokens: u32,
     runs: u32,
     parallel: u32,
+    /// Greedy (temperature 0) or the default options' sampler.
+    greedy: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -65,6 +68,7 @@ fn parse() -> Result<Args, String> {
         tokens: 128,
         runs: 3,
         parallel: 4,
+        greedy: true,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
@@ -78,6 +82,13 @@ fn parse() -> Result<Args, String> {
             "--tokens" => args.tokens = number(&value)?,
             "--runs" => args.runs = number(&value)?,
             "--parallel" => args.parallel = number(&value)?,
+            "--sampling" => {
+                args.greedy = match value.as_str() {
+                    "greedy" => true,
+                    "default" => false,
+                    _ => return Err("--sampling: greedy or default".to_string()),
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -96,7 +107,7 @@ fn model_path() -> Option<PathBuf> {
 }
 
 /// One run: `count` sequences at once on a fresh runner. Returns (generation tok/s, end-to-end tok/s).
-fn run(model: &Arc<Model>, count: u32, tokens: u32) -> (f64, f64) {
+fn run(model: &Arc<Model>, count: u32, tokens: u32, greedy: bool) -> (f64, f64) {
     let runner = Runner::start(
         model.clone(),
         RunnerConfig {
@@ -109,10 +120,11 @@ fn run(model: &Arc<Model>, count: u32, tokens: u32) -> (f64, f64) {
     let ends: Vec<u32> = (0..tokenizer.vocab_size() as u32)
         .filter(|&token| tokenizer.is_end_of_generation(token))
         .collect();
+    let defaults = GenerateOptions::default();
     let options = GenerateOptions {
-        temperature: 0.0,
+        temperature: if greedy { 0.0 } else { defaults.temperature },
         num_predict: i64::from(tokens),
-        ..GenerateOptions::default()
+        ..defaults
     };
     let started = Instant::now();
     let mut receivers: Vec<_> = (0..count as usize)
@@ -126,7 +138,7 @@ fn run(model: &Arc<Model>, count: u32, tokens: u32) -> (f64, f64) {
                 ..SequenceRequest::new(
                     tokenizer.encode(&text, EncodeOptions::PROMPT),
                     options.clone(),
-                    0,
+                    index as u64,
                 )
             };
             runner.submit(request).expect("accepted")
@@ -182,7 +194,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(problem) => {
             eprintln!(
-                "{problem}\nusage: bench_batch [--threads N] [--tokens N] [--runs N] [--parallel N]"
+                "{problem}\nusage: bench_batch [--threads N] [--tokens N] [--runs N] [--parallel N] [--sampling greedy|default]"
             );
             return ExitCode::FAILURE;
         }
@@ -208,21 +220,27 @@ fn main() -> ExitCode {
         }
     };
     // Warm-up: first-use costs (page faults, pool start) stay out of the figures.
-    run(&model, 1, 8);
+    run(&model, 1, 8, args.greedy);
     let (mut single, mut single_wall, mut batch, mut batch_wall) = (vec![], vec![], vec![], vec![]);
     for _ in 0..args.runs {
-        let (generation, wall) = run(&model, 1, args.tokens);
+        let (generation, wall) = run(&model, 1, args.tokens, args.greedy);
         single.push(generation);
         single_wall.push(wall);
-        let (generation, wall) = run(&model, args.parallel, args.tokens);
+        let (generation, wall) = run(&model, args.parallel, args.tokens, args.greedy);
         batch.push(generation);
         batch_wall.push(wall);
     }
     let (single, batch) = (median(&mut single), median(&mut batch));
     let (single_wall, batch_wall) = (median(&mut single_wall), median(&mut batch_wall));
     println!(
-        "threads {threads}, {} tokens per sequence, greedy, medians of {} alternating runs",
-        args.tokens, args.runs
+        "threads {threads}, {} tokens per sequence, {}, medians of {} alternating runs",
+        args.tokens,
+        if args.greedy {
+            "greedy"
+        } else {
+            "default sampler"
+        },
+        args.runs
     );
     println!("1 sequence:   generation {single:.1} tok/s, end to end {single_wall:.1} tok/s");
     println!(

@@ -9,6 +9,7 @@ mod tiny;
 
 use std::sync::Arc;
 
+use ollamamax_io::engine::batch_logits::BatchLogits;
 use ollamamax_io::engine::generate::{ContextPolicy, DoneReason};
 use ollamamax_io::engine::llama::BatchSequence;
 use ollamamax_io::engine::options::GenerateOptions;
@@ -21,6 +22,13 @@ use tiny::Layout;
 
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Each entry's logits as bits, `None` for those that asked for none.
+fn rows_bits(logits: &BatchLogits) -> Vec<Option<Vec<u32>>> {
+    (0..logits.len())
+        .map(|entry| logits.row(entry).map(bits))
+        .collect()
 }
 
 /// Logits after running `steps` (token chunks, in order) through a fresh cache, alone.
@@ -71,10 +79,7 @@ fn batched_forward_equals_alone(model: &Model) {
         ];
         llama.forward_batch(&mut batch).expect("batched forward")
     };
-    let got: Vec<Option<Vec<u32>>> = results
-        .into_iter()
-        .map(|logits| logits.map(|values| bits(&values)))
-        .collect();
+    let got = rows_bits(&results);
     assert_eq!(
         got[0].as_ref(),
         Some(&logits_alone(model, &[&prompts[0], &next[..1]]))
@@ -110,9 +115,9 @@ fn batched_forward_equals_alone(model: &Model) {
         ];
         llama.forward_batch(&mut batch).expect("batched forward")
     };
-    let got: Vec<Vec<u32>> = results
+    let got: Vec<Vec<u32>> = rows_bits(&results)
         .into_iter()
-        .map(|logits| bits(&logits.expect("asked for")))
+        .map(|row| row.expect("asked for"))
         .collect();
     assert_eq!(got[0], logits_alone(model, &[&prompts[3], &next[2..3]]));
     assert_eq!(
@@ -160,18 +165,14 @@ fn a_divided_batch_equals_each_alone(model: &Model) {
         llama.forward_batch(&mut batch).expect("batched forward")
     };
     assert_eq!(results.len(), count);
-    for (index, result) in results.into_iter().enumerate() {
+    for (index, result) in rows_bits(&results).into_iter().enumerate() {
         let expected = (index % 3 != 2).then(|| {
             logits_alone(
                 model,
                 &[&prompts[index], std::slice::from_ref(&next[index])],
             )
         });
-        assert_eq!(
-            result.map(|values| bits(&values)),
-            expected,
-            "sequence {index}"
-        );
+        assert_eq!(result, expected, "sequence {index}");
         assert_eq!(caches[index].len() as usize, prompts[index].len() + 1);
     }
 }

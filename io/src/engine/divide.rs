@@ -11,6 +11,7 @@
 
 use std::sync::Mutex;
 
+use super::batch_logits::BatchLogits;
 use super::llama::{BatchSequence, Llama};
 use super::pool;
 
@@ -36,7 +37,7 @@ pub(super) fn forward_divided(
     model: &Llama,
     batch: &mut [BatchSequence<'_>],
     threads: usize,
-) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+) -> candle_core::Result<BatchLogits> {
     let mut groups = Vec::with_capacity(threads);
     let mut rest = &mut *batch;
     for thread in 0..threads {

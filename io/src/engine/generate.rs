@@ -238,7 +238,7 @@ impl Sequence {
     pub(super) fn handle_forward(
         &mut self,
         model: &Model,
-        logits: Option<Vec<f32>>,
+        logits: Option<&mut [f32]>,
     ) -> Result<Progress, GenerateError> {
         assert!(self.done.is_none(), "a finished sequence is not stepped");
         assert!(self.chunk > 0, "batch_entry ran before this pass");
@@ -248,11 +248,11 @@ impl Sequence {
             assert!(logits.is_none(), "no logits mid-prompt");
             return Ok(Progress::default());
         }
-        let mut logits = logits.expect("logits after the last pending token");
+        let logits = logits.expect("logits after the last pending token");
         if let Some(constraint) = self.constraint.as_mut() {
-            constraint.mask(&mut logits);
+            constraint.mask(logits);
         }
-        let token = self.sampler.sample(&logits);
+        let token = self.sampler.sample(logits);
         match self.generation_started {
             None => {
                 let prompt_started = self.prompt_started.expect("set by batch_entry");
@@ -401,12 +401,11 @@ impl Model {
             ContextPolicy::STRICT,
         )?;
         while sequence.done().is_none() {
-            let logits = {
+            let mut logits = {
                 let mut batch = [sequence.batch_entry()];
-                let mut results = self.llama.forward_batch(&mut batch)?;
-                results.pop().expect("one result per sequence")
+                self.llama.forward_batch(&mut batch)?.into_only()
             };
-            let progress = sequence.handle_forward(self, logits)?;
+            let progress = sequence.handle_forward(self, logits.as_deref_mut())?;
             if !progress.text.is_empty() && on_text(&progress.text).is_break() {
                 sequence.cancel();
             }

@@ -40,6 +40,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::architecture::{Architecture, QkvBiases, RopeStyle};
+use super::batch_logits::BatchLogits;
 use super::divide;
 use super::ggml_math;
 use super::gguf::{GgufError, GgufFile, ModelConfig};
@@ -260,9 +261,10 @@ impl Llama {
             cache,
             logits: true,
         }];
-        let [logits] =
-            <[_; 1]>::try_from(self.forward_batch(&mut batch)?).expect("one result per sequence");
-        let logits = logits.expect("logits were asked for");
+        let logits = self
+            .forward_batch(&mut batch)?
+            .into_only()
+            .expect("logits were asked for");
         let vocab = logits.len();
         Tensor::from_vec(logits, vocab, &Device::Cpu)
     }
@@ -275,7 +277,7 @@ impl Llama {
     pub fn forward_batch(
         &self,
         batch: &mut [BatchSequence<'_>],
-    ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+    ) -> candle_core::Result<BatchLogits> {
         if self.own_kernels
             && let Some(threads) = divide::threads_for(batch)
         {
@@ -288,7 +290,7 @@ impl Llama {
     pub(super) fn forward_together(
         &self,
         batch: &mut [BatchSequence<'_>],
-    ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+    ) -> candle_core::Result<BatchLogits> {
         let rows = self.last_normed_rows(batch)?;
         self.logits(batch, &rows)
     }
@@ -320,25 +322,19 @@ impl Llama {
         &self,
         batch: &[BatchSequence<'_>],
         rows: &[f32],
-    ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+    ) -> candle_core::Result<BatchLogits> {
         let width = self.config.embedding_length as usize;
-        let asking = batch.iter().filter(|entry| entry.logits).count();
-        assert_eq!(rows.len(), asking * width, "one row per asking entry");
-        if asking == 0 {
-            return Ok(vec![None; batch.len()]);
-        }
-        let logits = self.output.forward_rows(rows, width)?;
-        let mut rows = logits.chunks_exact(self.config.vocab_size as usize);
-        let results = batch
-            .iter()
-            .map(|entry| {
-                entry
-                    .logits
-                    .then(|| rows.next().expect("a logits row per asking entry").to_vec())
-            })
-            .collect();
-        assert!(rows.next().is_none(), "every logits row is handed out");
-        Ok(results)
+        let asked = batch.iter().map(|entry| entry.logits);
+        let values = if rows.is_empty() {
+            Vec::new()
+        } else {
+            self.output.forward_rows(rows, width)?
+        };
+        Ok(BatchLogits::new(
+            values,
+            self.config.vocab_size as usize,
+            asked,
+        ))
     }
 
     /// The final hidden states `[tokens, embedding_length]` after the output norm: what embeddings pool.

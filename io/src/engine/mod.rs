@@ -16,6 +16,7 @@
 //! threads, never on the async runtime's workers.
 
 pub mod architecture;
+pub mod batch_logits;
 pub mod constraint;
 pub mod detokenize;
 mod divide;

@@ -1,6 +1,6 @@
 //! The runner's thread: the loop described in the [runner's documentation](super).
 
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -11,6 +11,7 @@ use super::{
 };
 use crate::engine::generate::{DoneReason, Output, Progress, Sequence};
 use crate::engine::llama::BatchSequence;
+use crate::engine::pool;
 use crate::engine::{GenerateError, GenerationStats, Model};
 
 /// How long the thread waits before looking again when every active sequence waits for its client to read.
@@ -171,17 +172,30 @@ impl Worker {
                 .collect();
             self.model.llama().forward_batch(&mut batch)
         };
-        let previous = std::mem::take(&mut self.active);
+        let mut previous = std::mem::take(&mut self.active);
         match results {
-            Ok(results) => {
-                let mut results = results.into_iter();
-                for (mut active, stepped) in previous.into_iter().zip(stepping) {
+            Ok(mut logits) => {
+                let outcomes = {
+                    let mut rows = logits.rows_mut().into_iter();
+                    let jobs: Vec<Job<'_>> = previous
+                        .iter_mut()
+                        .zip(&stepping)
+                        .filter(|(_, stepped)| **stepped)
+                        .map(|(active, _)| Job {
+                            sequence: &mut active.sequence,
+                            logits: rows.next().expect("one result per stepped sequence"),
+                        })
+                        .collect();
+                    assert!(rows.next().is_none(), "no result left over");
+                    handle_forwards(&self.model, jobs)
+                };
+                let mut outcomes = outcomes.into_iter();
+                for (active, stepped) in previous.into_iter().zip(stepping) {
                     if !stepped {
                         self.active.push(active);
                         continue;
                     }
-                    let logits = results.next().expect("one result per stepped sequence");
-                    match active.sequence.handle_forward(&self.model, logits) {
+                    match outcomes.next().expect("one outcome per stepped sequence") {
                         Ok(progress) => match active.deliver(progress) {
                             Ok(going_on) => self.active.extend(going_on),
                             Err(ending) => endings.push(ending),
@@ -189,7 +203,6 @@ impl Worker {
                         Err(error) => endings.push(active.fail(error)),
                     }
                 }
-                assert!(results.next().is_none(), "no result left over");
             }
             Err(error) => {
                 // The pass itself failed (a bug or memory exhaustion): every sequence in it fails.
@@ -225,6 +238,45 @@ impl Worker {
             }));
         }
     }
+}
+
+/// A stepped sequence and its logits from the pass.
+struct Job<'a> {
+    sequence: &'a mut Sequence,
+    logits: Option<&'a mut [f32]>,
+}
+
+/// Each stepped sequence's part after a pass ([`Sequence::handle_forward`]: a grammar's mask, sampling, the new
+/// text), the sequences shared between the engine's threads: for a batch, with samplers that sort the vocabulary,
+/// this is no longer small next to the pass. The outcomes come back in the order of `jobs`.
+fn handle_forwards(model: &Model, jobs: Vec<Job<'_>>) -> Vec<Result<Progress, GenerateError>> {
+    if jobs.len() < 2 {
+        return jobs
+            .into_iter()
+            .map(|job| job.sequence.handle_forward(model, job.logits))
+            .collect();
+    }
+    type Slot<'a> = (Job<'a>, Option<Result<Progress, GenerateError>>);
+    let slots: Vec<Mutex<Slot<'_>>> = jobs
+        .into_iter()
+        .map(|job| Mutex::new((job, None)))
+        .collect();
+    pool::execute_chunked(slots.len(), |range| {
+        for slot in &slots[range] {
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            let (job, outcome) = &mut *slot;
+            *outcome = Some(job.sequence.handle_forward(model, job.logits.take()));
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .1
+                .expect("every job ran")
+        })
+        .collect()
 }
 
 impl Active {
