@@ -217,24 +217,23 @@ impl Sampler {
                 argmax(logits)
             };
         }
-        self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().map(|(index, &logit)| Candidate {
-                token: index as u32,
-                logit: if logit.is_nan() {
-                    f32::NEG_INFINITY
-                } else {
-                    logit
-                },
-            }));
-        if penalize {
-            self.penalize();
+        if self.top_k > 0 && self.top_k < logits.len() {
+            self.top_k_candidates(logits, penalize);
+        } else {
+            self.candidates.clear();
+            self.candidates
+                .extend(logits.iter().enumerate().map(|(index, &logit)| Candidate {
+                    token: index as u32,
+                    logit: not_nan(logit),
+                }));
+            if penalize {
+                self.penalize();
+            }
+            let sort = greedy || typical || self.top_p < 1.0 || self.min_p > 0.0;
+            if sort {
+                self.candidates.sort_unstable_by(by_logit_descending);
+            }
         }
-        if greedy && !typical {
-            return self.most_likely();
-        }
-        let sort = greedy || typical || self.top_p < 1.0 || self.min_p > 0.0;
-        self.keep_top_k(sort);
         if typical {
             self.keep_typical();
         }
@@ -321,6 +320,7 @@ impl Sampler {
         u32::try_from(token).expect("vocabulary sizes fit in u32")
     }
 
+    #[cfg(test)]
     fn most_likely(&self) -> u32 {
         self.candidates
             .iter()
@@ -329,18 +329,36 @@ impl Sampler {
             .token
     }
 
-    /// Keeps the `top_k` most likely candidates (all when `top_k` is 0), sorted most likely first; with more than
-    /// `top_k` candidates they are always sorted, so the draw never depends on the selection algorithm's order.
-    fn keep_top_k(&mut self, sort: bool) {
-        let k = self.top_k;
-        if k > 0 && k < self.candidates.len() {
-            self.candidates
-                .select_nth_unstable_by(k - 1, by_logit_descending);
-            self.candidates.truncate(k);
-            self.candidates.sort_unstable_by(by_logit_descending);
-        } else if sort {
-            self.candidates.sort_unstable_by(by_logit_descending);
+    /// Makes the candidates the `top_k` most likely tokens (after the penalties when `penalize`), sorted most
+    /// likely first. One pass over the vocabulary offers each token to [`TopK`], which keeps only those that can
+    /// still be among the `top_k`: the whole vocabulary is never copied or sorted.
+    fn top_k_candidates(&mut self, logits: &[f32], penalize: bool) {
+        let mut top = TopK::new(self.top_k, std::mem::take(&mut self.candidates));
+        if penalize {
+            self.recent.clear();
+            self.recent.extend(self.history.iter().copied());
+            self.recent.sort_unstable();
+            let penalties = self.penalties();
+            // The stretches between penalized tokens as they are, each penalized token on its own.
+            let mut start = 0;
+            for run in self.recent.chunk_by(|a, b| a == b) {
+                let token = run[0] as usize;
+                if token >= logits.len() {
+                    // Sorted: every later token is outside the vocabulary too.
+                    break;
+                }
+                top.offer_all(start, &logits[start..token]);
+                top.offer(Candidate {
+                    token: token as u32,
+                    logit: penalized(not_nan(logits[token]), run.len(), penalties),
+                });
+                start = token + 1;
+            }
+            top.offer_all(start, &logits[start..]);
+        } else {
+            top.offer_all(0, logits);
         }
+        self.candidates = top.finish();
     }
 
     /// Locally typical sampling (Meister et al. 2022, as llama.cpp implements it): orders candidates by how far
@@ -433,6 +451,77 @@ impl Sampler {
         }
         // Rounding can leave the target a hair above the sum: the last possible candidate takes it.
         chosen.unwrap_or(self.candidates[0].token)
+    }
+}
+
+/// The `k` most likely of the candidates offered to it, whatever their order: those offered are kept while they
+/// can still be among the `k` (their logit at least the `k`-th largest kept so far), pruned to `k` each time the
+/// buffer fills.
+struct TopK {
+    k: usize,
+    kept: Vec<Candidate>,
+    /// Offers below this logit cannot be among the `k`: the `k`-th largest kept at the last pruning.
+    threshold: f32,
+}
+
+impl TopK {
+    /// Offers kept between two prunings, beyond the `k` kept: enough that pruning is rare.
+    const SLACK_MIN: usize = 64;
+
+    fn new(k: usize, mut buffer: Vec<Candidate>) -> Self {
+        assert!(k > 0, "at least one candidate");
+        buffer.clear();
+        Self {
+            k,
+            kept: buffer,
+            threshold: f32::NEG_INFINITY,
+        }
+    }
+
+    fn offer(&mut self, candidate: Candidate) {
+        if candidate.logit >= self.threshold {
+            self.kept.push(candidate);
+            if self.kept.len() >= self.k + self.k.max(Self::SLACK_MIN) {
+                self.prune();
+            }
+        }
+    }
+
+    /// Offers `logits[i]` as token `first + i`, NaN as negative infinity, looking at each chunk of lanes as a
+    /// whole first: most chunks hold nothing above the threshold.
+    fn offer_all(&mut self, first: usize, logits: &[f32]) {
+        const LANES: usize = 16;
+        for (index, chunk) in logits.chunks(LANES).enumerate() {
+            let threshold = self.threshold;
+            if !chunk
+                .iter()
+                .fold(false, |any, &logit| any | (not_nan(logit) >= threshold))
+            {
+                continue;
+            }
+            for (lane, &logit) in chunk.iter().enumerate() {
+                self.offer(Candidate {
+                    token: (first + index * LANES + lane) as u32,
+                    logit: not_nan(logit),
+                });
+            }
+        }
+    }
+
+    fn prune(&mut self) {
+        if self.kept.len() > self.k {
+            self.kept
+                .select_nth_unstable_by(self.k - 1, by_logit_descending);
+            self.kept.truncate(self.k);
+            self.threshold = self.kept[self.k - 1].logit;
+        }
+    }
+
+    /// The `k` most likely offered (all, when fewer were offered), most likely first.
+    fn finish(mut self) -> Vec<Candidate> {
+        self.prune();
+        self.kept.sort_unstable_by(by_logit_descending);
+        self.kept
     }
 }
 

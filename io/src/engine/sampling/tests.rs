@@ -387,6 +387,49 @@ proptest! {
         prop_assert_eq!(sampler.most_likely_penalized(&logits), expected);
     }
 
+    /// Top-k's one pass over the vocabulary keeps what sorting every (penalized) candidate would: the same
+    /// tokens in the same order, over logits with ties, NaN, infinities and zeros of both signs, long enough to
+    /// prune several times.
+    #[test]
+    fn top_k_in_one_pass_keeps_what_a_full_sort_keeps(
+        logits in awkward_logits(700),
+        top_k in prop_oneof![1usize..4, 4usize..80, 80usize..800],
+        history in proptest::collection::vec(0u32..800, 0..40),
+        repeat_penalty in prop_oneof![Just(1.0f32), Just(1.1), Just(0.7)],
+        presence_penalty in prop_oneof![Just(0.0f32), Just(0.6), Just(-1.0)],
+    ) {
+        prop_assume!(top_k < logits.len());
+        let options = GenerateOptions {
+            temperature: 0.8,
+            top_k: top_k as i64,
+            repeat_penalty,
+            presence_penalty,
+            repeat_last_n: 64,
+            ..neutral()
+        };
+        let mut sampler = Sampler::new(&options, 1);
+        for &token in &history {
+            sampler.accept(token);
+        }
+        let penalize = sampler.penalties_apply();
+        let mut reference = sampler.clone();
+        reference.candidates.clear();
+        reference.candidates.extend(logits.iter().enumerate().map(|(index, &logit)| Candidate {
+            token: index as u32,
+            logit: not_nan(logit),
+        }));
+        if penalize {
+            reference.penalize();
+        }
+        reference.candidates.sort_unstable_by(by_logit_descending);
+        reference.candidates.truncate(top_k);
+        sampler.top_k_candidates(&logits, penalize);
+        let bits = |candidates: &[Candidate]| -> Vec<(u32, u32)> {
+            candidates.iter().map(|c| (c.token, c.logit.to_bits())).collect()
+        };
+        prop_assert_eq!(bits(&sampler.candidates), bits(&reference.candidates));
+    }
+
     #[test]
     fn top_k_never_picks_an_excluded_token(
         logits in logits_strategy(), top_k in 1i64..10, seed in 0i64..1000, temperature in 0.1f32..3.0,
