@@ -26,6 +26,9 @@ use super::kernel::{Isa, OutputPointer};
 
 /// Positions per key tile, and the lanes of every vector here.
 pub(super) const TILE: usize = 16;
+/// How many key tiles ahead of the one being multiplied the 512-bit path asks for.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_TILES: usize = 2;
 
 /// One block's keys and values in the tiled layout (see the module documentation), f16 bits.
 #[derive(Clone, Copy)]
@@ -157,6 +160,7 @@ fn attend_with(
             wide,
             queries,
             &keys[..padded * dim],
+            &values[..visible * dim],
             (dim, padded),
             tile,
             scores,
@@ -184,6 +188,7 @@ fn all_scores(
     wide: bool,
     queries: &[f32],
     keys: &[u16],
+    values: &[u16],
     (dim, padded): (usize, usize),
     tile: &mut [f32],
     scores: &mut [f32],
@@ -191,6 +196,8 @@ fn all_scores(
     #[cfg(target_arch = "x86_64")]
     if wide {
         for (index, key_tile) in keys.chunks_exact(TILE * dim).enumerate() {
+            super::kv_tiled_x86::prefetch(keys, (index + PREFETCH_TILES) * TILE * dim, TILE * dim);
+            super::kv_tiled_x86::prefetch(values, index * TILE * dim, TILE * dim);
             // SAFETY: AVX-512 F is there (the caller's `wide`); the tile holds `dim · TILE` keys, the queries
             // whole rows of `dim`, and the scores a row of `padded` for each query, tile `index` inside it.
             unsafe {
@@ -206,7 +213,7 @@ fn all_scores(
         return;
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = wide;
+    let _ = (wide, values);
     for (index, key_tile) in keys.chunks_exact(TILE * dim).enumerate() {
         key_tile
             .reinterpret_cast::<f16>()

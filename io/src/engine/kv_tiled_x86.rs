@@ -14,6 +14,18 @@ use super::kv_tiled::TILE;
 /// Queries whose sums share one conversion of a key row: four partial sums each, sixteen registers.
 const QUERIES_PER_PASS: usize = 4;
 
+/// Asks for the cache lines of `cache[start..start + count]` (the part inside `cache`) to be brought into the
+/// first-level cache: the key tiles a little ahead of the one being multiplied, and the values the sums will read
+/// once the scores are done. A cache of a few thousand positions lies in the last-level cache or memory, and
+/// short streams over a few pages leave the hardware's prefetchers little to learn from.
+pub(super) fn prefetch(cache: &[u16], start: usize, count: usize) {
+    let end = cache.len().min(start + count);
+    for at in (start..end).step_by(32) {
+        // SAFETY: `at` is inside `cache`; prefetching never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(cache.as_ptr().add(at).cast()) };
+    }
+}
+
 /// Writes the scores of each query of `queries` (`[n][dim]`, rounded through f16) with one key tile (`[dim][TILE]`
 /// f16 bits) to `scores[n · stride..][..TILE]`: dimension `d` into partial sum `d mod 4`, the four added as
 /// `(s0 + s1) + (s2 + s3)`, as `tile_scores` does.
