@@ -12,9 +12,10 @@ use super::kernel::{BLOCK_VALUES, InputRow};
 use super::panel::{Format, GROUP_VALUES, GROUPS, PANEL_ROWS, PanelMatrix, REGISTER_BYTES};
 
 /// Inputs up to which each input's integer sums run in two chains (the even and the odd groups): with few inputs
-/// one chain of eight dependent `vpdpbusd` per block would wait on their latency; with more, the registers of
-/// a second chain per input are better spent on the inputs themselves.
-const SPLIT_UP_TO: usize = 8;
+/// one chain of eight dependent `vpdpbusd` per block would wait on their latency; with more, the other inputs'
+/// chains hide it, and the second chain's registers and its extra addition per block cost more than they save
+/// (criterion, one thread, the 49152x576 head at 8 tokens: Q4_1 1.95 -> 1.37 ms with one chain; 4 tokens even).
+const SPLIT_UP_TO: usize = 4;
 /// How many blocks ahead the 512-bit kernel asks for its data (`prefetcht0`). A thread's panels lie one after the
 /// other, but the hardware's prefetchers stop at every 4 KiB page, and with eight inputs a block's arithmetic is
 /// long enough to hide the next blocks' loads behind it when they are asked for early.
