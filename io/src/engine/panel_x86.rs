@@ -220,13 +220,13 @@ unsafe fn panel_vnni<const N: usize, const FORMAT: u8, const MINIMUMS: bool>(
                         let mut second =
                             _mm512_and_si512(_mm512_srli_epi16::<4>(packed), nibble_mask);
                         if FORMAT == FIFTH_BITS {
-                            first = _mm512_or_si512(
-                                first,
-                                _mm512_maskz_mov_epi8(*masks.add(pair), fifth),
-                            );
-                            second = _mm512_or_si512(
+                            // Bit 4 is clear: adding it where the mask says is setting it, one instruction.
+                            first = _mm512_mask_add_epi8(first, *masks.add(pair), first, fifth);
+                            second = _mm512_mask_add_epi8(
                                 second,
-                                _mm512_maskz_mov_epi8(*masks.add(pair + GROUPS / 2), fifth),
+                                *masks.add(pair + GROUPS / 2),
+                                second,
+                                fifth,
                             );
                         }
                         (first, second, pair, pair + GROUPS / 2)
