@@ -3,6 +3,8 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+use super::ggml_math::round_in_place_through_f16;
 use super::kernel::{BLOCK_VALUES, Isa, LANES};
 
 /// Activation rows quantized to 8 bits per 32-value block, as ggml's `quantize_row_q8_1` does on AVX2 CPUs
@@ -61,6 +63,13 @@ impl QuantizedRows {
             values: vec![0; count * BLOCK_VALUES],
             offsets: vec![0; count * LANES],
         };
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni {
+            // SAFETY: the caller's `isa` is one the CPU has, which includes AVX-512 F, BW, VL and VNNI; the rows
+            // were made for `inputs` above.
+            unsafe { rows_avx512(inputs, &mut rows) };
+            return rows;
+        }
         let blocks = inputs
             .chunks_exact(BLOCK_VALUES)
             .zip(rows.values.chunks_exact_mut(BLOCK_VALUES))
@@ -70,12 +79,7 @@ impl QuantizedRows {
             let block: &[f32; BLOCK_VALUES] = block.try_into().expect("a block");
             let values: &mut [i8; BLOCK_VALUES] = values.try_into().expect("a block");
             let offsets: &mut [i32; LANES] = offsets.try_into().expect("a block's lanes");
-            let (scale, [first, second]) = match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the caller's `isa` is one the CPU has, which includes AVX-512 F, BW, VL and VNNI.
-                Isa::Avx512Vnni => unsafe { block_avx512(block, values, offsets) },
-                _ => block_portable(block, values, offsets),
-            };
+            let (scale, [first, second]) = block_portable(block, values, offsets);
             let total = first + second;
             rows.scales[index] = f16::from_f32(scale).to_f32();
             rows.sums[index] = f16::from_f32(scale * total as f32).to_f32();
@@ -133,53 +137,98 @@ fn block_portable(
     (largest / 127.0, halves)
 }
 
-/// [`block_portable`] with AVX-512: the maximum and the scaling on two registers, the lanes' sums by `vpdpbusd`.
+/// Blocks quantized together by [`rows_avx512`]: each step's results feed the next step of all of them, so
+/// the long chain within one block (maximum, inverse, scaling, sums) overlaps with the others'.
+#[cfg(target_arch = "x86_64")]
+const GROUP_BLOCKS: usize = 16;
+
+/// [`QuantizedRows::new_on`]'s blocks with AVX-512, [`GROUP_BLOCKS`] at a time, with [`block_portable`]'s bits:
+/// each block's largest magnitude over two registers, then the group's inverses and scales in one register, then
+/// each block scaled and rounded, its lanes' sums by `vpdpbusd`, its halves' sums; the scales and scaled sums
+/// rounded through f16 at the end.
 ///
 /// # Safety
-/// The CPU has AVX-512 F, BW, VL and VNNI.
+/// The CPU has AVX-512 F, BW, VL and VNNI; `rows` was made for `inputs` (one entry per block).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn block_avx512(
-    block: &[f32; BLOCK_VALUES],
-    values: &mut [i8; BLOCK_VALUES],
-    offsets: &mut [i32; LANES],
-) -> (f32, [i32; 2]) {
+unsafe fn rows_avx512(inputs: &[f32], rows: &mut QuantizedRows) {
     use std::arch::x86_64::*;
     const ROUND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-    // SAFETY: the block holds 32 floats, two registers' worth; `values` 32 bytes and `offsets` eight i32s.
-    unsafe {
-        let low = _mm512_loadu_ps(block.as_ptr());
-        let high = _mm512_loadu_ps(block.as_ptr().add(16));
-        // `max(a, b)` returns `b` when `a` is NaN: NaN values are skipped, as `f32::max` skips them.
-        let zero = _mm512_setzero_ps();
-        let largest = _mm512_reduce_max_ps(_mm512_max_ps(
-            _mm512_abs_ps(high),
-            _mm512_max_ps(_mm512_abs_ps(low), zero),
-        ));
-        let inverse = _mm512_set1_ps(if largest == 0.0 { 0.0 } else { 127.0 / largest });
-        let quantize = |x: __m512| {
-            let scaled = _mm512_mul_ps(x, inverse);
-            let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(scaled, scaled);
-            // Saturate as `as i8` does (the clamp sends NaN to -128, which the mask then zeroes).
-            let clamped = _mm512_min_ps(
-                _mm512_max_ps(scaled, _mm512_set1_ps(-128.0)),
-                _mm512_set1_ps(127.0),
+    let count = inputs.len() / BLOCK_VALUES;
+    assert!(
+        rows.scales.len() == count
+            && rows.values.len() == inputs.len()
+            && rows.offsets.len() == count * LANES
+    );
+    let zero = _mm512_setzero_ps();
+    let mut first = 0;
+    while first < count {
+        let group = GROUP_BLOCKS.min(count - first);
+        // SAFETY (loads and stores): block `first + b < count` is inside `inputs`, `values` and `offsets`.
+        unsafe {
+            let block = |b: usize| inputs.as_ptr().add((first + b) * BLOCK_VALUES);
+            let mut largest = [0f32; GROUP_BLOCKS];
+            for (b, largest) in largest.iter_mut().enumerate().take(group) {
+                let (low, high) = (_mm512_loadu_ps(block(b)), _mm512_loadu_ps(block(b).add(16)));
+                // `max(a, b)` returns `b` when `a` is NaN: NaN values are skipped, as `f32::max` skips them.
+                *largest = _mm512_reduce_max_ps(_mm512_max_ps(
+                    _mm512_abs_ps(high),
+                    _mm512_max_ps(_mm512_abs_ps(low), zero),
+                ));
+            }
+            let largest = _mm512_loadu_ps(largest.as_ptr());
+            let mut inverses = [0f32; GROUP_BLOCKS];
+            _mm512_storeu_ps(
+                inverses.as_mut_ptr(),
+                _mm512_maskz_div_ps(
+                    _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(largest, zero),
+                    _mm512_set1_ps(127.0),
+                    largest,
+                ),
             );
-            _mm512_maskz_cvt_roundps_epi32::<ROUND>(ordered, clamped)
-        };
-        let (low, high) = (quantize(low), quantize(high));
-        let bytes = _mm256_set_m128i(_mm512_cvtepi32_epi8(high), _mm512_cvtepi32_epi8(low));
-        _mm256_storeu_si256(values.as_mut_ptr().cast(), bytes);
-        let fours = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), bytes);
-        _mm256_storeu_si256(
-            offsets.as_mut_ptr().cast(),
-            _mm256_mullo_epi32(fours, _mm256_set1_epi32(-128)),
-        );
-        (
-            largest / 127.0,
-            [_mm512_reduce_add_epi32(low), _mm512_reduce_add_epi32(high)],
-        )
+            let mut scales = [0f32; GROUP_BLOCKS];
+            _mm512_storeu_ps(
+                scales.as_mut_ptr(),
+                _mm512_div_ps(largest, _mm512_set1_ps(127.0)),
+            );
+            for b in 0..group {
+                let index = first + b;
+                let inverse = _mm512_set1_ps(inverses[b]);
+                let quantize = |x: __m512| {
+                    let scaled = _mm512_mul_ps(x, inverse);
+                    let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(scaled, scaled);
+                    // Saturate as `as i8` does (the clamp sends NaN to -128, which the mask then zeroes).
+                    let clamped = _mm512_min_ps(
+                        _mm512_max_ps(scaled, _mm512_set1_ps(-128.0)),
+                        _mm512_set1_ps(127.0),
+                    );
+                    _mm512_maskz_cvt_roundps_epi32::<ROUND>(ordered, clamped)
+                };
+                let low = quantize(_mm512_loadu_ps(block(b)));
+                let high = quantize(_mm512_loadu_ps(block(b).add(16)));
+                let bytes = _mm256_set_m128i(_mm512_cvtepi32_epi8(high), _mm512_cvtepi32_epi8(low));
+                _mm256_storeu_si256(
+                    rows.values.as_mut_ptr().add(index * BLOCK_VALUES).cast(),
+                    bytes,
+                );
+                let fours = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), bytes);
+                _mm256_storeu_si256(
+                    rows.offsets.as_mut_ptr().add(index * LANES).cast(),
+                    _mm256_mullo_epi32(fours, _mm256_set1_epi32(-128)),
+                );
+                let halves = [_mm512_reduce_add_epi32(low), _mm512_reduce_add_epi32(high)];
+                let total = halves[0] + halves[1];
+                rows.halves[2 * index..2 * index + 2].copy_from_slice(&halves);
+                rows.totals[index] = total;
+                rows.scales[index] = scales[b];
+                // Rounded through f16 below, with the scales.
+                rows.sums[index] = scales[b] * total as f32;
+            }
+        }
+        first += group;
     }
+    round_in_place_through_f16(&mut rows.scales);
+    round_in_place_through_f16(&mut rows.sums);
 }
 
 #[cfg(test)]
@@ -241,8 +290,8 @@ mod tests {
         /// infinities and subnormals (whose inverse overflows).
         #[test]
         fn every_isa_gives_the_portable_bits(
-            blocks in 1usize..6,
-            values in proptest::collection::vec(special(), 6 * BLOCK_VALUES),
+            blocks in prop_oneof![1usize..6, 14usize..40],
+            values in proptest::collection::vec(special(), 40 * BLOCK_VALUES),
         ) {
             let inputs = &values[..blocks * BLOCK_VALUES];
             let expected = QuantizedRows::new_on(Isa::Portable, inputs, BLOCK_VALUES);
