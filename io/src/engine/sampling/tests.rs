@@ -321,6 +321,32 @@ fn draws(options: &GenerateOptions, logits: &[f32]) -> Vec<u32> {
     (0..8).map(|_| sampler.sample(logits)).collect()
 }
 
+/// A sampler (seed 1) that has accepted `history`.
+fn with_history(options: &GenerateOptions, history: &[u32]) -> Sampler {
+    let mut sampler = Sampler::new(options, 1);
+    for &token in history {
+        sampler.accept(token);
+    }
+    sampler
+}
+
+/// A copy of `sampler` whose candidates are every token of `logits` (NaN as negative infinity), penalized when its
+/// penalties apply: the plain reference that the samplers' shortcuts are checked against.
+fn every_candidate(sampler: &Sampler, logits: &[f32]) -> Sampler {
+    let mut reference = sampler.clone();
+    reference.candidates.clear();
+    reference
+        .candidates
+        .extend(logits.iter().enumerate().map(|(index, &logit)| Candidate {
+            token: index as u32,
+            logit: not_nan(logit),
+        }));
+    if reference.penalties_apply() {
+        reference.penalize();
+    }
+    reference
+}
+
 fn logits_strategy() -> impl Strategy<Value = Vec<f32>> {
     prop::collection::vec(-10.0f32..10.0, 1..80)
 }
@@ -372,18 +398,8 @@ proptest! {
             repeat_last_n: 64,
             ..neutral()
         };
-        let mut sampler = Sampler::new(&options, 1);
-        for &token in &history {
-            sampler.accept(token);
-        }
-        let mut reference = sampler.clone();
-        reference.candidates.clear();
-        reference.candidates.extend(logits.iter().enumerate().map(|(index, &logit)| Candidate {
-            token: index as u32,
-            logit: not_nan(logit),
-        }));
-        reference.penalize();
-        let expected = reference.most_likely();
+        let mut sampler = with_history(&options, &history);
+        let expected = every_candidate(&sampler, &logits).most_likely();
         prop_assert_eq!(sampler.most_likely_penalized(&logits), expected);
     }
 
@@ -407,22 +423,11 @@ proptest! {
             repeat_last_n: 64,
             ..neutral()
         };
-        let mut sampler = Sampler::new(&options, 1);
-        for &token in &history {
-            sampler.accept(token);
-        }
-        let penalize = sampler.penalties_apply();
-        let mut reference = sampler.clone();
-        reference.candidates.clear();
-        reference.candidates.extend(logits.iter().enumerate().map(|(index, &logit)| Candidate {
-            token: index as u32,
-            logit: not_nan(logit),
-        }));
-        if penalize {
-            reference.penalize();
-        }
+        let mut sampler = with_history(&options, &history);
+        let mut reference = every_candidate(&sampler, &logits);
         reference.candidates.sort_unstable_by(by_logit_descending);
         reference.candidates.truncate(top_k);
+        let penalize = sampler.penalties_apply();
         sampler.top_k_candidates(&logits, penalize);
         let bits = |candidates: &[Candidate]| -> Vec<(u32, u32)> {
             candidates.iter().map(|c| (c.token, c.logit.to_bits())).collect()
