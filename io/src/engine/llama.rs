@@ -271,7 +271,8 @@ impl Llama {
 
     /// Runs several sequences in one pass (see the module documentation): each entry's tokens are appended to its
     /// own cache, and for each entry that asks for them, the logits (`vocab` values) after its last token are returned
-    /// (`None` for the others), in the order of `batch`. Each sequence's results are bit-identical to running it
+    /// in one [`BatchLogits`] (none for the others), by the entries' order in `batch`. Each sequence's results are
+    /// bit-identical to running it
     /// alone. The caller checks that tokens are in the vocabulary and fit in their caches; one cache appearing
     /// twice is impossible (they are `&mut`).
     pub fn forward_batch(

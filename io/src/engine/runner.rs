@@ -9,7 +9,8 @@
 //! 4. steps every active sequence in ONE batched forward pass
 //!    ([`Llama::forward_batch`](super::llama::Llama::forward_batch)): a sequence that just joined runs (a chunk of
 //!    at most `num_batch` tokens of) its prompt, the others their last sampled token, and each samples from its
-//!    own logits with its own sampler, detokenizer, stop matcher and optional [`Constraint`].
+//!    own logits with its own sampler, detokenizer, stop matcher and optional [`Constraint`]; the sequences'
+//!    sampling runs on the engine's threads, and their events are sent in order afterwards.
 //!
 //! Sequences join and leave between steps, and a sequence's tokens are the same whatever else runs with it (the
 //! batched forward pass is bit-identical per sequence, and each sequence chunks its prompt by its own
