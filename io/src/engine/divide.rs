@@ -1,6 +1,6 @@
-//! A batch of decoding sequences divided between the engine's threads: each thread runs the whole model for its
-//! own sequences, alone ([`super::pool::each_thread`]), instead of every operation of the whole batch being
-//! shared between the threads.
+//! A batch of decoding sequences divided between the engine's threads: each thread runs every block of the model
+//! for its own sequences, alone ([`super::pool::each_thread`]), instead of every operation of the whole batch
+//! being shared between the threads; the output head then runs once for all of them, shared.
 //!
 //! With one new token per sequence and several sequences per thread, the work is the kernels' arithmetic, not the
 //! reading of the weights (each thread now reads all of them, where shared operations read each once). Shared

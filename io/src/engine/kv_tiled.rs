@@ -183,7 +183,8 @@ fn attend_with(
 }
 
 /// Each query's scores (`queries` `[n][dim]`) with every tile of `keys`, into `scores` (`[n][padded]`);
-/// the portable code converts each tile into `tile` first.
+/// the portable code converts each tile into `tile` first. The 512-bit path also asks for the rows of `values`
+/// (which [`all_value_sums`] reads next) tile by tile, as it goes.
 fn all_scores(
     wide: bool,
     queries: &[f32],

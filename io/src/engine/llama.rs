@@ -272,9 +272,8 @@ impl Llama {
     /// Runs several sequences in one pass (see the module documentation): each entry's tokens are appended to its
     /// own cache, and for each entry that asks for them, the logits (`vocab` values) after its last token are returned
     /// in one [`BatchLogits`] (none for the others), by the entries' order in `batch`. Each sequence's results are
-    /// bit-identical to running it
-    /// alone. The caller checks that tokens are in the vocabulary and fit in their caches; one cache appearing
-    /// twice is impossible (they are `&mut`).
+    /// bit-identical to running it alone. The caller checks that tokens are in the vocabulary and fit in their
+    /// caches; one cache appearing twice is impossible (they are `&mut`).
     pub fn forward_batch(
         &self,
         batch: &mut [BatchSequence<'_>],
@@ -318,7 +317,7 @@ impl Llama {
     }
 
     /// The output head over `rows` ([`Llama::last_normed_rows`] of `batch`, or of its parts one after the
-    /// other), handed out in the order of `batch`: each asking entry's logits, `None` for the others.
+    /// other), handed out in the order of `batch`: a row of logits for each asking entry, none for the others.
     pub(super) fn logits(
         &self,
         batch: &[BatchSequence<'_>],

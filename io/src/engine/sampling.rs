@@ -284,10 +284,6 @@ impl Sampler {
     /// What [`Sampler::penalize`] then [`Sampler::most_likely`] choose, without a candidate per token: the
     /// penalized tokens (at most the window's) are scored apart, the stretches between them scanned in place.
     fn most_likely_penalized(&mut self, logits: &[f32]) -> u32 {
-        self.recent.clear();
-        self.recent.extend(self.history.iter().copied());
-        self.recent.sort_unstable();
-        let penalties = self.penalties();
         // (key, token): a larger key wins, then a lower token, as `by_logit_descending` orders candidates.
         let mut best: Option<(i32, usize)> = None;
         let mut consider = |key: i32, token: usize| {
@@ -297,6 +293,26 @@ impl Sampler {
                 best = Some((key, token));
             }
         };
+        self.walk_penalized(logits, |piece| match piece {
+            Piece::Stretch(first, stretch) => {
+                if let Some((key, index)) = largest(stretch) {
+                    consider(key, first + index);
+                }
+            }
+            Piece::Penalized(token, logit) => consider(total_order_key(logit), token),
+        });
+        let (_, token) = best.expect("the vocabulary is not empty");
+        u32::try_from(token).expect("vocabulary sizes fit in u32")
+    }
+
+    /// Hands `visit` the logits as the penalties leave them, in token order and without a candidate per token:
+    /// each stretch of tokens outside the window as it is, and each token in the window (at most the window's
+    /// many) with its penalized logit.
+    fn walk_penalized<'l>(&mut self, logits: &'l [f32], mut visit: impl FnMut(Piece<'l>)) {
+        self.recent.clear();
+        self.recent.extend(self.history.iter().copied());
+        self.recent.sort_unstable();
+        let penalties = self.penalties();
         let mut start = 0;
         for run in self.recent.chunk_by(|a, b| a == b) {
             let token = run[0] as usize;
@@ -304,20 +320,14 @@ impl Sampler {
                 // Sorted: every later token is outside the vocabulary too.
                 break;
             }
-            if let Some((key, index)) = largest(&logits[start..token]) {
-                consider(key, start + index);
-            }
-            consider(
-                total_order_key(penalized(not_nan(logits[token]), run.len(), penalties)),
+            visit(Piece::Stretch(start, &logits[start..token]));
+            visit(Piece::Penalized(
                 token,
-            );
+                penalized(not_nan(logits[token]), run.len(), penalties),
+            ));
             start = token + 1;
         }
-        if let Some((key, index)) = largest(&logits[start..]) {
-            consider(key, start + index);
-        }
-        let (_, token) = best.expect("the vocabulary is not empty");
-        u32::try_from(token).expect("vocabulary sizes fit in u32")
+        visit(Piece::Stretch(start, &logits[start..]));
     }
 
     #[cfg(test)]
@@ -335,26 +345,13 @@ impl Sampler {
     fn top_k_candidates(&mut self, logits: &[f32], penalize: bool) {
         let mut top = TopK::new(self.top_k, std::mem::take(&mut self.candidates));
         if penalize {
-            self.recent.clear();
-            self.recent.extend(self.history.iter().copied());
-            self.recent.sort_unstable();
-            let penalties = self.penalties();
-            // The stretches between penalized tokens as they are, each penalized token on its own.
-            let mut start = 0;
-            for run in self.recent.chunk_by(|a, b| a == b) {
-                let token = run[0] as usize;
-                if token >= logits.len() {
-                    // Sorted: every later token is outside the vocabulary too.
-                    break;
-                }
-                top.offer_all(start, &logits[start..token]);
-                top.offer(Candidate {
+            self.walk_penalized(logits, |piece| match piece {
+                Piece::Stretch(first, stretch) => top.offer_all(first, stretch),
+                Piece::Penalized(token, logit) => top.offer(Candidate {
                     token: token as u32,
-                    logit: penalized(not_nan(logits[token]), run.len(), penalties),
-                });
-                start = token + 1;
-            }
-            top.offer_all(start, &logits[start..]);
+                    logit,
+                }),
+            });
         } else {
             top.offer_all(0, logits);
         }
@@ -452,6 +449,14 @@ impl Sampler {
         // Rounding can leave the target a hair above the sum: the last possible candidate takes it.
         chosen.unwrap_or(self.candidates[0].token)
     }
+}
+
+/// A piece of the logits as [`Sampler::walk_penalized`] hands them out.
+enum Piece<'l> {
+    /// Tokens `first..` outside the penalty window, their logits as they are (NaN included).
+    Stretch(usize, &'l [f32]),
+    /// A token in the window and its penalized logit.
+    Penalized(usize, f32),
 }
 
 /// The `k` most likely of the candidates offered to it, whatever their order: those offered are kept while they
